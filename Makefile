@@ -1,0 +1,72 @@
+# coord: build, test and check the C core and the Lua modules.
+# `make test` and `make demo` install what is missing on Debian 12 (see .ci/deps).
+
+LUA      ?= lua5.4
+PKGS     := lua5.4 libuv libcurl
+CC       ?= gcc
+WARN     := -Wall -Wextra -Werror
+CFLAGS   ?= -O2 -g
+SRCS     := $(wildcard csrc/*.c)
+HDRS     := $(wildcard csrc/*.h)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   = $(shell pkg-config --libs libuv libcurl)
+BUSTED   := $(LUA) /usr/bin/busted
+SPEC_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+            LUA_CPATH="$(CURDIR)/$(1)/?.so;;" COORD_PEER="$(CURDIR)/build/peer$(2)"
+SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+ASAN_RT   = $(shell $(CC) -print-file-name=libasan.so)
+VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+            --errors-for-leak-kinds=definite,indirect --suppressions=$(CURDIR)/.ci/valgrind.supp
+
+.PHONY: all deps build test asan valgrind demo bench rock clean
+
+all: build
+
+deps:
+	@bash .ci/deps
+
+build: coord/core.so
+
+coord/core.so: $(SRCS) $(HDRS)
+	@mkdir -p coord
+	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(PKG_LIBS)
+
+build/asan/coord/core.so: $(SRCS) $(HDRS)
+	@mkdir -p build/asan/coord
+	$(CC) -O1 -g $(SAN) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(PKG_LIBS)
+
+build/peer: spec/peer/peer.c
+	@mkdir -p build
+	$(CC) -std=gnu11 -O1 -g $(WARN) -pthread -o $@ $<
+
+build/peer-asan: spec/peer/peer.c
+	@mkdir -p build
+	$(CC) -std=gnu11 -O1 -g $(SAN) $(WARN) -pthread -o $@ $<
+
+test: deps
+	@$(MAKE) --no-print-directory build build/peer
+	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
+
+asan: deps
+	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan
+	$(call SPEC_ENV,build/asan,-asan) LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  COORD_TEST_SANITIZED=1 $(BUSTED) --output=utfTerminal spec
+
+valgrind: deps
+	@$(MAKE) --no-print-directory build build/peer
+	$(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" COORD_TEST_SANITIZED=1 \
+	  $(VALGRIND) $(BUSTED) --output=utfTerminal spec
+
+demo: deps
+	@$(MAKE) --no-print-directory build
+	$(call SPEC_ENV,.,) $(LUA) examples/demo.lua
+
+bench: deps
+	@bash bench/run
+
+rock: deps
+	bash .ci/rock
+
+clean:
+	rm -rf coord build luarocks-tree

@@ -1,0 +1,22 @@
+/* buffer.h: a growable byte buffer with a read offset, used for bodies, headers and streams. */
+#ifndef COORD_BUFFER_H
+#define COORD_BUFFER_H
+
+#include <stddef.h>
+
+typedef struct coord_buf {
+  char *data;
+  size_t len;  /* bytes written */
+  size_t off;  /* bytes already consumed by the reader */
+  size_t cap;
+} coord_buf;
+
+int coord_buf_append(coord_buf *b, const char *p, size_t n);
+void coord_buf_consume(coord_buf *b, size_t n);
+void coord_buf_clear(coord_buf *b);
+void coord_buf_free(coord_buf *b);
+
+static inline size_t coord_buf_unread(const coord_buf *b) { return b->len - b->off; }
+static inline const char *coord_buf_head(const coord_buf *b) { return b->data + b->off; }
+
+#endif

@@ -1,0 +1,145 @@
+/* codec.c: base64 (RFC 4648, standard alphabet) and exact parsing of 64-bit decimal integers. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include "codec.h"
+
+static const char b64chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int b64encode(lua_State *L) {
+  size_t n;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, (n + 2) / 3 * 4);
+  size_t i, o = 0;
+  for (i = 0; i + 2 < n; i += 3) {
+    uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+    out[o++] = b64chars[v >> 18];
+    out[o++] = b64chars[(v >> 12) & 63];
+    out[o++] = b64chars[(v >> 6) & 63];
+    out[o++] = b64chars[v & 63];
+  }
+  if (i < n) {
+    uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0);
+    out[o++] = b64chars[v >> 18];
+    out[o++] = b64chars[(v >> 12) & 63];
+    out[o++] = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
+    out[o++] = '=';
+  }
+  luaL_pushresultsize(&b, o);
+  return 1;
+}
+
+static int b64value(unsigned char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+/* Decodes padded or unpadded base64; returns nil and a message on any invalid input. */
+static int b64decode(lua_State *L) {
+  size_t n;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  while (n > 0 && s[n - 1] == '=') n--;
+  if (n % 4 == 1) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "invalid base64: bad length");
+    return 2;
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
+  size_t o = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < n; i++) {
+    int v = b64value(s[i]);
+    if (v < 0) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "invalid base64: bad character at offset %d", (int)i);
+      return 2;
+    }
+    acc = acc << 6 | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (char)((acc >> bits) & 0xff);
+    }
+  }
+  luaL_pushresultsize(&b, o);
+  return 1;
+}
+
+/* Parses an unsigned decimal string into *out; 0 on success, else a static message. */
+static const char *parse_decimal(const char *s, size_t n, uint64_t limit, uint64_t *out) {
+  uint64_t v = 0;
+  if (n == 0) return "empty string";
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return "not a decimal integer";
+    unsigned d = (unsigned)(s[i] - '0');
+    if (v > (limit - d) / 10) return "out of range";
+    v = v * 10 + d;
+  }
+  *out = v;
+  return NULL;
+}
+
+/* u64(s): a decimal string up to 2^64-1 as the Lua integer with the same 64 bits.
+   Integers pass through unchanged; anything else is nil plus a message. */
+static int parse_u64(lua_State *L) {
+  if (lua_isinteger(L, 1)) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  uint64_t v;
+  const char *err = parse_decimal(s, n, UINT64_MAX, &v);
+  if (err) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "invalid unsigned 64-bit integer '%s': %s", s, err);
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)v);
+  return 1;
+}
+
+/* i64(s): a signed decimal string within [-2^63, 2^63-1] as a Lua integer. */
+static int parse_i64(lua_State *L) {
+  if (lua_isinteger(L, 1)) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  int neg = n > 0 && s[0] == '-';
+  uint64_t v;
+  const char *err = parse_decimal(s + neg, n - (size_t)neg,
+                                  neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX, &v);
+  if (err) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "invalid 64-bit integer '%s': %s", s, err);
+    return 2;
+  }
+  lua_pushinteger(L, neg ? (lua_Integer)(0 - v) : (lua_Integer)v);
+  return 1;
+}
+
+/* u64tostring(i): the decimal text of i read as unsigned (the inverse of u64). */
+static int u64tostring(lua_State *L) {
+  lua_Integer i = luaL_checkinteger(L, 1);
+  char buf[24];
+  snprintf(buf, sizeof buf, "%llu", (unsigned long long)(uint64_t)i);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+void coord_codec_register(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"b64encode", b64encode}, {"b64decode", b64decode}, {"u64", parse_u64},
+      {"i64", parse_i64},       {"u64tostring", u64tostring}, {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+}

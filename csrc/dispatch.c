@@ -1,0 +1,87 @@
+/* dispatch.c: builds the Lua view of a transfer's outcome: the error kind and message of a
+   failed one, and the header table of a response. Runs only on the Lua side of a poll. */
+#include <ctype.h>
+#include <string.h>
+#include "dispatch.h"
+
+static const char *kind_of(CURLcode c) {
+  switch (c) {
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return "resolve";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED: return "tls";
+    case CURLE_ABORTED_BY_CALLBACK: return "canceled";
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING: return "closed";
+    default: return "protocol"; /* malformed URL, garbage, truncation, HTTP/2 framing ... */
+  }
+}
+
+/* Pushes nil, kind, message and returns 3 if the transfer failed; returns 0 otherwise. */
+int coord_push_failure(lua_State *L, coord_req *r) {
+  if (r->canceled) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "canceled");
+    lua_pushliteral(L, "request canceled");
+    return 3;
+  }
+  if (r->result == CURLE_OK) return 0;
+  luaL_pushfail(L);
+  lua_pushstring(L, kind_of(r->result));
+  if (r->too_large)
+    lua_pushfstring(L, "reply exceeds the limit of %I bytes (option max_body)", (lua_Integer)r->max_body);
+  else if (r->nomem)
+    lua_pushliteral(L, "out of memory while receiving the reply");
+  else if (r->result == CURLE_URL_MALFORMAT || r->result == CURLE_UNSUPPORTED_PROTOCOL)
+    lua_pushfstring(L, "malformed URL: %s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+  else
+    lua_pushstring(L, r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+  return 3;
+}
+
+/* Pushes { name = value } for the header lines in hdrs: names lower-cased, values trimmed,
+   a repeated header's values joined with ", " in arrival order (RFC 9110, 5.3). */
+void coord_push_headers(lua_State *L, const coord_buf *hdrs) {
+  lua_createtable(L, 0, 8);
+  const char *p = coord_buf_head(hdrs), *end = p + coord_buf_unread(hdrs);
+  char name[256];
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *next = eol ? eol + 1 : end;
+    const char *colon = memchr(p, ':', (size_t)((eol ? eol : end) - p));
+    if (colon && colon > p && (size_t)(colon - p) < sizeof name && !(colon - p >= 5 && memcmp(p, "HTTP/", 5) == 0)) {
+      size_t nn = (size_t)(colon - p);
+      for (size_t i = 0; i < nn; i++) name[i] = (char)tolower((unsigned char)p[i]);
+      const char *v = colon + 1, *ve = eol ? eol : end;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      lua_pushlstring(L, name, nn);
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) == LUA_TSTRING) {
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_rawset(L, -3);
+    }
+    p = next;
+  }
+}

@@ -1,0 +1,565 @@
+/* request.c: one HTTP exchange as a Lua object: options, curl's data callbacks, streaming in
+   both directions with backpressure, and cancellation. */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include "dispatch.h"
+#include "request.h"
+
+#define DEFAULT_MAX_BODY ((size_t)64 << 20)
+#define DEFAULT_HIGH_WATER ((size_t)1 << 20)
+#define DEFAULT_TIMEOUT_MS 30000L        /* whole exchange; streams have none by default */
+#define DEFAULT_CONNECT_TIMEOUT_MS 10000L
+
+/* ---- curl callbacks: they only touch the request's own buffers and flags ---- */
+
+static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
+  coord_req *r = ud;
+  size_t n = size * nmemb;
+  size_t unread = coord_buf_unread(&r->body);
+  if (r->stream && unread >= r->high_water && memchr(coord_buf_head(&r->body), '\n', unread)) {
+    /* the reader is behind and has a whole line to take: hold the data in curl */
+    r->recv_paused = 1;
+    r->pauses++;
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (unread + n > r->max_body) {
+    r->too_large = 1;
+    return 0;
+  }
+  if (coord_buf_append(&r->body, p, n) != 0) {
+    r->nomem = 1;
+    return 0;
+  }
+  if (r->stream && r->waiting) {
+    r->waiting = 0;
+    coord_loop_ready(r->loop, r);
+  }
+  return n;
+}
+
+static size_t on_header(char *p, size_t size, size_t nmemb, void *ud) {
+  coord_req *r = ud;
+  size_t n = size * nmemb;
+  if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    coord_buf_clear(&r->hdrs); /* a new response: 1xx or a redirect came before */
+    r->headers_done = 0;
+  }
+  if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200) {
+      r->status = status;
+      r->headers_done = 1;
+      if (r->stream && r->waiting) {
+        r->waiting = 0;
+        coord_loop_ready(r->loop, r);
+      }
+    }
+    return n;
+  }
+  if (coord_buf_append(&r->hdrs, p, n) != 0) {
+    r->nomem = 1;
+    return 0;
+  }
+  return n;
+}
+
+static size_t on_read(char *p, size_t size, size_t nmemb, void *ud) {
+  coord_req *r = ud;
+  size_t avail = coord_buf_unread(&r->send);
+  if (avail == 0) {
+    if (r->upload_eof) return 0;
+    r->send_paused = 1;
+    return CURL_READFUNC_PAUSE;
+  }
+  size_t n = size * nmemb < avail ? size * nmemb : avail;
+  memcpy(p, coord_buf_head(&r->send), n);
+  coord_buf_consume(&r->send, n);
+  return n;
+}
+
+/* ---- life cycle ---- */
+
+static void active_unlink(coord_loop *lp, coord_req *r) {
+  if (r->prev) r->prev->next = r->next;
+  else lp->active = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = NULL;
+  lp->nactive--;
+}
+
+/* Called after curl_multi_socket_action has returned (never from a curl callback): takes
+   the transfer off the multi handle, recycles the easy handle, queues the request for Lua. */
+void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
+  if (!r->active) return;
+  long status = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+  if (status) r->status = status;
+  curl_multi_remove_handle(lp->multi, r->easy);
+  active_unlink(lp, r);
+  coord_loop_release_easy(lp, r->easy);
+  r->easy = NULL;
+  r->active = 0;
+  r->done = 1;
+  r->result = code;
+  r->recv_paused = r->send_paused = 0;
+  if (!r->canceled) coord_loop_ready(lp, r);
+}
+
+/* Drops the registry reference once nothing in the loop points at the request any more. */
+void coord_req_settle(lua_State *L, coord_req *r) {
+  if (r->active || r->in_ready || r->in_cancel) return;
+  if (r->ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+    r->ref = LUA_NOREF;
+  }
+  r->loop = NULL;
+}
+
+/* Removes the request from every loop list without Lua. Used at lua_close only, by whichever
+   of the loop's and the request's finalizers runs first. */
+void coord_req_detach(coord_loop *lp, coord_req *r) {
+  if (r->active) {
+    curl_multi_remove_handle(lp->multi, r->easy);
+    active_unlink(lp, r);
+    curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+    r->active = 0;
+  }
+  if (r->in_ready) {
+    coord_req **pp = &lp->ready_head, *last = NULL;
+    while (*pp && *pp != r) last = *pp, pp = &(*pp)->ready_next;
+    if (*pp) *pp = r->ready_next;
+    if (lp->ready_tail == r) lp->ready_tail = last;
+    r->in_ready = 0;
+  }
+  if (r->in_cancel) {
+    coord_req **pp = &lp->cancels;
+    while (*pp && *pp != r) pp = &(*pp)->cancel_next;
+    if (*pp) *pp = r->cancel_next;
+    r->in_cancel = 0;
+  }
+  r->loop = NULL;
+}
+
+static coord_req *check_req(lua_State *L) { return luaL_checkudata(L, 1, COORD_REQ_MT); }
+
+static int req_gc(lua_State *L) {
+  coord_req *r = check_req(L);
+  if (r->loop) coord_req_detach(r->loop, r);
+  curl_slist_free_all(r->headers);
+  r->headers = NULL;
+  coord_buf_free(&r->body);
+  coord_buf_free(&r->hdrs);
+  coord_buf_free(&r->send);
+  return 0;
+}
+
+/* cancel(): abandons the transfer. Only marks and queues; the next poll removes it from curl
+   (finalizers and __close may run at awkward moments, so curl is not called from here). */
+static int req_cancel(lua_State *L) {
+  coord_req *r = check_req(L);
+  if (r->canceled) return 0;
+  r->canceled = 1;
+  r->waiting = 0;
+  if (r->active && !r->in_cancel) {
+    r->in_cancel = 1;
+    r->cancel_next = r->loop->cancels;
+    r->loop->cancels = r;
+  }
+  return 0;
+}
+
+/* ---- options ---- */
+
+/* Pushes field name of the table at t if it is set, checking its type; returns whether set. */
+static int opt(lua_State *L, int t, const char *name, int type) {
+  int got = lua_getfield(L, t, name);
+  if (got == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (got != type && !(type == LUA_TNUMBER && lua_isnumber(L, -1)))
+    return luaL_error(L, "bad request option '%s' (%s expected, got %s)", name,
+                      lua_typename(L, type), luaL_typename(L, -1));
+  return 1;
+}
+
+/* The string stays on the stack, so it lives until the request has been set up. */
+static const char *opt_string(lua_State *L, int t, const char *name) {
+  return opt(L, t, name, LUA_TSTRING) ? lua_tostring(L, -1) : NULL;
+}
+
+/* Milliseconds for a duration given in seconds; dflt when absent; 0 means none. */
+static long opt_ms(lua_State *L, int t, const char *name, long dflt) {
+  if (!opt(L, t, name, LUA_TNUMBER)) return dflt;
+  double s = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(s >= 0 && s <= 31536000)) luaL_error(L, "bad request option '%s' (seconds between 0 and a year expected)", name);
+  return s > 0 && s < 0.001 ? 1 : (long)(s * 1000);
+}
+
+static size_t opt_size(lua_State *L, int t, const char *name, size_t dflt) {
+  if (!opt(L, t, name, LUA_TNUMBER)) return dflt;
+  lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+  if (v <= 0) luaL_error(L, "bad request option '%s' (positive integer expected)", name);
+  lua_pop(L, 1);
+  return (size_t)v;
+}
+
+static int opt_bool(lua_State *L, int t, const char *name, int dflt) {
+  if (!opt(L, t, name, LUA_TBOOLEAN)) return dflt;
+  int b = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
+static void check_header_text(lua_State *L, const char *s, size_t n, int is_name) {
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0' || (is_name && (s[i] == ':' || s[i] == ' ')))
+      luaL_error(L, "bad request header %s '%s' (forbidden character)", is_name ? "name" : "value", s);
+  }
+  if (is_name && n == 0) luaL_error(L, "bad request header (empty name)");
+}
+
+static void add_header(lua_State *L, coord_req *r, const char *name, size_t nn, const char *val, size_t vn) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, name, nn);
+  if (vn == 0) luaL_addchar(&b, ';'); /* curl's spelling of a header with an empty value */
+  else {
+    luaL_addstring(&b, ": ");
+    luaL_addlstring(&b, val, vn);
+  }
+  luaL_pushresult(&b);
+  struct curl_slist *l = curl_slist_append(r->headers, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  if (l == NULL) luaL_error(L, "coord: out of memory");
+  r->headers = l;
+}
+
+/* headers = { ["Name"] = "value", ... } and/or { "Name: value", ... } */
+static void read_headers(lua_State *L, int t, coord_req *r) {
+  if (!opt(L, t, "headers", LUA_TTABLE)) return;
+  int h = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, h)) {
+    size_t kn, vn;
+    int vt = lua_type(L, -1);
+    if (lua_type(L, -2) == LUA_TNUMBER) {
+      if (vt != LUA_TSTRING) luaL_error(L, "bad request header (\"Name: value\" string expected, got %s)", lua_typename(L, vt));
+      const char *line = lua_tolstring(L, -1, &vn);
+      const char *colon = memchr(line, ':', vn);
+      if (colon == NULL) luaL_error(L, "bad request header '%s' (\"Name: value\" expected)", line);
+      const char *v = colon + 1;
+      while (*v == ' ') v++;
+      check_header_text(L, line, (size_t)(colon - line), 1);
+      check_header_text(L, v, vn - (size_t)(v - line), 0);
+      add_header(L, r, line, (size_t)(colon - line), v, vn - (size_t)(v - line));
+    } else {
+      if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TSTRING && vt != LUA_TNUMBER))
+        luaL_error(L, "bad request header (string name and string value expected, got %s = %s)",
+                   luaL_typename(L, -2), lua_typename(L, vt));
+      const char *k = lua_tolstring(L, -2, &kn);
+      lua_pushvalue(L, -1); /* converting a number in place would confuse lua_next */
+      const char *v = lua_tolstring(L, -1, &vn);
+      check_header_text(L, k, kn, 1);
+      check_header_text(L, v, vn, 0);
+      add_header(L, r, k, kn, v, vn);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static long http_version(lua_State *L, const char *v) {
+  if (v == NULL) return CURL_HTTP_VERSION_NONE;
+  if (strcmp(v, "1.0") == 0) return CURL_HTTP_VERSION_1_0;
+  if (strcmp(v, "1.1") == 0) return CURL_HTTP_VERSION_1_1;
+  if (strcmp(v, "2") == 0) return CURL_HTTP_VERSION_2_0;
+  if (strcmp(v, "2tls") == 0) return CURL_HTTP_VERSION_2TLS;
+  if (strcmp(v, "2-prior-knowledge") == 0) return CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+  return luaL_error(L, "bad request option 'http_version' ('1.0', '1.1', '2', '2tls' or '2-prior-knowledge' expected, got '%s')", v);
+}
+
+typedef struct tls_opts {
+  const char *ca_file, *ca_path, *cert_file, *key_file, *key_password;
+  int verify, verify_host;
+} tls_opts;
+
+static void read_tls(lua_State *L, int t, tls_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->verify = o->verify_host = 1;
+  if (!opt(L, t, "tls", LUA_TTABLE)) return;
+  int s = lua_gettop(L); /* the table and its strings stay on the stack */
+  o->ca_file = opt_string(L, s, "ca_file");
+  o->ca_path = opt_string(L, s, "ca_path");
+  o->cert_file = opt_string(L, s, "cert_file");
+  o->key_file = opt_string(L, s, "key_file");
+  o->key_password = opt_string(L, s, "key_password");
+  o->verify = opt_bool(L, s, "verify", 1);
+  o->verify_host = opt_bool(L, s, "verify_host", o->verify);
+}
+
+static void set_tls(CURL *e, const tls_opts *o) {
+  if (o->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+  if (o->ca_path) curl_easy_setopt(e, CURLOPT_CAPATH, o->ca_path);
+  if (o->cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, o->cert_file);
+  if (o->key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, o->key_file);
+  if (o->key_password) curl_easy_setopt(e, CURLOPT_KEYPASSWD, o->key_password);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)o->verify);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->verify_host ? 2L : 0L);
+}
+
+/* request(opts, owner): starts a transfer and returns its object. owner is what poll()
+   hands back when the request has something for Lua. Every option is read and checked
+   before a curl handle is taken, so a bad option raises without leaking anything. */
+int coord_req_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  coord_loop *lp = coord_loop_get(L, lua_upvalueindex(1));
+  coord_req *r = lua_newuserdatauv(L, sizeof *r, 2);
+  memset(r, 0, sizeof *r);
+  r->ref = LUA_NOREF;
+  luaL_setmetatable(L, COORD_REQ_MT);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  lua_replace(L, 2); /* stack: opts, req, then option values kept alive */
+
+  luaL_checkstack(L, 24, "request options");
+  const char *url = opt_string(L, 1, "url");
+  if (url == NULL) return luaL_error(L, "bad request option 'url' (string expected, got nil)");
+  const char *method = opt_string(L, 1, "method");
+  size_t bodylen = 0;
+  const char *body = NULL;
+  if (opt(L, 1, "body", LUA_TSTRING)) {
+    body = lua_tolstring(L, -1, &bodylen);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 2, 2); /* keeps the body alive: curl reads it in place */
+  }
+  r->stream = opt_bool(L, 1, "stream", 0);
+  r->upload = opt_bool(L, 1, "upload", 0);
+  if (body && r->upload) return luaL_error(L, "bad request options ('body' and 'upload' exclude each other)");
+  long timeout = opt_ms(L, 1, "timeout", r->stream || r->upload ? 0 : DEFAULT_TIMEOUT_MS);
+  long connect_timeout = opt_ms(L, 1, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS);
+  const char *unix_socket = opt_string(L, 1, "unix_socket");
+  long version = http_version(L, opt_string(L, 1, "http_version"));
+  int pipewait = opt_bool(L, 1, "pipewait", 0);
+  r->max_body = opt_size(L, 1, "max_body", DEFAULT_MAX_BODY);
+  r->high_water = opt_size(L, 1, "buffer", DEFAULT_HIGH_WATER);
+  tls_opts tls;
+  read_tls(L, 1, &tls);
+  read_headers(L, 1, r);
+  if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
+  if (!method) method = body || r->upload ? "POST" : "GET";
+  int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
+
+  CURL *e = coord_loop_easy(lp);
+  if (e == NULL) return luaL_error(L, "coord: cannot create a curl handle (out of memory?)");
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_URL, url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
+  if (timeout) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+  if (connect_timeout) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
+  if (unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_socket);
+  if (version != CURL_HTTP_VERSION_NONE) curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+  if (pipewait) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  if (r->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+  if (is_head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (r->upload) {
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, r);
+  } else if (body || (!is_get && strcmp(method, "DELETE") != 0)) {
+    /* POST and PUT without a body still send Content-Length: 0 */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+  }
+  if ((!is_get || body) && !is_head && strcmp(method, "POST") != 0)
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  set_tls(e, &tls);
+
+  lua_pushvalue(L, 2);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise: done before curl holds the request */
+  if (curl_multi_add_handle(lp->multi, e) != CURLM_OK) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    coord_loop_release_easy(lp, e);
+    return luaL_error(L, "coord: curl refused the transfer");
+  }
+  r->ref = ref;
+  r->easy = e;
+  r->loop = lp;
+  r->active = 1;
+  r->next = lp->active;
+  if (lp->active) lp->active->prev = r;
+  lp->active = r;
+  lp->nactive++;
+  lua_pushvalue(L, 2);
+  return 1;
+}
+
+/* ---- Lua methods ---- */
+
+static void resume_recv(coord_req *r) {
+  if (r->recv_paused && r->active && coord_buf_unread(&r->body) < r->high_water) {
+    r->recv_paused = 0;
+    curl_easy_pause(r->easy, r->send_paused ? CURLPAUSE_SEND : CURLPAUSE_CONT);
+  }
+}
+
+static void resume_send(coord_req *r) {
+  if (r->send_paused && r->active) {
+    r->send_paused = 0;
+    curl_easy_pause(r->easy, r->recv_paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+  }
+}
+
+/* result(): for a finished request, status, headers and body; or nil, kind, message. */
+static int req_result(lua_State *L) {
+  coord_req *r = check_req(L);
+  if (!r->done) return luaL_error(L, "coord: request has not finished");
+  int n = coord_push_failure(L, r);
+  if (n) return n;
+  lua_pushinteger(L, r->status);
+  coord_push_headers(L, &r->hdrs);
+  lua_pushlstring(L, coord_buf_head(&r->body), coord_buf_unread(&r->body));
+  coord_buf_free(&r->body);
+  return 3;
+}
+
+/* response(): a stream's status and headers once they have arrived; false while they have
+   not (the owner is queued when they do); nil, kind, message if the transfer failed first. */
+static int req_response(lua_State *L) {
+  coord_req *r = check_req(L);
+  if (r->headers_done) {
+    lua_pushinteger(L, r->status);
+    coord_push_headers(L, &r->hdrs);
+    return 2;
+  }
+  if (r->done || r->canceled) {
+    int n = coord_push_failure(L, r);
+    if (n) return n;
+    return luaL_error(L, "coord: transfer ended without a response");
+  }
+  r->waiting = 1;
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* After a read found nothing: the end of the stream, its failure, or false (wait). */
+static int read_end(lua_State *L, coord_req *r) {
+  if (r->done || r->canceled) {
+    int n = coord_push_failure(L, r);
+    if (n) return n;
+    luaL_pushfail(L);
+    lua_pushliteral(L, "eof");
+    return 2;
+  }
+  r->waiting = 1;
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* read_line(): the next line without its "\n" (or "\r\n"). At the end of the stream a last
+   unterminated line is returned; then nil, "eof"; or nil, kind, message on failure. */
+static int req_read_line(lua_State *L) {
+  coord_req *r = check_req(L);
+  size_t unread = coord_buf_unread(&r->body);
+  const char *head = coord_buf_head(&r->body);
+  const char *nl = unread ? memchr(head, '\n', unread) : NULL;
+  if (r->canceled) return read_end(L, r);
+  if (nl || (r->done && unread > 0 && r->result == CURLE_OK)) {
+    size_t take = nl ? (size_t)(nl - head) + 1 : unread;
+    size_t len = nl ? take - 1 : take;
+    if (nl && len > 0 && head[len - 1] == '\r') len--;
+    lua_pushlstring(L, head, len);
+    coord_buf_consume(&r->body, take);
+    resume_recv(r);
+    return 1;
+  }
+  return read_end(L, r);
+}
+
+/* read(): every byte received and not yet read, or the same end results as read_line. */
+static int req_read(lua_State *L) {
+  coord_req *r = check_req(L);
+  size_t unread = coord_buf_unread(&r->body);
+  if (unread > 0 && !r->canceled) {
+    lua_pushlstring(L, coord_buf_head(&r->body), unread);
+    coord_buf_consume(&r->body, unread);
+    resume_recv(r);
+    return 1;
+  }
+  return read_end(L, r);
+}
+
+/* write(data): queues bytes of a streamed request body. */
+static int req_write(lua_State *L) {
+  coord_req *r = check_req(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (!r->upload) return luaL_error(L, "coord: request was not started with upload = true");
+  if (!r->active || r->upload_eof) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (coord_buf_append(&r->send, s, n) != 0) return luaL_error(L, "coord: out of memory");
+  resume_send(r);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* finish(): ends a streamed request body. */
+static int req_finish_body(lua_State *L) {
+  coord_req *r = check_req(L);
+  r->upload_eof = 1;
+  resume_send(r);
+  return 0;
+}
+
+static int req_stats(lua_State *L) {
+  coord_req *r = check_req(L);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)coord_buf_unread(&r->body));
+  lua_setfield(L, -2, "buffered");
+  lua_pushinteger(L, (lua_Integer)coord_buf_unread(&r->send));
+  lua_setfield(L, -2, "unsent");
+  lua_pushinteger(L, (lua_Integer)r->pauses);
+  lua_setfield(L, -2, "pauses");
+  lua_pushboolean(L, r->recv_paused);
+  lua_setfield(L, -2, "paused");
+  lua_pushboolean(L, r->done);
+  lua_setfield(L, -2, "done");
+  return 1;
+}
+
+void coord_req_register(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"result", req_result}, {"response", req_response}, {"read_line", req_read_line},
+      {"read", req_read},     {"write", req_write},       {"finish", req_finish_body},
+      {"cancel", req_cancel}, {"stats", req_stats},       {NULL, NULL}};
+  luaL_newmetatable(L, COORD_REQ_MT);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, req_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, req_cancel);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+}

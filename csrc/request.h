@@ -1,0 +1,39 @@
+/* request.h: one HTTP exchange as a Lua object backed by a curl easy handle. */
+#ifndef COORD_REQUEST_H
+#define COORD_REQUEST_H
+
+#include "buffer.h"
+#include "loop.h"
+
+#define COORD_REQ_MT "coord.request"
+
+struct coord_req {
+  CURL *easy;            /* held only while active */
+  coord_loop *loop;      /* set while attached to a loop list; NULL once settled */
+  coord_req *prev, *next;   /* loop->active */
+  coord_req *ready_next;    /* loop->ready_head */
+  coord_req *cancel_next;   /* loop->cancels */
+  int ref;               /* registry ref to this userdata while attached */
+  unsigned active : 1, in_ready : 1, in_cancel : 1, done : 1, canceled : 1;
+  unsigned stream : 1, upload : 1, upload_eof : 1, waiting : 1, headers_done : 1;
+  unsigned recv_paused : 1, send_paused : 1, too_large : 1, nomem : 1;
+  CURLcode result;
+  long status;
+  size_t max_body;       /* bound on buffered response bytes */
+  size_t high_water;     /* streams: pause the transfer above this many unread bytes */
+  size_t nl_end;         /* streams: one past the last newline in body (absolute index) */
+  unsigned long pauses;  /* streams: how often backpressure paused the transfer */
+  struct curl_slist *headers;
+  coord_buf body;        /* response body, or the unread part of a stream */
+  coord_buf hdrs;        /* header lines of the final response */
+  coord_buf send;        /* streamed request body not yet taken by curl */
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code);
+void coord_req_detach(coord_loop *lp, coord_req *r);
+void coord_req_settle(lua_State *L, coord_req *r);
+int coord_req_new(lua_State *L);
+void coord_req_register(lua_State *L);
+
+#endif

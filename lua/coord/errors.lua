@@ -1,0 +1,34 @@
+-- coord.errors: the error values that coord functions return as their second result.
+--
+-- An error is a table with at least `kind` and `message`, plus `status` when an HTTP status
+-- is known. tostring() gives one readable line. Clients add their own kinds and fields.
+
+local M = {}
+
+local Error = { __name = "coord.error" }
+Error.__index = Error
+
+function Error.__tostring(e)
+  local head = e.kind
+  if e.status then head = head .. " " .. e.status end
+  local s = head .. ": " .. tostring(e.message)
+  if e.method and e.url then s = s .. " (" .. e.method .. " " .. e.url .. ")" end
+  return s
+end
+
+--- Makes an error value. fields (optional) are copied into it.
+function M.new(kind, message, fields)
+  local e = { kind = kind, message = message }
+  if fields then
+    for k, v in pairs(fields) do e[k] = v end
+  end
+  return setmetatable(e, Error)
+end
+
+--- True when v is an error made by coord.
+function M.is(v)
+  return getmetatable(v) == Error
+end
+
+M.Error = Error
+return M

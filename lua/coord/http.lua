@@ -1,0 +1,190 @@
+-- coord.http: the HTTP client the Consul and etcd clients are built on. Every call suspends
+-- the calling coroutine until the reply is complete (or runs the loop when called outside one).
+
+local core = require "coord.core"
+local sched = require "coord.sched"
+local errors = require "coord.errors"
+
+local M = {}
+
+local wait, waiter = sched.wait, sched.Waiter
+local request = core.request
+
+-- A plain request's owner is its waiter: the poll hands it back when the reply is complete.
+local function cancel_request(w)
+  if not w.done then w.ud:cancel() end
+end
+
+local function fail(kind, message, opts)
+  return nil, errors.new(kind, message, { method = opts.method or (opts.body and "POST" or "GET"), url = opts.url })
+end
+
+local function expected(expect, status)
+  if type(expect) == "number" then return status == expect end
+  for i = 1, #expect do
+    if expect[i] == status then return true end
+  end
+  return false
+end
+
+local function http_error(res, opts)
+  local body = res.body or ""
+  local snippet = #body > 200 and body:sub(1, 200) .. "..." or body
+  return nil, errors.new("http", ("unexpected HTTP status %d%s"):format(res.status, snippet ~= "" and ": " .. snippet or ""), {
+    status = res.status, body = body, headers = res.headers,
+    method = opts.method or (opts.body and "POST" or "GET"), url = opts.url })
+end
+
+--- Sends one request and returns a response {status, headers, body}, or nil and an error.
+--- opts: url (required), method, headers, body, timeout (30 s; 0 = none), connect_timeout
+--- (10 s), tls = {ca_file, ca_path, cert_file, key_file, key_password, verify = true,
+--- verify_host}, unix_socket, http_version ("1.1", "2", "2tls", ...), pipewait, max_body,
+--- expect (a status or list of statuses; any other is an "http" error).
+function M.request(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'request' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local w = setmetatable({ cancel = cancel_request }, waiter)
+  w.ud = request(opts, w)
+  wait(w)
+  local status, headers, body = w.ud:result()
+  if not status then return fail(headers, body, opts) end
+  local res = { status = status, headers = headers, body = body }
+  if opts.expect and not expected(opts.expect, status) then return http_error(res, opts) end
+  return res
+end
+
+local function with(opts, method, url, body)
+  local o = {}
+  if opts then
+    if type(opts) ~= "table" then
+      error("bad argument #" .. (body and 3 or 2) .. " to '" .. method:lower() .. "' (table or nil expected, got " .. type(opts) .. ")", 3)
+    end
+    for k, v in pairs(opts) do o[k] = v end
+  end
+  o.method, o.url, o.body = method, url, body
+  return o
+end
+
+--- GET url; same options and results as request.
+function M.get(url, opts)
+  return M.request(with(opts, "GET", url))
+end
+
+--- POST body to url; same options and results as request.
+function M.post(url, body, opts)
+  if type(body) ~= "string" then
+    error("bad argument #2 to 'post' (string expected, got " .. type(body) .. ")", 2)
+  end
+  return M.request(with(opts, "POST", url, body))
+end
+
+---------------------------------------------------------------------------------------------
+-- streams
+
+local Stream = { __name = "coord.http.stream" }
+Stream.__index = Stream
+
+-- A reader closed while waiting only stops waiting; the stream stays open.
+local function cancel_read(w)
+  if w.s.w == w then w.s.w = nil end
+end
+
+local function await(self)
+  local w = setmetatable({ cancel = cancel_read, s = self }, waiter)
+  self.w = w
+  wait(w)
+end
+
+--- Starts a long-lived request whose reply is read as it arrives. Takes request's options
+--- plus upload = true (the body is written over time with :write and ended with :finish)
+--- and buffer (bytes read ahead before the transfer is paused, default 1 MiB). Returns the
+--- stream at once; failures to connect show up on the first read.
+function M.stream(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'stream' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.stream = true
+  local self = setmetatable({ stream = true, method = o.method or ((o.body or o.upload) and "POST" or "GET"), url = o.url }, Stream)
+  self.ud = request(o, self)
+  return self
+end
+
+function Stream:_fail(kind, message)
+  local e = errors.new(kind, message, { method = self.method, url = self.url })
+  self.error = e
+  return nil, e
+end
+
+--- Waits for the status line and headers: returns status, headers or nil, err.
+function Stream:response()
+  while true do
+    local status, headers, message = self.ud:response()
+    if status then
+      self.status, self.headers = status, headers
+      return status, headers
+    end
+    if status == nil then return self:_fail(headers, message) end
+    await(self)
+  end
+end
+
+local function reader(method)
+  return function(self)
+    while true do
+      local data, kind, message = self.ud[method](self.ud)
+      if data then return data end
+      if data == nil then
+        if kind == "eof" then return nil end
+        return self:_fail(kind, message)
+      end
+      await(self)
+    end
+  end
+end
+
+--- The next line (without "\n" or "\r\n"); nil at the end; nil, err on failure.
+Stream.read_line = reader("read_line")
+--- Whatever bytes have arrived (at least one); nil at the end; nil, err on failure.
+Stream.read = reader("read")
+
+--- Iterates over lines until the end; a failure ends the loop and is left in stream.error.
+function Stream:lines()
+  return function()
+    return (self:read_line())
+  end
+end
+
+--- Sends more of an upload stream's body. Returns true, or nil and a "closed" error.
+function Stream:write(data)
+  if type(data) ~= "string" then
+    error("bad argument #1 to 'write' (string expected, got " .. type(data) .. ")", 2)
+  end
+  if self.ud:write(data) then return true end
+  return self:_fail("closed", "stream is closed")
+end
+
+--- Ends an upload stream's body.
+function Stream:finish()
+  self.ud:finish()
+end
+
+--- Byte counts and pause statistics, for monitoring backpressure.
+function Stream:stats()
+  return self.ud:stats()
+end
+
+--- Abandons the stream: the connection is closed; readers get a "canceled" error.
+function Stream:close()
+  self.ud:cancel()
+  local w = self.w
+  if w then
+    self.w = nil
+    sched.wake(w)
+  end
+end
+Stream.__close = Stream.close
+
+return M

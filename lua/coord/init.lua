@@ -1,0 +1,30 @@
+-- coord: non-blocking Consul and etcd access for Lua, on libuv and libcurl.
+-- This module is the scheduler's public face; coord.http, coord.consul and coord.etcd
+-- build on it.
+
+local core = require "coord.core"
+local sched = require "coord.sched"
+local sync = require "coord.sync"
+local errors = require "coord.errors"
+
+local coord = {
+  _VERSION = "coord 0.1.0",
+  spawn = sched.spawn,
+  run = sched.run,
+  step = sched.step,
+  fd = sched.fd,
+  sleep = sched.sleep,
+  now = core.now,
+  timeout = sched.timeout,
+  gather = sched.gather,
+  semaphore = sync.semaphore,
+  queue = sync.queue,
+  on_error = sched.on_error,
+  error = errors.new,
+  is_error = errors.is,
+  versions = core.versions,
+}
+
+coord.http = require "coord.http"
+
+return coord

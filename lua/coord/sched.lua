@@ -1,0 +1,487 @@
+-- coord.sched: the scheduler. Coroutines wait on "waiters"; whatever completes a waiter
+-- (a reply, a timer, a semaphore) wakes it, and one dispatcher loop resumes the coroutines,
+-- always after libcurl and libuv have returned.
+
+local core = require "coord.core"
+local errors = require "coord.errors"
+
+local M = {}
+
+local yield, resume, running, status = coroutine.yield, coroutine.resume, coroutine.running, coroutine.status
+local isyieldable, close = coroutine.isyieldable, coroutine.close
+local now, poll, inflight = core.now, core.poll, core.inflight
+local pack, unpack, traceback = table.pack, table.unpack, debug.traceback
+
+local SUSPEND = setmetatable({}, { __name = "coord.suspend" })
+
+-- the ready queue: waiters (and task starts) whose coroutine is to be resumed
+local rq, rhead, rtail = {}, 1, 0
+-- timers: a binary heap of waiters ordered by (deadline, seq)
+local heap, nheap, ntimers, seq = {}, 0, 0, 0
+local tasks = setmetatable({}, { __mode = "k" }) -- coroutine -> task, for spawned work
+local driving = false
+local polled = {}
+
+---------------------------------------------------------------------------------------------
+-- errors in coroutines
+
+local function default_handler(err, co, trace)
+  io.stderr:write("coord: error in coroutine ", tostring(co), ": ", trace or tostring(err), "\n")
+end
+local handler = default_handler
+
+--- Sets the function called with (err, coroutine, traceback) when a spawned coroutine
+--- raises. nil restores the default (traceback on stderr). Returns the previous one.
+function M.on_error(fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("bad argument #1 to 'on_error' (function or nil expected, got " .. type(fn) .. ")", 2)
+  end
+  local old = handler
+  handler = fn or default_handler
+  return old
+end
+
+local function report(err, co, trace)
+  local ok, herr = pcall(handler, err, co, trace)
+  if not ok then
+    io.stderr:write("coord: error handler failed: ", tostring(herr), "\nwhile reporting: ", tostring(trace), "\n")
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- waiters
+
+-- A waiter is what a coroutine suspends on. `cancel(w)` (optional) undoes whatever would
+-- complete it; it runs when the waiting coroutine is closed or leaves a <close> scope before
+-- it has taken its result (w.done may already be true then: a permit granted, say).
+local Waiter = { __name = "coord.waiter" }
+Waiter.__index = Waiter
+function Waiter.__close(w)
+  if w.taken then return end
+  w.taken = true
+  if w.cancel then w:cancel() end
+end
+M.Waiter = Waiter
+
+function M.waiter(cancel)
+  return setmetatable({ cancel = cancel }, Waiter)
+end
+
+--- Completes w with up to two results and queues its coroutine. Returns false if w was
+--- already complete.
+local function wake(w, a, b)
+  if w.done then return false end
+  w.done, w.a, w.b = true, a, b
+  if w.co then
+    rtail = rtail + 1
+    rq[rtail] = w
+  end
+  return true
+end
+M.wake = wake
+
+local tick, drive -- the loop, defined below
+
+--- Suspends the running coroutine until w is woken and returns w's results. Outside any
+--- coroutine (or where yielding is impossible) it runs the loop itself until then.
+local function wait(w)
+  local co, main = running()
+  if not main and isyieldable() then
+    w.co = co
+    local guard <close> = w
+    repeat yield(SUSPEND) until w.done
+    w.taken = true
+    return w.a, w.b
+  end
+  if driving then
+    error("coord: cannot wait here: not in a coroutine that can yield, and the loop is already running", 3)
+  end
+  drive(w)
+  w.taken = true
+  return w.a, w.b
+end
+M.wait = wait
+
+---------------------------------------------------------------------------------------------
+-- timers
+
+local function heap_less(a, b)
+  return a.t < b.t or (a.t == b.t and a.seq < b.seq)
+end
+
+local function heap_push(w)
+  nheap = nheap + 1
+  local i = nheap
+  heap[i] = w
+  while i > 1 do
+    local p = i // 2
+    if not heap_less(heap[i], heap[p]) then break end
+    heap[i], heap[p] = heap[p], heap[i]
+    i = p
+  end
+end
+
+local function heap_pop()
+  local top = heap[1]
+  heap[1] = heap[nheap]
+  heap[nheap] = nil
+  nheap = nheap - 1
+  local i = 1
+  while true do
+    local l, r, m = 2 * i, 2 * i + 1, i
+    if l <= nheap and heap_less(heap[l], heap[m]) then m = l end
+    if r <= nheap and heap_less(heap[r], heap[m]) then m = r end
+    if m == i then break end
+    heap[i], heap[m] = heap[m], heap[i]
+    i = m
+  end
+  return top
+end
+
+-- A canceled timer stays in the heap (marked dead) until its deadline passes.
+local function timer_cancel(w)
+  if not w.dead then
+    w.dead = true
+    ntimers = ntimers - 1
+  end
+end
+
+--- Arms a timer that wakes w (with value a) after s seconds.
+local function add_timer(w, s, a)
+  seq = seq + 1
+  w.t, w.seq, w.ta = now() + s, seq, a
+  ntimers = ntimers + 1
+  heap_push(w)
+  return w
+end
+M.add_timer, M.timer_cancel = add_timer, timer_cancel
+
+-- The deadline of the first live timer, dropping canceled ones from the top of the heap.
+local function next_deadline()
+  while nheap > 0 and heap[1].dead do heap_pop() end
+  return nheap > 0 and heap[1].t or nil
+end
+
+local function fire_timers()
+  if nheap == 0 then return end
+  local t = now()
+  while nheap > 0 and heap[1].t <= t do
+    local w = heap_pop()
+    if not w.dead then
+      w.dead = true
+      ntimers = ntimers - 1
+      if w.on_timer then w:on_timer() else wake(w, w.ta) end
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- tasks
+
+local Task = { __name = "coord.task" }
+Task.__index = Task
+
+local function new_task(fn, propagate, ...)
+  local t = setmetatable({ co = coroutine.create(fn), propagate = propagate, joiners = {} }, Task)
+  tasks[t.co] = t
+  return t
+end
+
+local function finish(t, ok, ...)
+  t.done = true
+  if ok then
+    t.results = pack(...)
+  else
+    t.err = ...
+    t.traceback = traceback(t.co, tostring(t.err))
+    close(t.co) -- runs the coroutine's pending <close> guards: cancels what it waited on
+    if not t.propagate then report(t.err, t.co, t.traceback) end
+  end
+  if t.notify then t:notify() end
+  for i = 1, #t.joiners do wake(t.joiners[i]) end
+  t.joiners = nil
+end
+
+local function after(co, ok, ...)
+  if status(co) == "dead" then
+    local t = tasks[co]
+    if t then
+      tasks[co] = nil
+      finish(t, ok, ...)
+    elseif not ok then
+      local trace = traceback(co, tostring((...)))
+      close(co)
+      report((...), co, trace)
+    end
+  elseif (...) ~= SUSPEND then
+    report("coroutine yielded a value to the coord scheduler", co,
+      "coroutine yielded a value that is not a coord wait; it will not be resumed")
+  end
+end
+
+local function step_co(co, ...)
+  return after(co, resume(co, ...))
+end
+
+--- Starts fn(...) in a new coroutine on the next loop iteration and returns its task.
+function M.spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local t = new_task(fn, false)
+  t.args = pack(...)
+  rtail = rtail + 1
+  rq[rtail] = t
+  return t
+end
+
+--- Waits for the task to end; returns true and its results, or false and its error.
+function Task:join()
+  if not self.done then
+    local w = M.waiter(function(w)
+      for i, j in ipairs(self.joiners or {}) do
+        if j == w then table.remove(self.joiners, i) break end
+      end
+    end)
+    self.joiners[#self.joiners + 1] = w
+    wait(w)
+  end
+  if self.err ~= nil then return false, self.err end
+  return true, unpack(self.results, 1, self.results.n)
+end
+
+--- Stops the task: closes its coroutine, which cancels whatever it is waiting on.
+function Task:cancel()
+  if self.done then return false end
+  local s = status(self.co)
+  if s ~= "suspended" then error("coord: cannot cancel a task that is " .. s, 2) end
+  tasks[self.co] = nil
+  close(self.co)
+  self.done, self.canceled = true, true
+  self.err = errors.new("canceled", "task canceled")
+  for i = 1, #self.joiners do wake(self.joiners[i]) end
+  self.joiners = nil
+  return true
+end
+
+function Task:status()
+  if not self.done then return status(self.co) == "running" and "running" or "waiting" end
+  if self.canceled then return "canceled" end
+  return self.err ~= nil and "failed" or "done"
+end
+
+---------------------------------------------------------------------------------------------
+-- the loop
+
+local function run_ready()
+  local last = rtail
+  while rhead <= last do
+    local w = rq[rhead]
+    rq[rhead] = nil
+    rhead = rhead + 1
+    local co = w.co
+    if w.args then
+      local args = w.args
+      w.args = nil
+      step_co(co, unpack(args, 1, args.n))
+    elseif status(co) == "suspended" then
+      step_co(co)
+    end
+  end
+  if rhead > rtail then rhead, rtail = 1, 0 end
+end
+
+local function dispatch(owner)
+  if owner.stream then
+    local w = owner.w
+    if w then
+      owner.w = nil
+      wake(w)
+    end
+  else
+    wake(owner)
+  end
+end
+
+local function idle(busy)
+  return rhead > rtail and ntimers == 0 and busy == 0
+end
+
+-- One iteration: resume what is ready, poll I/O for at most `limit` seconds (nil: as long as
+-- nothing else is due), fire due timers. Returns the number of requests in flight.
+function tick(limit, flush)
+  run_ready()
+  local t = limit
+  local deadline = next_deadline()
+  if rhead <= rtail then
+    t = 0
+  elseif deadline then
+    local d = deadline - now()
+    if d < 0 then d = 0 end
+    if t == nil or d < t then t = d end
+  end
+  if t == nil and inflight() == 0 then t = 0 end
+  local n, busy = poll(t, polled, flush)
+  for i = 1, n do
+    local o = polled[i]
+    polled[i] = nil
+    dispatch(o)
+  end
+  fire_timers()
+  return busy
+end
+
+-- Runs the loop until `target` (a waiter or task) is done, or until there is no work left
+-- when target is nil.
+function drive(target)
+  driving = true
+  local ok, err = pcall(function()
+    while not (target and target.done) do
+      local busy = tick(nil, false)
+      if idle(busy) and not (target and target.done) then
+        if not target then return end
+        error("coord: deadlock: waiting for something that no coroutine, timer or request can deliver", 0)
+      end
+    end
+  end)
+  driving = false
+  if not ok then error(err, 0) end
+end
+
+--- Runs the loop. With fn: runs fn(...) as a coroutine until it returns, and returns its
+--- results (an error in fn is raised again). Without fn: runs until no work is left.
+function M.run(fn, ...)
+  if driving then error("coord.run: the loop is already running", 2) end
+  if fn == nil then return drive(nil) end
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'run' (function or nil expected, got " .. type(fn) .. ")", 2)
+  end
+  local t = new_task(fn, true)
+  t.args = pack(...)
+  rtail = rtail + 1
+  rq[rtail] = t
+  drive(t)
+  if t.err ~= nil then error(t.err, 0) end
+  return unpack(t.results, 1, t.results.n)
+end
+
+--- Runs one iteration without blocking, or blocking up to `timeout` seconds, for programs
+--- that own their main loop. Returns true while there is work left.
+function M.step(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #1 to 'step' (non-negative number expected, got " .. tostring(timeout) .. ")", 2)
+  end
+  if driving then error("coord.step: the loop is already running", 2) end
+  driving = true
+  local ok, busy = pcall(tick, timeout or 0, true)
+  driving = false
+  if not ok then error(busy, 0) end
+  return not idle(busy)
+end
+
+--- The descriptor a host loop can poll for readability, and the seconds until coord.step
+--- must be called at the latest (nil when only I/O can make progress).
+function M.fd()
+  local fd, t = core.fd()
+  local deadline = next_deadline()
+  if rhead <= rtail then
+    t = 0
+  elseif deadline then
+    local d = deadline - now()
+    if d < 0 then d = 0 end
+    if t == nil or d < t then t = d end
+  end
+  return fd, t
+end
+
+---------------------------------------------------------------------------------------------
+-- waiting helpers
+
+local function check_seconds(s, fname)
+  if type(s) ~= "number" or s ~= s or s < 0 then
+    error("bad argument #1 to '" .. fname .. "' (non-negative number of seconds expected, got " .. tostring(s) .. ")", 3)
+  end
+end
+
+--- Suspends the running coroutine for s seconds.
+function M.sleep(s)
+  check_seconds(s, "sleep")
+  wait(add_timer(M.waiter(timer_cancel), s))
+end
+
+local function check_fn(fn, i, fname)
+  if type(fn) ~= "function" then
+    error("bad argument #" .. i .. " to '" .. fname .. "' (function expected, got " .. type(fn) .. ")", 3)
+  end
+end
+
+-- Starts fn(...) in a child coroutine right away; its errors propagate to the caller.
+local function start_child(fn, notify, ...)
+  local t = new_task(fn, true)
+  t.notify = notify
+  step_co(t.co, ...)
+  return t
+end
+
+local function close_child(t)
+  if not t.done and status(t.co) == "suspended" then
+    tasks[t.co] = nil
+    t.done = true
+    close(t.co)
+  end
+end
+
+--- Runs fn(...) with a time limit. When s seconds pass first, everything fn waits on is
+--- canceled and the result is nil plus a "timeout" error; otherwise fn's results.
+function M.timeout(s, fn, ...)
+  check_seconds(s, "timeout")
+  check_fn(fn, 2, "timeout")
+  local child
+  local w = M.waiter(function(w)
+    timer_cancel(w)
+    close_child(child)
+  end)
+  child = start_child(fn, function() wake(w) end, ...)
+  if not child.done then
+    add_timer(w, s, "timeout")
+    local why = wait(w)
+    timer_cancel(w)
+    if why == "timeout" then
+      close_child(child)
+      return nil, errors.new("timeout", ("timed out after %g s"):format(s))
+    end
+  end
+  if child.err ~= nil then error(child.err, 0) end
+  return unpack(child.results, 1, child.results.n)
+end
+
+--- Runs every function in its own coroutine and waits for all. Returns one packed table of
+--- results per function (t.n and t[1..n]). If one raises, the others are canceled and the
+--- error is raised again.
+function M.gather(...)
+  local n = select("#", ...)
+  local fns = { ... }
+  for i = 1, n do check_fn(fns[i], i, "gather") end
+  local children, left = {}, n
+  local w = M.waiter(function()
+    for i = 1, #children do close_child(children[i]) end
+  end)
+  local function notify(t)
+    left = left - 1
+    if t.err ~= nil then wake(w, t) elseif left == 0 then wake(w) end
+  end
+  for i = 1, n do
+    if w.done then break end
+    children[i] = start_child(fns[i], notify)
+  end
+  local failed = n > 0 and wait(w) or nil
+  if failed then
+    for i = 1, #children do close_child(children[i]) end
+    error(failed.err, 0)
+  end
+  local out = {}
+  for i = 1, n do out[i] = children[i].results end
+  return unpack(out, 1, n)
+end
+
+return M
