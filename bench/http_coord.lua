@@ -1,7 +1,7 @@
 -- bench/http_coord.lua URL N C [POST-BODY]: N requests at concurrency C through coord.http,
 -- each reply decoded as JSON (as a client would). Prints one summary line like bench/bare.
 local coord = require "coord"
-local cjson = require "cjson"
+local decode = require("coord.core").json_decode
 
 local url, n, c, body = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4]
 assert(url and n and c, "usage: http_coord.lua URL N C [POST-BODY]")
@@ -15,7 +15,7 @@ local function worker()
   while next_id < n do
     next_id = next_id + 1
     local res = request(opts)
-    if res and res.status == 200 and cjson.decode(res.body) then
+    if res and res.status == 200 and decode(res.body) then
       bytes = bytes + #res.body
     else
       errors = errors + 1

@@ -2,6 +2,7 @@
    failed one, and the header table of a response. Runs only on the Lua side of a poll. */
 #include <ctype.h>
 #include <string.h>
+#include <strings.h>
 #include "dispatch.h"
 
 static const char *kind_of(CURLcode c) {
@@ -56,9 +57,9 @@ int coord_push_failure(lua_State *L, coord_req *r) {
 
 /* Pushes { name = value } for the header lines in hdrs: names lower-cased, values trimmed,
    a repeated header's values joined with ", " in arrival order (RFC 9110, 5.3). */
-void coord_push_headers(lua_State *L, const coord_buf *hdrs) {
+void coord_push_headers(lua_State *L, const char *p, size_t len) {
   lua_createtable(L, 0, 8);
-  const char *p = coord_buf_head(hdrs), *end = p + coord_buf_unread(hdrs);
+  const char *end = p + len;
   char name[256];
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -84,4 +85,43 @@ void coord_push_headers(lua_State *L, const coord_buf *hdrs) {
     }
     p = next;
   }
+}
+
+/* parse_headers(raw): the header table of a raw header block (see coord_push_headers). */
+static int l_parse_headers(lua_State *L) {
+  size_t n;
+  const char *raw = luaL_checklstring(L, 1, &n);
+  coord_push_headers(L, raw, n);
+  return 1;
+}
+
+/* header(raw, name): the value of one header (case-insensitive), repeated values joined
+   with ", ", or nil. Scans the raw block without building a table. */
+static int l_header(lua_State *L) {
+  size_t n, nn;
+  const char *p = luaL_checklstring(L, 1, &n), *end = p + n;
+  const char *name = luaL_checklstring(L, 2, &nn);
+  int found = 0;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *le = eol ? eol : end;
+    if ((size_t)(le - p) > nn && p[nn] == ':' && strncasecmp(p, name, nn) == 0) {
+      const char *v = p + nn + 1, *ve = le;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      luaL_checkstack(L, 2, "repeated header");
+      if (found) lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, (size_t)(ve - v));
+      found += found ? 2 : 1;
+    }
+    p = eol ? eol + 1 : end;
+  }
+  if (!found) return 0;
+  lua_concat(L, found);
+  return 1;
+}
+
+void coord_dispatch_register(lua_State *L) {
+  static const luaL_Reg fns[] = {{"parse_headers", l_parse_headers}, {"header", l_header}, {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
 }

@@ -5,6 +5,7 @@
 #include "request.h"
 
 int coord_push_failure(lua_State *L, coord_req *r);
-void coord_push_headers(lua_State *L, const coord_buf *hdrs);
+void coord_push_headers(lua_State *L, const char *raw, size_t len);
+void coord_dispatch_register(lua_State *L);
 
 #endif

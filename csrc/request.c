@@ -429,14 +429,16 @@ static void resume_send(coord_req *r) {
   }
 }
 
-/* result(): for a finished request, status, headers and body; or nil, kind, message. */
+/* result(): for a finished request, status, the raw header block and body; or nil, kind,
+   message. Headers stay raw until asked for (see parse_headers and header). */
 static int req_result(lua_State *L) {
   coord_req *r = check_req(L);
   if (!r->done) return luaL_error(L, "coord: request has not finished");
   int n = coord_push_failure(L, r);
   if (n) return n;
   lua_pushinteger(L, r->status);
-  coord_push_headers(L, &r->hdrs);
+  lua_pushlstring(L, coord_buf_head(&r->hdrs), coord_buf_unread(&r->hdrs));
+  coord_buf_free(&r->hdrs);
   lua_pushlstring(L, coord_buf_head(&r->body), coord_buf_unread(&r->body));
   coord_buf_free(&r->body);
   return 3;
@@ -448,7 +450,7 @@ static int req_response(lua_State *L) {
   coord_req *r = check_req(L);
   if (r->headers_done) {
     lua_pushinteger(L, r->status);
-    coord_push_headers(L, &r->hdrs);
+    coord_push_headers(L, coord_buf_head(&r->hdrs), coord_buf_unread(&r->hdrs));
     return 2;
   }
   if (r->done || r->canceled) {

@@ -8,7 +8,24 @@ local errors = require "coord.errors"
 local M = {}
 
 local wait, waiter = sched.wait, sched.Waiter
-local request = core.request
+local request, parse_headers, header = core.request, core.parse_headers, core.header
+
+-- A response keeps its header block raw; `res.headers` builds the table on first use, and
+-- `res:header(name)` reads one header without building it.
+local Response = { __name = "coord.http.response" }
+function Response.__index(res, k)
+  if k == "headers" then
+    local h = parse_headers(res.raw_headers)
+    rawset(res, "headers", h)
+    return h
+  end
+  return Response[k]
+end
+
+--- The value of one response header (any case), repeated values joined with ", "; or nil.
+function Response:header(name)
+  return header(self.raw_headers, name)
+end
 
 -- A plain request's owner is its waiter: the poll hands it back when the reply is complete.
 local function cancel_request(w)
@@ -47,9 +64,9 @@ function M.request(opts)
   local w = setmetatable({ cancel = cancel_request }, waiter)
   w.ud = request(opts, w)
   wait(w)
-  local status, headers, body = w.ud:result()
-  if not status then return fail(headers, body, opts) end
-  local res = { status = status, headers = headers, body = body }
+  local status, raw, body = w.ud:result()
+  if not status then return fail(raw, body, opts) end
+  local res = setmetatable({ status = status, raw_headers = raw, body = body }, Response)
   if opts.expect and not expected(opts.expect, status) then return http_error(res, opts) end
   return res
 end

@@ -1,0 +1,397 @@
+/* json.c: a strict RFC 8259 JSON decoder and a small encoder. Integral numbers become Lua
+   integers (exactly, up to 2^64-1; above 2^63-1 with the same 64 bits), other numbers floats;
+   null is the light userdata NULL (the same value as cjson.null). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include "buffer.h"
+#include "json.h"
+
+#define MAX_DEPTH 512
+
+typedef struct decoder {
+  lua_State *L;
+  const char *start, *p, *end;
+  int depth;
+} decoder;
+
+static int fail(decoder *d, const char *what) {
+  return luaL_error(d->L, "invalid JSON at offset %d: %s", (int)(d->p - d->start), what);
+}
+
+static void skip_ws(decoder *d) {
+  while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t')) d->p++;
+}
+
+static int hex4(decoder *d, const char *p) {
+  int v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = p[i];
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= c - '0';
+    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+    else return fail(d, "bad \\u escape");
+  }
+  return v;
+}
+
+static void add_utf8(luaL_Buffer *b, unsigned cp) {
+  char u[4];
+  int n;
+  if (cp < 0x80) u[0] = (char)cp, n = 1;
+  else if (cp < 0x800) u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+  else if (cp < 0x10000)
+    u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+  else
+    u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)),
+    u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
+  luaL_addlstring(b, u, (size_t)n);
+}
+
+/* d->p is just past the opening quote. */
+static void decode_string(decoder *d) {
+  const char *s = d->p;
+  while (s < d->end && *s != '"' && *s != '\\' && (unsigned char)*s >= 0x20) s++;
+  if (s < d->end && *s == '"') { /* the common case: no escapes */
+    lua_pushlstring(d->L, d->p, (size_t)(s - d->p));
+    d->p = s + 1;
+    return;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(d->L, &b);
+  luaL_addlstring(&b, d->p, (size_t)(s - d->p));
+  d->p = s;
+  for (;;) {
+    if (d->p >= d->end) fail(d, "unterminated string");
+    unsigned char c = (unsigned char)*d->p;
+    if (c == '"') break;
+    if (c < 0x20) fail(d, "control character in string");
+    if (c != '\\') {
+      luaL_addchar(&b, (char)c);
+      d->p++;
+      continue;
+    }
+    if (d->end - d->p < 2) fail(d, "unterminated escape");
+    char e = d->p[1];
+    d->p += 2;
+    switch (e) {
+      case '"': luaL_addchar(&b, '"'); break;
+      case '\\': luaL_addchar(&b, '\\'); break;
+      case '/': luaL_addchar(&b, '/'); break;
+      case 'b': luaL_addchar(&b, '\b'); break;
+      case 'f': luaL_addchar(&b, '\f'); break;
+      case 'n': luaL_addchar(&b, '\n'); break;
+      case 'r': luaL_addchar(&b, '\r'); break;
+      case 't': luaL_addchar(&b, '\t'); break;
+      case 'u': {
+        if (d->end - d->p < 4) fail(d, "bad \\u escape");
+        unsigned cp = (unsigned)hex4(d, d->p);
+        d->p += 4;
+        if (cp >= 0xD800 && cp < 0xDC00 && d->end - d->p >= 6 && d->p[0] == '\\' && d->p[1] == 'u') {
+          unsigned lo = (unsigned)hex4(d, d->p + 2);
+          if (lo >= 0xDC00 && lo < 0xE000) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            d->p += 6;
+          }
+        }
+        add_utf8(&b, cp);
+        break;
+      }
+      default: d->p -= 2; fail(d, "bad escape");
+    }
+  }
+  d->p++;
+  luaL_pushresult(&b);
+}
+
+static void decode_number(decoder *d) {
+  const char *s = d->p;
+  int neg = 0, integral = 1;
+  if (s < d->end && *s == '-') neg = 1, s++;
+  if (s >= d->end || *s < '0' || *s > '9') fail(d, "bad number");
+  if (*s == '0' && s + 1 < d->end && s[1] >= '0' && s[1] <= '9') fail(d, "leading zero");
+  uint64_t v = 0;
+  int overflow = 0;
+  for (; s < d->end && *s >= '0' && *s <= '9'; s++) {
+    unsigned dig = (unsigned)(*s - '0');
+    if (v > (UINT64_MAX - dig) / 10) overflow = 1;
+    else v = v * 10 + dig;
+  }
+  if (s < d->end && *s == '.') {
+    integral = 0;
+    s++;
+    if (s >= d->end || *s < '0' || *s > '9') fail(d, "bad fraction");
+    while (s < d->end && *s >= '0' && *s <= '9') s++;
+  }
+  if (s < d->end && (*s == 'e' || *s == 'E')) {
+    integral = 0;
+    s++;
+    if (s < d->end && (*s == '+' || *s == '-')) s++;
+    if (s >= d->end || *s < '0' || *s > '9') fail(d, "bad exponent");
+    while (s < d->end && *s >= '0' && *s <= '9') s++;
+  }
+  if (integral && !overflow && (!neg || v <= (uint64_t)INT64_MAX + 1)) {
+    lua_pushinteger(d->L, neg ? (lua_Integer)(0 - v) : (lua_Integer)v);
+  } else {
+    char buf[64], *tmp = buf;
+    size_t n = (size_t)(s - d->p);
+    if (n >= sizeof buf && (tmp = malloc(n + 1)) == NULL) fail(d, "out of memory");
+    memcpy(tmp, d->p, n);
+    tmp[n] = '\0';
+    double x = strtod(tmp, NULL);
+    if (tmp != buf) free(tmp);
+    lua_pushnumber(d->L, x);
+  }
+  d->p = s;
+}
+
+static int literal(decoder *d, const char *word, size_t n) {
+  if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0) return 0;
+  d->p += n;
+  return 1;
+}
+
+static void decode_value(decoder *d);
+
+static void decode_container(decoder *d, char close) {
+  lua_State *L = d->L;
+  if (++d->depth > MAX_DEPTH) fail(d, "nested too deeply");
+  luaL_checkstack(L, 4, "JSON nesting");
+  d->p++;
+  lua_createtable(L, close == ']' ? 4 : 0, close == '}' ? 4 : 0);
+  skip_ws(d);
+  if (d->p < d->end && *d->p == close) {
+    d->p++;
+    d->depth--;
+    return;
+  }
+  lua_Integer i = 0;
+  for (;;) {
+    skip_ws(d);
+    if (close == '}') {
+      if (d->p >= d->end || *d->p != '"') fail(d, "object key expected");
+      d->p++;
+      decode_string(d);
+      skip_ws(d);
+      if (d->p >= d->end || *d->p != ':') fail(d, "':' expected");
+      d->p++;
+      skip_ws(d);
+      decode_value(d);
+      lua_rawset(L, -3);
+    } else {
+      decode_value(d);
+      lua_rawseti(L, -2, ++i);
+    }
+    skip_ws(d);
+    if (d->p < d->end && *d->p == ',') {
+      d->p++;
+      continue;
+    }
+    if (d->p < d->end && *d->p == close) {
+      d->p++;
+      break;
+    }
+    fail(d, close == '}' ? "',' or '}' expected" : "',' or ']' expected");
+  }
+  d->depth--;
+}
+
+static void decode_value(decoder *d) {
+  if (d->p >= d->end) fail(d, "unexpected end");
+  switch (*d->p) {
+    case '{': decode_container(d, '}'); return;
+    case '[': decode_container(d, ']'); return;
+    case '"': d->p++; decode_string(d); return;
+    case 't': if (literal(d, "true", 4)) { lua_pushboolean(d->L, 1); return; } break;
+    case 'f': if (literal(d, "false", 5)) { lua_pushboolean(d->L, 0); return; } break;
+    case 'n': if (literal(d, "null", 4)) { lua_pushlightuserdata(d->L, NULL); return; } break;
+    default: decode_number(d); return;
+  }
+  fail(d, "unexpected character");
+}
+
+static int do_decode(lua_State *L) {
+  decoder *d = lua_touserdata(L, 1);
+  skip_ws(d);
+  decode_value(d);
+  skip_ws(d);
+  if (d->p != d->end) fail(d, "trailing characters");
+  return 1;
+}
+
+/* decode(s): the value, or nil and "invalid JSON at offset N: why". */
+static int json_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  decoder d = {L, s, s, s + n, 0};
+  lua_pushcfunction(L, do_decode);
+  lua_pushlightuserdata(L, &d);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    luaL_pushfail(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  return 1;
+}
+
+/* ---- encoding ---- */
+
+/* The encoder writes into a malloc'd buffer (values are pushed while it runs, which a
+   luaL_Buffer does not allow); it runs under lua_pcall so the buffer is freed on error. */
+typedef struct encoder {
+  lua_State *L;
+  coord_buf out;
+} encoder;
+
+static void put(encoder *e, const char *s, size_t n) {
+  if (coord_buf_append(&e->out, s, n) != 0) luaL_error(e->L, "out of memory");
+}
+
+static void put_string(encoder *e, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  put(e, "\"", 1);
+  size_t run = 0; /* bytes copied as they are, flushed in one piece */
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      run++;
+      continue;
+    }
+    put(e, s + i - run, run);
+    run = 0;
+    char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+    if (c == '"' || c == '\\') u[1] = (char)c, put(e, u, 2);
+    else if (c == '\n') put(e, "\\n", 2);
+    else if (c == '\r') put(e, "\\r", 2);
+    else if (c == '\t') put(e, "\\t", 2);
+    else put(e, u, 6);
+  }
+  put(e, s + n - run, run);
+  put(e, "\"", 1);
+}
+
+/* An array is a non-empty sequence, or any table whose metatable has __jsontype = "array". */
+static int is_array(lua_State *L, int idx, lua_Integer *len) {
+  if (luaL_getmetafield(L, idx, "__jsontype") != LUA_TNIL) {
+    int arr = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "array") == 0;
+    lua_pop(L, 1);
+    *len = (lua_Integer)lua_rawlen(L, idx);
+    return arr;
+  }
+  lua_Integer n = 0, max = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    lua_Integer k = lua_tointeger(L, -1);
+    if (k > max) max = k;
+    n++;
+  }
+  *len = max;
+  return n > 0 && max == n;
+}
+
+static void encode_value(encoder *e, int idx, int depth) {
+  lua_State *L = e->L;
+  char num[64];
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: put(e, "null", 4); return;
+    case LUA_TBOOLEAN:
+      if (lua_toboolean(L, idx)) put(e, "true", 4);
+      else put(e, "false", 5);
+      return;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        snprintf(num, sizeof num, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+      } else {
+        double x = lua_tonumber(L, idx);
+        if (isnan(x) || isinf(x)) luaL_error(L, "cannot encode %f as JSON", x);
+        snprintf(num, sizeof num, "%.17g", x);
+      }
+      put(e, num, strlen(num));
+      return;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      put_string(e, s, n);
+      return;
+    }
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL) {
+        put(e, "null", 4);
+        return;
+      }
+      break;
+    case LUA_TTABLE: {
+      if (depth > MAX_DEPTH) luaL_error(L, "cannot encode JSON: nested too deeply (a cycle?)");
+      luaL_checkstack(L, 4, "JSON nesting");
+      lua_Integer len;
+      if (is_array(L, idx, &len)) {
+        put(e, "[", 1);
+        for (lua_Integer i = 1; i <= len; i++) {
+          if (i > 1) put(e, ",", 1);
+          lua_rawgeti(L, idx, i);
+          encode_value(e, lua_gettop(L), depth + 1);
+          lua_pop(L, 1);
+        }
+        put(e, "]", 1);
+        return;
+      }
+      put(e, "{", 1);
+      int first = 1;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+          luaL_error(L, "cannot encode JSON: object key of type %s", luaL_typename(L, -2));
+        if (!first) put(e, ",", 1);
+        first = 0;
+        size_t n;
+        const char *k = lua_tolstring(L, -2, &n);
+        put_string(e, k, n);
+        put(e, ":", 1);
+        encode_value(e, lua_gettop(L), depth + 1);
+        lua_pop(L, 1);
+      }
+      put(e, "}", 1);
+      return;
+    }
+    default: break;
+  }
+  luaL_error(L, "cannot encode a %s as JSON", luaL_typename(L, idx));
+}
+
+static int do_encode(lua_State *L) {
+  encoder *e = lua_touserdata(L, 2);
+  e->L = L;
+  encode_value(e, 1, 0);
+  return 0;
+}
+
+/* encode(v): JSON text. Integers are written exactly. Raises on what JSON cannot hold
+   (functions, NaN, non-string keys, cycles). */
+static int json_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  encoder e = {L, {NULL, 0, 0, 0}};
+  lua_pushcfunction(L, do_encode);
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, &e);
+  int status = lua_pcall(L, 2, 0, 0);
+  if (status == LUA_OK) lua_pushlstring(L, coord_buf_head(&e.out), coord_buf_unread(&e.out));
+  coord_buf_free(&e.out);
+  if (status != LUA_OK) return lua_error(L);
+  return 1;
+}
+
+void coord_json_register(lua_State *L) {
+  static const luaL_Reg fns[] = {{"json_decode", json_decode}, {"json_encode", json_encode}, {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
+}

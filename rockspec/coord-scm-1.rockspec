@@ -1,0 +1,46 @@
+rockspec_format = "3.0"
+package = "coord"
+version = "scm-1"
+source = {
+   url = "git+file:///dev/null", -- built in place with `luarocks make`
+}
+description = {
+   summary = "Non-blocking Consul and etcd clients for Lua 5.4 on libuv and libcurl",
+   detailed = [[
+coord gives Lua programs coroutine-based, non-blocking access to Consul and etcd.
+A C core runs HTTP on libuv with libcurl's multi interface; every call yields the
+running coroutine and resumes it when the reply arrives.
+]],
+   license = "MIT",
+   labels = { "consul", "etcd", "libuv", "libcurl", "async" },
+}
+dependencies = {
+   "lua >= 5.4, < 5.5",
+   "lua-cjson",
+}
+external_dependencies = {
+   LIBUV = { header = "uv.h", library = "uv" },
+   -- no header check: Debian keeps curl/curl.h under the multiarch include dir, which the
+   -- compiler searches but luarocks does not
+   LIBCURL = { library = "curl" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["coord.core"] = {
+         sources = {
+            "csrc/buffer.c", "csrc/codec.c", "csrc/core.c", "csrc/dispatch.c", "csrc/json.c",
+            "csrc/loop.c", "csrc/multi.c", "csrc/request.c",
+         },
+         libraries = { "uv", "curl" },
+         incdirs = { "$(LIBUV_INCDIR)" },
+         libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)" },
+         defines = {},
+      },
+      ["coord"] = "lua/coord/init.lua",
+      ["coord.errors"] = "lua/coord/errors.lua",
+      ["coord.sched"] = "lua/coord/sched.lua",
+      ["coord.sync"] = "lua/coord/sync.lua",
+      ["coord.http"] = "lua/coord/http.lua",
+   },
+}

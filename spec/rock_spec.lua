@@ -1,0 +1,10 @@
+-- The rockspec installs a working module into a fresh tree, offline (.ci/rock does the work).
+describe("rockspec", function()
+  it("luarocks make installs coord, and a fresh lua5.4 loads it from the tree", function()
+    local p = assert(io.popen("env -u LD_PRELOAD bash .ci/rock 2>&1"))
+    local out = p:read("a")
+    local ok = p:close()
+    assert.is_true(ok, out)
+    assert.matches("rock ok: coord", out)
+  end)
+end)
