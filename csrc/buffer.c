@@ -17,10 +17,12 @@ int coord_buf_append(coord_buf *b, const char *p, size_t n) {
       if (cap > ((size_t)-1) / 2) return -1;
       cap *= 2;
     }
-    char *d = realloc(b->data, cap);
+    char *d = b->owned ? realloc(b->data, cap) : malloc(cap);
     if (d == NULL) return -1;
+    if (!b->owned && b->len) memcpy(d, b->data, b->len);
     b->data = d;
     b->cap = cap;
+    b->owned = 1;
   }
   memcpy(b->data + b->len, p, n);
   b->len += n;
@@ -35,7 +37,8 @@ void coord_buf_consume(coord_buf *b, size_t n) {
 void coord_buf_clear(coord_buf *b) { b->off = b->len = 0; }
 
 void coord_buf_free(coord_buf *b) {
-  free(b->data);
+  if (b->owned) free(b->data);
   b->data = NULL;
   b->off = b->len = b->cap = 0;
+  b->owned = 0;
 }

@@ -378,7 +378,7 @@ static int do_encode(lua_State *L) {
 static int json_encode(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  encoder e = {L, {NULL, 0, 0, 0}};
+  encoder e = {L, {NULL, 0, 0, 0, 0}};
   lua_pushcfunction(L, do_encode);
   lua_pushvalue(L, 1);
   lua_pushlightuserdata(L, &e);

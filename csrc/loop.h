@@ -23,7 +23,9 @@ typedef struct coord_loop {
   coord_req *ready_head; /* requests with something for Lua: done, headers, data */
   coord_req *ready_tail;
   coord_req *cancels;    /* cancellations queued by Lua, applied by the next poll */
-  coord_sock *socks;     /* poll contexts not yet closing */
+  coord_sock *socks;     /* poll contexts, watching or stopped */
+  coord_sock **byfd;     /* the same, indexed by descriptor number */
+  size_t nbyfd;
   CURL *pool[COORD_POOL_MAX];
   int npool;
   int polling;           /* re-entry guard for coord_loop_poll */
@@ -38,7 +40,7 @@ typedef struct coord_holder {
 coord_loop *coord_loop_get(lua_State *L, int holder_idx);
 void coord_loop_destroy(coord_loop *lp);
 CURL *coord_loop_easy(coord_loop *lp);
-void coord_loop_release_easy(coord_loop *lp, CURL *e);
+void coord_loop_release_easy(coord_loop *lp, CURL *e, int plain);
 void coord_loop_ready(coord_loop *lp, coord_req *r);
 void coord_loop_register(lua_State *L);
 

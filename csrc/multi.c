@@ -1,14 +1,33 @@
 /* multi.c: curl's multi-socket interface on libuv. Callbacks here only record what happened;
    no Lua is ever called from this file. */
 #include <stdlib.h>
+#include <string.h>
 #include "request.h"
 
+/* One poll context per descriptor number. When curl stops watching a socket the context is
+   only stopped and kept by its number: curl reuses the number for its next connection at once
+   (keep-alive requests come and go on the same fd), and starting a stopped handle costs less
+   than creating one. */
 struct coord_sock {
   uv_poll_t poll;
   curl_socket_t fd;
   coord_loop *loop;
   coord_sock *prev, *next;
 };
+
+static int byfd_put(coord_loop *lp, curl_socket_t fd, coord_sock *s) {
+  if ((size_t)fd >= lp->nbyfd) {
+    size_t n = lp->nbyfd ? lp->nbyfd : 64;
+    while (n <= (size_t)fd) n *= 2;
+    coord_sock **a = realloc(lp->byfd, n * sizeof *a);
+    if (a == NULL) return -1;
+    memset(a + lp->nbyfd, 0, (n - lp->nbyfd) * sizeof *a);
+    lp->byfd = a;
+    lp->nbyfd = n;
+  }
+  lp->byfd[fd] = s;
+  return 0;
+}
 
 static void sock_free(uv_handle_t *h) { free(h->data); }
 
@@ -17,10 +36,10 @@ static void sock_unlink(coord_loop *lp, coord_sock *s) {
   else lp->socks = s->next;
   if (s->next) s->next->prev = s->prev;
   s->prev = s->next = NULL;
+  if ((size_t)s->fd < lp->nbyfd && lp->byfd[s->fd] == s) lp->byfd[s->fd] = NULL;
 }
 
-/* Stops watching at once (the fd number may be reused by the next socket) and frees the
-   context when libuv has finished with the handle. */
+/* Frees the context once libuv has finished with the handle. */
 static void sock_close(coord_loop *lp, coord_sock *s) {
   uv_poll_stop(&s->poll);
   sock_unlink(lp, s);
@@ -71,10 +90,11 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
   if (what == CURL_POLL_REMOVE) {
     if (s) {
       curl_multi_assign(lp->multi, fd, NULL);
-      sock_close(lp, s);
+      uv_poll_stop(&s->poll); /* at once: the socket is closed right after this callback */
     }
     return 0;
   }
+  if (s == NULL && (size_t)fd < lp->nbyfd) s = lp->byfd[fd];
   if (s == NULL) {
     s = calloc(1, sizeof *s);
     if (s == NULL) return -1;
@@ -82,14 +102,18 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
       free(s);
       return -1;
     }
+    s->poll.data = s;
+    if (byfd_put(lp, fd, s) != 0) {
+      uv_close((uv_handle_t *)&s->poll, sock_free);
+      return -1;
+    }
     s->fd = fd;
     s->loop = lp;
-    s->poll.data = s;
     s->next = lp->socks;
     if (lp->socks) lp->socks->prev = s;
     lp->socks = s;
-    curl_multi_assign(lp->multi, fd, s);
   }
+  curl_multi_assign(lp->multi, fd, s);
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
@@ -126,7 +150,10 @@ int coord_multi_setup(coord_loop *lp) {
   return 0;
 }
 
-/* Used at teardown, after curl_multi_cleanup: closes contexts curl did not remove. */
+/* Used at teardown, after curl_multi_cleanup: closes every context, stopped or not. */
 void coord_multi_close_socks(coord_loop *lp) {
   while (lp->socks) sock_close(lp, lp->socks);
+  free(lp->byfd);
+  lp->byfd = NULL;
+  lp->nbyfd = 0;
 }

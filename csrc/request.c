@@ -1,6 +1,7 @@
 /* request.c: one HTTP exchange as a Lua object: options, curl's data callbacks, streaming in
    both directions with backpressure, and cancellation. */
 #include <ctype.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "dispatch.h"
@@ -98,7 +99,7 @@ void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
   if (status) r->status = status;
   curl_multi_remove_handle(lp->multi, r->easy);
   active_unlink(lp, r);
-  coord_loop_release_easy(lp, r->easy);
+  coord_loop_release_easy(lp, r->easy, r->plain);
   r->easy = NULL;
   r->active = 0;
   r->done = 1;
@@ -289,10 +290,11 @@ typedef struct tls_opts {
   int verify, verify_host;
 } tls_opts;
 
-static void read_tls(lua_State *L, int t, tls_opts *o) {
+/* Returns whether a tls table was given. */
+static int read_tls(lua_State *L, int t, tls_opts *o) {
   memset(o, 0, sizeof *o);
   o->verify = o->verify_host = 1;
-  if (!opt(L, t, "tls", LUA_TTABLE)) return;
+  if (!opt(L, t, "tls", LUA_TTABLE)) return 0;
   int s = lua_gettop(L); /* the table and its strings stay on the stack */
   o->ca_file = opt_string(L, s, "ca_file");
   o->ca_path = opt_string(L, s, "ca_path");
@@ -301,6 +303,7 @@ static void read_tls(lua_State *L, int t, tls_opts *o) {
   o->key_password = opt_string(L, s, "key_password");
   o->verify = opt_bool(L, s, "verify", 1);
   o->verify_host = opt_bool(L, s, "verify_host", o->verify);
+  return 1;
 }
 
 static void set_tls(CURL *e, const tls_opts *o) {
@@ -321,7 +324,10 @@ int coord_req_new(lua_State *L) {
   lua_settop(L, 2);
   coord_loop *lp = coord_loop_get(L, lua_upvalueindex(1));
   coord_req *r = lua_newuserdatauv(L, sizeof *r, 2);
-  memset(r, 0, sizeof *r);
+  memset(r, 0, offsetof(coord_req, errbuf));
+  r->errbuf[0] = '\0';
+  coord_buf_init(&r->body, r->body_inline, sizeof r->body_inline);
+  coord_buf_init(&r->hdrs, r->hdrs_inline, sizeof r->hdrs_inline);
   r->ref = LUA_NOREF;
   luaL_setmetatable(L, COORD_REQ_MT);
   lua_pushvalue(L, 2);
@@ -350,7 +356,7 @@ int coord_req_new(lua_State *L) {
   r->max_body = opt_size(L, 1, "max_body", DEFAULT_MAX_BODY);
   r->high_water = opt_size(L, 1, "buffer", DEFAULT_HIGH_WATER);
   tls_opts tls;
-  read_tls(L, 1, &tls);
+  int has_tls = read_tls(L, 1, &tls);
   read_headers(L, 1, r);
   if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
   if (!method) method = body || r->upload ? "POST" : "GET";
@@ -374,8 +380,8 @@ int coord_req_new(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
-  if (timeout) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
-  if (connect_timeout) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout); /* pooled handles keep options: always set */
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
   if (unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_socket);
   if (version != CURL_HTTP_VERSION_NONE) curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
   if (pipewait) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
@@ -392,13 +398,14 @@ int coord_req_new(lua_State *L) {
   }
   if ((!is_get || body) && !is_head && strcmp(method, "POST") != 0)
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  set_tls(e, &tls);
+  if (has_tls) set_tls(e, &tls);
+  r->plain = !has_tls && !unix_socket && version == CURL_HTTP_VERSION_NONE && !pipewait && !r->upload && !is_head;
 
   lua_pushvalue(L, 2);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise: done before curl holds the request */
   if (curl_multi_add_handle(lp->multi, e) != CURLM_OK) {
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    coord_loop_release_easy(lp, e);
+    coord_loop_release_easy(lp, e, 0);
     return luaL_error(L, "coord: curl refused the transfer");
   }
   r->ref = ref;

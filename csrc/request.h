@@ -6,6 +6,7 @@
 #include "loop.h"
 
 #define COORD_REQ_MT "coord.request"
+#define COORD_INLINE 320
 
 struct coord_req {
   CURL *easy;            /* held only while active */
@@ -17,6 +18,7 @@ struct coord_req {
   unsigned active : 1, in_ready : 1, in_cancel : 1, done : 1, canceled : 1;
   unsigned stream : 1, upload : 1, upload_eof : 1, waiting : 1, headers_done : 1;
   unsigned recv_paused : 1, send_paused : 1, too_large : 1, nomem : 1;
+  unsigned plain : 1;      /* only per-request options set: the handle needs no full reset */
   CURLcode result;
   long status;
   size_t max_body;       /* bound on buffered response bytes */
@@ -28,6 +30,8 @@ struct coord_req {
   coord_buf hdrs;        /* header lines of the final response */
   coord_buf send;        /* streamed request body not yet taken by curl */
   char errbuf[CURL_ERROR_SIZE];
+  char body_inline[COORD_INLINE];  /* a typical reply fits here: no allocation */
+  char hdrs_inline[COORD_INLINE];
 };
 
 void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code);

@@ -61,7 +61,8 @@ function M.request(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'request' (table expected, got " .. type(opts) .. ")", 2)
   end
-  local w = setmetatable({ cancel = cancel_request }, waiter)
+  -- every field a wait sets is created here, so the table is sized once
+  local w = setmetatable({ cancel = cancel_request, ud = false, co = false, done = false, taken = false }, waiter)
   w.ud = request(opts, w)
   wait(w)
   local status, raw, body = w.ud:result()

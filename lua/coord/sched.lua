@@ -55,7 +55,6 @@ end
 -- complete it; it runs when the waiting coroutine is closed or leaves a <close> scope before
 -- it has taken its result (w.done may already be true then: a permit granted, say).
 local Waiter = { __name = "coord.waiter" }
-Waiter.__index = Waiter
 function Waiter.__close(w)
   if w.taken then return end
   w.taken = true
