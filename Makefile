@@ -51,11 +51,11 @@ asan: deps
 	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan
 	$(call SPEC_ENV,build/asan,-asan) LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  COORD_TEST_SANITIZED=1 $(BUSTED) --output=utfTerminal spec
+	  $(BUSTED) --output=utfTerminal spec
 
 valgrind: deps
 	@$(MAKE) --no-print-directory build build/peer
-	$(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" COORD_TEST_SANITIZED=1 \
+	$(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" \
 	  $(VALGRIND) $(BUSTED) --output=utfTerminal spec
 
 demo: deps

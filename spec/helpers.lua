@@ -48,9 +48,4 @@ function M.run_lua(code)
   return ok, code_, out
 end
 
--- The spec's own coroutine runner: runs fn inside coord.run and returns its results.
-function M.run(fn, ...)
-  return require("coord").run(fn, ...)
-end
-
 return M

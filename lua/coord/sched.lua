@@ -153,7 +153,6 @@ local function add_timer(w, s, a)
   heap_push(w)
   return w
 end
-M.add_timer, M.timer_cancel = add_timer, timer_cancel
 
 -- The deadline of the first live timer, dropping canceled ones from the top of the heap.
 local function next_deadline()
@@ -169,7 +168,7 @@ local function fire_timers()
     if not w.dead then
       w.dead = true
       ntimers = ntimers - 1
-      if w.on_timer then w:on_timer() else wake(w, w.ta) end
+      wake(w, w.ta)
     end
   end
 end
