@@ -470,6 +470,15 @@ static int req_response(lua_State *L) {
   return 1;
 }
 
+/* Hands len bytes of the stream to Lua and drops `used` (>= len) from the buffer; a paused
+   transfer resumes once the reader has caught up. */
+static int take(lua_State *L, coord_req *r, size_t len, size_t used) {
+  lua_pushlstring(L, coord_buf_head(&r->body), len);
+  coord_buf_consume(&r->body, used);
+  resume_recv(r);
+  return 1;
+}
+
 /* After a read found nothing: the end of the stream, its failure, or false (wait). */
 static int read_end(lua_State *L, coord_req *r) {
   if (r->done || r->canceled) {
@@ -493,13 +502,10 @@ static int req_read_line(lua_State *L) {
   const char *nl = unread ? memchr(head, '\n', unread) : NULL;
   if (r->canceled) return read_end(L, r);
   if (nl || (r->done && unread > 0 && r->result == CURLE_OK)) {
-    size_t take = nl ? (size_t)(nl - head) + 1 : unread;
-    size_t len = nl ? take - 1 : take;
+    size_t used = nl ? (size_t)(nl - head) + 1 : unread;
+    size_t len = nl ? used - 1 : used;
     if (nl && len > 0 && head[len - 1] == '\r') len--;
-    lua_pushlstring(L, head, len);
-    coord_buf_consume(&r->body, take);
-    resume_recv(r);
-    return 1;
+    return take(L, r, len, used);
   }
   return read_end(L, r);
 }
@@ -508,12 +514,7 @@ static int req_read_line(lua_State *L) {
 static int req_read(lua_State *L) {
   coord_req *r = check_req(L);
   size_t unread = coord_buf_unread(&r->body);
-  if (unread > 0 && !r->canceled) {
-    lua_pushlstring(L, coord_buf_head(&r->body), unread);
-    coord_buf_consume(&r->body, unread);
-    resume_recv(r);
-    return 1;
-  }
+  if (unread > 0 && !r->canceled) return take(L, r, unread, unread);
   return read_end(L, r);
 }
 

@@ -305,19 +305,24 @@ local function idle(busy)
   return rhead > rtail and ntimers == 0 and busy == 0
 end
 
--- One iteration: resume what is ready, poll I/O for at most `limit` seconds (nil: as long as
--- nothing else is due), fire due timers. Returns the number of requests in flight.
-function tick(limit, flush)
-  run_ready()
-  local t = limit
+-- The seconds the loop may block, given a bound t (nil: none): 0 when a coroutine is ready,
+-- else no later than the next live timer.
+local function block_for(t)
+  if rhead <= rtail then return 0 end
   local deadline = next_deadline()
-  if rhead <= rtail then
-    t = 0
-  elseif deadline then
+  if deadline then
     local d = deadline - now()
     if d < 0 then d = 0 end
     if t == nil or d < t then t = d end
   end
+  return t
+end
+
+-- One iteration: resume what is ready, poll I/O for at most `limit` seconds (nil: as long as
+-- nothing else is due), fire due timers. Returns the number of requests in flight.
+function tick(limit, flush)
+  run_ready()
+  local t = block_for(limit)
   if t == nil and inflight() == 0 then t = 0 end
   local n, busy = poll(t, polled, flush)
   for i = 1, n do
@@ -381,15 +386,7 @@ end
 --- must be called at the latest (nil when only I/O can make progress).
 function M.fd()
   local fd, t = core.fd()
-  local deadline = next_deadline()
-  if rhead <= rtail then
-    t = 0
-  elseif deadline then
-    local d = deadline - now()
-    if d < 0 then d = 0 end
-    if t == nil or d < t then t = d end
-  end
-  return fd, t
+  return fd, block_for(t)
 end
 
 ---------------------------------------------------------------------------------------------

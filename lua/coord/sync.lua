@@ -54,10 +54,8 @@ end
 --- Waits for a permit (first come, first served) and returns it; the permit can be
 --- released with permit:release(), by leaving a <close> scope, or with sem:release().
 function Semaphore:acquire()
-  if self.available > 0 and #self.waiters == 0 then
-    self.available = self.available - 1
-    return permit(self)
-  end
+  local p = self:try_acquire()
+  if p then return p end
   local w = sched.waiter(acquire_cancel)
   w.sem = self
   self.waiters[#self.waiters + 1] = w
