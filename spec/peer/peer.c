@@ -531,7 +531,7 @@ static int route_stall(struct conn *c)
     return 0;
 }
 
-/* Long-poll shared by /closed and /blocked. */
+/* Long-poll shared by /seen, /closed and /blocked. */
 static int route_await(struct conn *c, unsigned flag, const char *yes, const char *no)
 {
     char id[ID_MAX];
