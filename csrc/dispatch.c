@@ -5,6 +5,13 @@
 #include <strings.h>
 #include "dispatch.h"
 
+/* The value of a header line that starts at v and ends at ve (before "\n"), trimmed. */
+static const char *trim(const char *v, const char **ve) {
+  while (v < *ve && (*v == ' ' || *v == '\t')) v++;
+  while (*ve > v && ((*ve)[-1] == '\r' || (*ve)[-1] == ' ' || (*ve)[-1] == '\t')) (*ve)--;
+  return v;
+}
+
 static const char *kind_of(CURLcode c) {
   switch (c) {
     case CURLE_OPERATION_TIMEDOUT: return "timeout";
@@ -68,9 +75,8 @@ void coord_push_headers(lua_State *L, const char *p, size_t len) {
     if (colon && colon > p && (size_t)(colon - p) < sizeof name && !(colon - p >= 5 && memcmp(p, "HTTP/", 5) == 0)) {
       size_t nn = (size_t)(colon - p);
       for (size_t i = 0; i < nn; i++) name[i] = (char)tolower((unsigned char)p[i]);
-      const char *v = colon + 1, *ve = eol ? eol : end;
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      const char *ve = eol ? eol : end;
+      const char *v = trim(colon + 1, &ve);
       lua_pushlstring(L, name, nn);
       lua_pushvalue(L, -1);
       if (lua_rawget(L, -3) == LUA_TSTRING) {
@@ -106,9 +112,8 @@ static int l_header(lua_State *L) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     const char *le = eol ? eol : end;
     if ((size_t)(le - p) > nn && p[nn] == ':' && strncasecmp(p, name, nn) == 0) {
-      const char *v = p + nn + 1, *ve = le;
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      const char *ve = le;
+      const char *v = trim(p + nn + 1, &ve);
       luaL_checkstack(L, 2, "repeated header");
       if (found) lua_pushliteral(L, ", ");
       lua_pushlstring(L, v, (size_t)(ve - v));

@@ -23,8 +23,7 @@ typedef struct coord_loop {
   coord_req *ready_head; /* requests with something for Lua: done, headers, data */
   coord_req *ready_tail;
   coord_req *cancels;    /* cancellations queued by Lua, applied by the next poll */
-  coord_sock *socks;     /* poll contexts, watching or stopped */
-  coord_sock **byfd;     /* the same, indexed by descriptor number */
+  coord_sock **byfd;     /* poll contexts, watching or stopped, by descriptor number */
   size_t nbyfd;
   CURL *pool[COORD_POOL_MAX];
   int npool;

@@ -12,7 +12,6 @@ struct coord_sock {
   uv_poll_t poll;
   curl_socket_t fd;
   coord_loop *loop;
-  coord_sock *prev, *next;
 };
 
 static int byfd_put(coord_loop *lp, curl_socket_t fd, coord_sock *s) {
@@ -31,20 +30,6 @@ static int byfd_put(coord_loop *lp, curl_socket_t fd, coord_sock *s) {
 
 static void sock_free(uv_handle_t *h) { free(h->data); }
 
-static void sock_unlink(coord_loop *lp, coord_sock *s) {
-  if (s->prev) s->prev->next = s->next;
-  else lp->socks = s->next;
-  if (s->next) s->next->prev = s->prev;
-  s->prev = s->next = NULL;
-  if ((size_t)s->fd < lp->nbyfd && lp->byfd[s->fd] == s) lp->byfd[s->fd] = NULL;
-}
-
-/* Frees the context once libuv has finished with the handle. */
-static void sock_close(coord_loop *lp, coord_sock *s) {
-  uv_poll_stop(&s->poll);
-  sock_unlink(lp, s);
-  uv_close((uv_handle_t *)&s->poll, sock_free);
-}
 
 /* Takes every finished transfer off the multi handle and hands it to its request. */
 static void drain(coord_loop *lp) {
@@ -109,9 +94,6 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
     }
     s->fd = fd;
     s->loop = lp;
-    s->next = lp->socks;
-    if (lp->socks) lp->socks->prev = s;
-    lp->socks = s;
   }
   curl_multi_assign(lp->multi, fd, s);
   int events = 0;
@@ -150,9 +132,15 @@ int coord_multi_setup(coord_loop *lp) {
   return 0;
 }
 
-/* Used at teardown, after curl_multi_cleanup: closes every context, stopped or not. */
+/* Used at teardown, after curl_multi_cleanup: closes every context, stopped or not; each is
+   freed once libuv has finished with its handle. */
 void coord_multi_close_socks(coord_loop *lp) {
-  while (lp->socks) sock_close(lp, lp->socks);
+  for (size_t fd = 0; fd < lp->nbyfd; fd++) {
+    coord_sock *s = lp->byfd[fd];
+    if (s == NULL) continue;
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, sock_free);
+  }
   free(lp->byfd);
   lp->byfd = NULL;
   lp->nbyfd = 0;

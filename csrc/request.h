@@ -29,6 +29,7 @@ struct coord_req {
   coord_buf body;        /* response body, or the unread part of a stream */
   coord_buf hdrs;        /* header lines of the final response */
   coord_buf send;        /* streamed request body not yet taken by curl */
+  /* from here on: storage, not state; coord_req_new zeroes only what comes before */
   char errbuf[CURL_ERROR_SIZE];
   char body_inline[COORD_INLINE];  /* a typical reply fits here: no allocation */
   char hdrs_inline[COORD_INLINE];

@@ -32,8 +32,13 @@ local function cancel_request(w)
   if not w.done then w.ud:cancel() end
 end
 
+-- The method a request is sent with, as the C core chooses it when opts.method is absent.
+local function method_of(opts)
+  return opts.method or ((opts.body or opts.upload) and "POST" or "GET")
+end
+
 local function fail(kind, message, opts)
-  return nil, errors.new(kind, message, { method = opts.method or (opts.body and "POST" or "GET"), url = opts.url })
+  return nil, errors.new(kind, message, { method = method_of(opts), url = opts.url })
 end
 
 local function expected(expect, status)
@@ -49,7 +54,7 @@ local function http_error(res, opts)
   local snippet = #body > 200 and body:sub(1, 200) .. "..." or body
   return nil, errors.new("http", ("unexpected HTTP status %d%s"):format(res.status, snippet ~= "" and ": " .. snippet or ""), {
     status = res.status, body = body, headers = res.headers,
-    method = opts.method or (opts.body and "POST" or "GET"), url = opts.url })
+    method = method_of(opts), url = opts.url })
 end
 
 --- Sends one request and returns a response {status, headers, body}, or nil and an error.
@@ -125,7 +130,7 @@ function M.stream(opts)
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   o.stream = true
-  local self = setmetatable({ stream = true, method = o.method or ((o.body or o.upload) and "POST" or "GET"), url = o.url }, Stream)
+  local self = setmetatable({ stream = true, method = method_of(o), url = o.url }, Stream)
   self.ud = request(o, self)
   return self
 end
