@@ -1,0 +1,369 @@
+-- spec/servers.lua: real etcd and Consul servers for the specs, on free loopback ports,
+-- plus a throwaway TLS certificate authority. Every server is a child of this process and
+-- is stopped by its :stop() (specs call it in teardown; __gc and __close do it too).
+
+local http = require "coord.http"
+local coord = require "coord"
+
+local M = {}
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.sh_quote = sh_quote
+
+local top = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]*$")) or "."
+M.top = top
+
+M.bin = {
+  etcd = { ["3.4"] = "/usr/bin/etcd", ["3.5"] = top .. "/.deps/etcd-3.5/etcd" },
+  etcdctl = "/usr/bin/etcdctl",
+  consul = top .. "/.deps/consul-1.8/consul",
+}
+
+--- Runs a shell command; returns ok, output (stdout and stderr together).
+function M.sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok == true, out
+end
+
+--- A new empty directory, removed by M.rmdir.
+function M.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. sh_quote(p)))
+  return p
+end
+
+function M.rmdir(d)
+  os.execute("rm -rf " .. sh_quote(d))
+end
+
+-- Ports handed out by this process, so two servers of one spec never get the same one.
+local taken = {}
+
+--- A TCP port that nothing listens on (below the kernel's ephemeral range, so client
+--- sockets do not take it meanwhile).
+function M.free_port()
+  for _ = 1, 200 do
+    local p = math.random(20000, 32000)
+    if not taken[p] then
+      local _, out = M.sh("ss -Htan " .. sh_quote("( sport = :" .. p .. " or dport = :" .. p .. " )"))
+      if out == "" then
+        taken[p] = true
+        return p
+      end
+    end
+  end
+  error("no free port found")
+end
+
+local Proc = { __name = "servers.proc" }
+Proc.__index = Proc
+
+--- Starts `cmd` (a shell command line, exec'd so its pid is the server's) with output to
+--- `log`. Returns a process with pid, stop(), kill(), alive().
+function M.spawn(cmd, log)
+  local p = assert(io.popen("echo $$; exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
+  local pid = assert(tonumber(p:read("l")), "spawn: no pid")
+  return setmetatable({ pid = pid, p = p, log = log }, Proc)
+end
+
+function Proc:alive()
+  local f = io.open("/proc/" .. self.pid .. "/stat")
+  if not f then return false end
+  local st = f:read("a")
+  f:close()
+  return st:match("^%d+ %b() (%a)") ~= "Z"
+end
+
+-- Sends `sig` and reaps the process (pclose waits for it).
+function Proc:signal(sig)
+  if not self.p then return end
+  os.execute("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null")
+  self.p:close()
+  self.p = nil
+end
+
+function Proc:stop() self:signal("TERM") end
+function Proc:kill() self:signal("KILL") end
+Proc.__gc = Proc.stop
+Proc.__close = Proc.stop
+
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Waits (bounded) until check() returns true, trying every 50 ms; there is no event to
+-- await for a server becoming ready, so this is the one place that polls.
+function M.until_true(what, check, limit, proc)
+  local deadline = coord.now() + (limit or 30)
+  while true do
+    if check() then return true end
+    if proc and not proc:alive() then
+      error(what .. ": process exited:\n" .. (M.read_file(proc.log) or ""):sub(-3000))
+    end
+    if coord.now() > deadline then
+      error(what .. ": not ready in time" .. (proc and (":\n" .. (M.read_file(proc.log) or ""):sub(-3000)) or ""))
+    end
+    coord.sleep(0.05)
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- TLS
+
+--- Makes a CA, a server certificate for 127.0.0.1/localhost and a client certificate in a
+--- new directory. Returns {dir, ca, cert, key, client_cert, client_key}.
+function M.certs()
+  local d = M.tmpdir()
+  local q = function(n) return sh_quote(d .. "/" .. n) end
+  local ext = d .. "/ext.cnf"
+  local f = assert(io.open(ext, "w"))
+  f:write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+  f:close()
+  local steps = {
+    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=coord-test-ca"
+      .. " -keyout " .. q("ca.key") .. " -out " .. q("ca.pem"),
+  }
+  for _, n in ipairs { "server", "client" } do
+    steps[#steps + 1] = "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=" .. n
+      .. " -keyout " .. q(n .. ".key") .. " -out " .. q(n .. ".csr")
+    steps[#steps + 1] = "openssl x509 -req -in " .. q(n .. ".csr") .. " -CA " .. q("ca.pem") .. " -CAkey " .. q("ca.key")
+      .. " -CAcreateserial -days 2 -extfile " .. sh_quote(ext) .. " -out " .. q(n .. ".pem")
+  end
+  for _, cmd in ipairs(steps) do
+    local ok, out = M.sh(cmd)
+    assert(ok, "certs: " .. cmd .. "\n" .. out)
+  end
+  return {
+    dir = d, ca = d .. "/ca.pem", cert = d .. "/server.pem", key = d .. "/server.key",
+    client_cert = d .. "/client.pem", client_key = d .. "/client.key",
+  }
+end
+
+---------------------------------------------------------------------------------------------
+-- etcd
+
+local Etcd = { __name = "servers.etcd" }
+Etcd.__index = Etcd
+
+-- The etcdctl command line for this member or cluster (ETCDCTL_API=3), without arguments.
+function Etcd:ctl_cmd()
+  local c = "ETCDCTL_API=3 " .. sh_quote(M.bin.etcdctl) .. " --command-timeout=10s --endpoints=" .. sh_quote(self.endpoint_list)
+  if self.certs then
+    c = c .. " --cacert " .. sh_quote(self.certs.ca) .. " --cert " .. sh_quote(self.certs.client_cert)
+      .. " --key " .. sh_quote(self.certs.client_key)
+  end
+  if self.auth then c = c .. " --user " .. sh_quote("root:" .. self.auth.password) end
+  return c
+end
+
+--- Runs etcdctl with `args` (a string of shell words); returns ok, output.
+function Etcd:ctl(args)
+  return M.sh(self:ctl_cmd() .. " " .. args)
+end
+
+-- Options the client-side TLS needs to talk to this server.
+function Etcd:client_tls()
+  local c = self.certs
+  return c and { ca_file = c.ca, cert_file = c.client_cert, key_file = c.client_key } or nil
+end
+
+local function etcd_member(self, i)
+  local m = self.members[i]
+  local scheme = self.certs and "https" or "http"
+  local cmd = { sh_quote(self.bin),
+    "--name", m.name, "--data-dir", sh_quote(m.dir), "--logger=zap",
+    "--listen-client-urls", scheme .. "://127.0.0.1:" .. m.port,
+    "--advertise-client-urls", scheme .. "://127.0.0.1:" .. m.port,
+    "--listen-peer-urls", "http://127.0.0.1:" .. m.peer_port,
+    "--initial-advertise-peer-urls", "http://127.0.0.1:" .. m.peer_port,
+    "--initial-cluster", self.initial_cluster,
+    "--initial-cluster-token", "coord-spec", "--initial-cluster-state", "new",
+  }
+  if self.certs then
+    local c = self.certs
+    cmd[#cmd + 1] = "--cert-file " .. sh_quote(c.cert) .. " --key-file " .. sh_quote(c.key)
+      .. " --trusted-ca-file " .. sh_quote(c.ca) .. " --client-cert-auth"
+  end
+  if self.opts.auth_token_ttl then cmd[#cmd + 1] = "--auth-token-ttl " .. self.opts.auth_token_ttl end
+  if self.opts.args then cmd[#cmd + 1] = self.opts.args end
+  m.proc = M.spawn(table.concat(cmd, " "), m.dir .. ".log")
+end
+
+-- Whether the member answers /health with "true" (leader known).
+function Etcd:healthy(i)
+  local m = self.members[i]
+  local res = http.get(m.url .. "/health", { timeout = 2, tls = self:client_tls() })
+  return res and res.status == 200 and res.body:find('"true"') ~= nil
+end
+
+--- Starts an etcd member (or cluster) and waits until it serves. opts: version ("3.4" or
+--- "3.5", default "3.4"), members (default 1), tls (true: make certificates; client
+--- certificates are required), auth = true (root user with password "rootpw", auth on),
+--- auth_token_ttl (seconds), args (more etcd flags). Returns a server with endpoint (the
+--- first member's URL), endpoints (all), members, ctl(args), stop(), and for one member
+--- kill(i), restart(i).
+function M.etcd(opts)
+  opts = opts or {}
+  local version = opts.version or "3.4"
+  local self = setmetatable({
+    opts = opts, version = version, bin = assert(M.bin.etcd[version], "unknown etcd version " .. version),
+    dir = M.tmpdir(), members = {},
+  }, Etcd)
+  if opts.tls then self.certs = M.certs() end
+  local scheme = self.certs and "https" or "http"
+  local cluster, urls = {}, {}
+  for i = 1, opts.members or 1 do
+    local m = { name = "m" .. i, port = M.free_port(), peer_port = M.free_port() }
+    m.dir = self.dir .. "/" .. m.name
+    m.url = scheme .. "://127.0.0.1:" .. m.port
+    self.members[i] = m
+    cluster[i] = m.name .. "=http://127.0.0.1:" .. m.peer_port
+    urls[i] = m.url
+  end
+  self.initial_cluster = table.concat(cluster, ",")
+  self.endpoints, self.endpoint, self.endpoint_list = urls, urls[1], table.concat(urls, ",")
+  for i = 1, #self.members do etcd_member(self, i) end
+  for i = 1, #self.members do
+    M.until_true("etcd " .. self.members[i].name, function() return self:healthy(i) end, 60, self.members[i].proc)
+  end
+  if opts.auth then
+    local pw = "rootpw"
+    local ok, out = self:ctl("user add root --new-user-password=" .. pw)
+    assert(ok, out)
+    ok, out = self:ctl("auth enable")
+    assert(ok, out)
+    self.auth = { user = "root", password = pw }
+  end
+  return self
+end
+
+--- Kills member i at once (SIGKILL).
+function Etcd:kill(i)
+  self.members[i].proc:kill()
+end
+
+--- Starts member i again with its data and waits until it is healthy.
+function Etcd:restart(i)
+  local m = self.members[i]
+  if m.proc then m.proc:stop() end
+  etcd_member(self, i)
+  M.until_true("etcd " .. m.name, function() return self:healthy(i) end, 60, m.proc)
+end
+
+function Etcd:stop()
+  for _, m in ipairs(self.members) do
+    if m.proc then m.proc:stop() end
+  end
+  if self.dir then M.rmdir(self.dir) end
+  if self.certs then M.rmdir(self.certs.dir) end
+  self.dir, self.certs = nil, nil
+end
+Etcd.__gc = Etcd.stop
+Etcd.__close = Etcd.stop
+
+---------------------------------------------------------------------------------------------
+-- Consul
+
+local Consul = { __name = "servers.consul" }
+Consul.__index = Consul
+
+local function consul_start(self)
+  local o = self.opts
+  local hcl = {}
+  if o.acl then
+    hcl[#hcl + 1] = ('acl { enabled = true, default_policy = "deny", enable_token_persistence = true, tokens { master = "%s" } }')
+      :format(o.acl)
+  end
+  if self.certs then
+    local c = self.certs
+    hcl[#hcl + 1] = ('ca_file = "%s"\ncert_file = "%s"\nkey_file = "%s"\nverify_incoming = %s')
+      :format(c.ca, c.cert, c.key, o.verify_incoming and "true" or "false")
+  end
+  local f = assert(io.open(self.dir .. "/extra.hcl", "w"))
+  f:write(table.concat(hcl, "\n"), "\n")
+  f:close()
+  local http_port = self.certs and -1 or self.port
+  local cmd = table.concat({ sh_quote(M.bin.consul), "agent -dev -bind 127.0.0.1 -client 127.0.0.1",
+    "-node coord-test", "-data-dir", sh_quote(self.dir .. "/data"),
+    "-http-port", http_port, "-https-port", self.certs and self.port or -1,
+    "-dns-port -1 -grpc-port -1",
+    "-serf-lan-port", self.serf_lan, "-serf-wan-port", self.serf_wan, "-server-port", self.server_port,
+    "-config-file", sh_quote(self.dir .. "/extra.hcl"), o.args or "" }, " ")
+  self.proc = M.spawn(cmd, self.dir .. "/consul.log")
+  M.until_true("consul", function()
+    local res = http.get(self.address .. "/v1/status/leader",
+      { timeout = 2, tls = self:client_tls() })
+    return res and res.status == 200 and res.body:find('"127.0.0.1:', 1, true) ~= nil
+  end, 60, self.proc)
+  if o.acl then
+    -- the dev agent elects itself at once but may still be setting up ACLs
+    M.until_true("consul acl", function()
+      local res = http.get(self.address .. "/v1/acl/token/self",
+        { timeout = 2, headers = { ["X-Consul-Token"] = o.acl }, tls = self:client_tls() })
+      return res and res.status == 200
+    end, 60, self.proc)
+  end
+end
+
+function Consul:client_tls()
+  local c = self.certs
+  return c and { ca_file = c.ca, cert_file = c.client_cert, key_file = c.client_key } or nil
+end
+
+--- Starts a Consul dev agent and waits until it has a leader. opts: acl (the master token:
+--- ACLs on, default deny), tls = true (HTTPS only, with certificates from M.certs),
+--- verify_incoming (require client certificates), args (more agent flags). Returns a
+--- server with address ("http://127.0.0.1:P" or https), port, consul(args), restart(), stop().
+function M.consul(opts)
+  opts = opts or {}
+  local self = setmetatable({ opts = opts, dir = M.tmpdir(), port = M.free_port(), serf_lan = M.free_port(),
+    serf_wan = M.free_port(), server_port = M.free_port() }, Consul)
+  if opts.tls then self.certs = M.certs() end
+  self.address = (self.certs and "https" or "http") .. "://127.0.0.1:" .. self.port
+  consul_start(self)
+  return self
+end
+
+--- The consul CLI against this agent (CONSUL_HTTP_ADDR and the master token set).
+function Consul:cli_cmd()
+  local env = "CONSUL_HTTP_ADDR=" .. sh_quote(self.address)
+  if self.opts.acl then env = env .. " CONSUL_HTTP_TOKEN=" .. sh_quote(self.opts.acl) end
+  if self.certs then
+    env = env .. " CONSUL_CACERT=" .. sh_quote(self.certs.ca) .. " CONSUL_CLIENT_CERT="
+      .. sh_quote(self.certs.client_cert) .. " CONSUL_CLIENT_KEY=" .. sh_quote(self.certs.client_key)
+  end
+  return env .. " " .. sh_quote(M.bin.consul)
+end
+
+--- Runs the consul CLI with `args`; returns ok, output.
+function Consul:consul(args)
+  return M.sh(self:cli_cmd() .. " " .. args)
+end
+
+--- Stops the agent and starts a fresh one on the same port (a dev agent keeps no data, so
+--- its indexes start over).
+function Consul:restart()
+  self.proc:stop()
+  M.rmdir(self.dir .. "/data")
+  consul_start(self)
+end
+
+function Consul:stop()
+  if self.proc then self.proc:stop() end
+  if self.dir then M.rmdir(self.dir) end
+  if self.certs then M.rmdir(self.certs.dir) end
+  self.dir, self.certs = nil, nil
+end
+Consul.__gc = Consul.stop
+Consul.__close = Consul.stop
+
+return M
