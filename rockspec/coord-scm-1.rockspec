@@ -42,5 +42,6 @@ build = {
       ["coord.sched"] = "lua/coord/sched.lua",
       ["coord.sync"] = "lua/coord/sync.lua",
       ["coord.http"] = "lua/coord/http.lua",
+      ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
    },
 }

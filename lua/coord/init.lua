@@ -27,4 +27,17 @@ local coord = {
 
 coord.http = require "coord.http"
 
+-- The clients load on first use, so a program that only speaks to one backend never loads
+-- the other: coord.etcd, coord.consul.
+local lazy = { etcd = "coord.etcd", consul = "coord.consul" }
+setmetatable(coord, {
+  __index = function(t, k)
+    local name = lazy[k]
+    if not name then return nil end
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end,
+})
+
 return coord

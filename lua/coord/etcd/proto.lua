@@ -1,0 +1,63 @@
+-- coord.etcd.proto: the etcd v3 JSON gateway's encodings, shared by the client and its
+-- watches: base64 bytes, int64 fields sent as strings, kv tables, prefix range ends.
+
+local core = require "coord.core"
+
+local M = {}
+
+local b64encode, b64decode, i64 = core.b64encode, core.b64decode, core.i64
+
+M.b64 = b64encode
+
+--- Decodes a base64 field; an absent field (etcd omits empty ones) is "".
+function M.bytes(s)
+  if s == nil then return "" end
+  return (assert(b64decode(s)))
+end
+
+--- An int64 field (a JSON string or, from the encoder's side, an integer) as a Lua
+--- integer; an absent field is 0.
+function M.int(v)
+  if v == nil then return 0 end
+  if math.type(v) == "integer" then return v end
+  return (assert(i64(v)))
+end
+
+--- The range end that selects every key starting with `key`: the key with its last byte
+--- below 0xff incremented and the rest cut; "\0" (to the end of the keyspace) when every
+--- byte is 0xff or the key is empty.
+function M.prefix_end(key)
+  for i = #key, 1, -1 do
+    local b = key:byte(i)
+    if b < 0xff then return key:sub(1, i - 1) .. string.char(b + 1) end
+  end
+  return "\0"
+end
+
+--- A kv table from the gateway's JSON kv, with `strip` bytes of namespace prefix removed
+--- from the key.
+function M.kv(j, strip)
+  local key = M.bytes(j.key)
+  if strip and strip > 0 then key = key:sub(strip + 1) end
+  return {
+    key = key,
+    value = M.bytes(j.value),
+    create_revision = M.int(j.create_revision),
+    mod_revision = M.int(j.mod_revision),
+    version = M.int(j.version),
+    lease = M.int(j.lease),
+  }
+end
+
+--- The response header as {cluster_id, member_id, revision, raft_term} integers.
+function M.header(j)
+  j = j or {}
+  return {
+    cluster_id = M.int(j.cluster_id),
+    member_id = M.int(j.member_id),
+    revision = M.int(j.revision),
+    raft_term = M.int(j.raft_term),
+  }
+end
+
+return M
