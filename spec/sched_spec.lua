@@ -160,6 +160,21 @@ describe("coord scheduler", function()
     coord.on_error(nil)
   end)
 
+  it("a task canceled before it starts never runs and reports no error", function()
+    local reported = {}
+    coord.on_error(function(err) reported[#reported + 1] = err end)
+    local ran = false
+    coord.run(function()
+      local t = coord.spawn(function() ran = true end)
+      assert.is_true(t:cancel())
+      coord.sleep(0)
+      assert.are.equal("canceled", t:status())
+    end)
+    coord.on_error(nil)
+    assert.is_false(ran)
+    assert.are.same({}, reported)
+  end)
+
   it("coroutine.close cancels a sleep, so the timer no longer keeps the loop busy", function()
     local co = coroutine.create(function() coord.sleep(10) end)
     coroutine.resume(co)

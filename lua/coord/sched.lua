@@ -41,12 +41,15 @@ function M.on_error(fn)
   return old
 end
 
+--- Hands an error to the handler set with on_error (used by modules that catch errors in
+--- user callbacks so that one bad callback does not stop them).
 local function report(err, co, trace)
   local ok, herr = pcall(handler, err, co, trace)
   if not ok then
     io.stderr:write("coord: error handler failed: ", tostring(herr), "\nwhile reporting: ", tostring(trace), "\n")
   end
 end
+M.report = report
 
 ---------------------------------------------------------------------------------------------
 -- waiters
@@ -279,9 +282,10 @@ local function run_ready()
     rhead = rhead + 1
     local co = w.co
     if w.args then
+      -- a task's start; it may have been canceled before it ever ran
       local args = w.args
       w.args = nil
-      step_co(co, unpack(args, 1, args.n))
+      if not w.done then step_co(co, unpack(args, 1, args.n)) end
     elseif status(co) == "suspended" then
       step_co(co)
     end
