@@ -43,5 +43,7 @@ build = {
       ["coord.sync"] = "lua/coord/sync.lua",
       ["coord.http"] = "lua/coord/http.lua",
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
+      ["coord.consul"] = "lua/coord/consul.lua",
+      ["coord.consul.kv"] = "lua/coord/consul/kv.lua",
    },
 }

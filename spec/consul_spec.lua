@@ -1,0 +1,86 @@
+-- coord.consul against a real Consul dev agent: the client, the transport and the KV store.
+local coord = require "coord"
+local consul_mod = require "coord.consul"
+local core = require "coord.core"
+local servers = require "servers"
+
+describe("coord.consul", function()
+  local server, c
+  setup(function()
+    server = servers.consul {}
+    c = consul_mod.new { address = server.address }
+  end)
+  teardown(function() server:stop() end)
+
+  describe("_call", function()
+    it("returns status, decoded body and meta", function()
+      local res = assert(c:_call("GET", "/v1/catalog/nodes"))
+      assert.are.equal(200, res.status)
+      assert.are.equal("coord-test", res.body[1].Node)
+      assert.is_true(res.meta.known_leader)
+      assert.are.equal("integer", math.type(res.meta.index))
+    end)
+
+    it("returns an http error with the status and the server's text, or accepts listed statuses", function()
+      local res, err = c:_call("PUT", "/v1/session/create", { body = "{not json" })
+      assert.is_nil(res)
+      assert.are.equal("http", err.kind)
+      assert.are.equal(400, err.status)
+      assert.is_truthy(err.message ~= "")
+      res = assert(c:_call("GET", "/v1/kv/absent", { ok = { 404 } }))
+      assert.are.equal(404, res.status)
+      assert.is_nil(res.body)
+    end)
+
+    it("keeps the raw body when asked, and sends tables as JSON", function()
+      assert(c:_call("PUT", "/v1/kv/call/raw", { body = { a = 1 } }))
+      local res = assert(c:_call("GET", "/v1/kv/call/raw", { query = { raw = true }, raw = true }))
+      assert.are.equal('{"a":1}', res.body)
+    end)
+
+    it("blocks with index and wait, and returns when the wait is over", function()
+      assert(c.kv:put("call/block", "1"))
+      local _, meta = assert(c.kv:get("call/block"))
+      local t0 = coord.now()
+      local res = assert(c:_call("GET", "/v1/kv/call/block", { index = meta.index, wait = 0.3 }))
+      local dt = coord.now() - t0
+      assert.is_true(dt >= 0.25, "returned after " .. dt)
+      assert.are.equal(meta.index, res.meta.index)
+    end)
+  end)
+
+  describe("kv", function()
+    it("puts, gets, lists, lists keys and deletes", function()
+      assert.is_true((c.kv:put("kv/a", "one")))
+      assert.is_true((c.kv:put("kv/b/c", "two", { flags = 42 })))
+      local e, meta = c.kv:get("kv/a")
+      assert.are.equal("kv/a", e.key)
+      assert.are.equal("one", e.value)
+      assert.are.equal(0, e.flags)
+      assert.are.equal("integer", math.type(e.modify_index))
+      assert.are.equal(e.modify_index, e.create_index)
+      assert.are.equal(0, e.lock_index)
+      assert.is_nil(e.session)
+      assert.is_true(meta.index >= e.modify_index)
+      assert.are.equal("one", (c.kv:get("kv/a", { raw = true })))
+      local list = c.kv:list("kv/")
+      assert.are.equal(2, #list)
+      assert.are.equal("kv/b/c", list[2].key)
+      assert.are.equal(42, list[2].flags)
+      assert.are.same({ "kv/a", "kv/b/c" }, (c.kv:keys("kv/")))
+      assert.are.same({ "kv/a", "kv/b/" }, (c.kv:keys("kv/", { separator = "/" })))
+      assert.is_true((c.kv:delete("kv/a")))
+      assert.is_nil((c.kv:get("kv/a")))
+      assert.is_true((c.kv:delete("kv/", { recurse = true })))
+      assert.are.same({}, (c.kv:list("kv/")))
+      assert.are.same({}, (c.kv:keys("kv/")))
+    end)
+
+    it("reads an absent key as nil with the index", function()
+      local e, meta = c.kv:get("kv/none")
+      assert.is_nil(e)
+      assert.are.equal("integer", math.type(meta.index))
+      assert.is_nil((c.kv:get("kv/none", { raw = true })))
+    end)
+  end)
+end)
