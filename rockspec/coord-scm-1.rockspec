@@ -45,5 +45,6 @@ build = {
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
       ["coord.consul"] = "lua/coord/consul.lua",
       ["coord.consul.kv"] = "lua/coord/consul/kv.lua",
+      ["coord.consul.watch"] = "lua/coord/consul/watch.lua",
    },
 }
