@@ -46,5 +46,11 @@ build = {
       ["coord.consul"] = "lua/coord/consul.lua",
       ["coord.consul.kv"] = "lua/coord/consul/kv.lua",
       ["coord.consul.watch"] = "lua/coord/consul/watch.lua",
+      ["coord.consul.txn"] = "lua/coord/consul/txn.lua",
+      ["coord.consul.agent"] = "lua/coord/consul/agent.lua",
+      ["coord.consul.health"] = "lua/coord/consul/health.lua",
+      ["coord.consul.catalog"] = "lua/coord/consul/catalog.lua",
+      ["coord.consul.status"] = "lua/coord/consul/status.lua",
+      ["coord.consul.event"] = "lua/coord/consul/event.lua",
    },
 }

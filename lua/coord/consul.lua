@@ -173,7 +173,7 @@ local function build_query(self, method, opts, wait)
     or (opts.stale and "stale") or (opts.consistent and "consistent")
     or (method == "GET" and self.consistency)
   if consistency == "stale" or consistency == "consistent" then add(consistency, true) end
-  if opts.index then add("index", math.max(1, opts.index)) end
+  if opts.index then add("index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
   if opts.hash then add("hash", opts.hash) end
   if wait then add("wait", duration(wait)) end
   table.sort(q)
@@ -264,6 +264,33 @@ function M.call_opts(opts, query)
     stale = opts.stale, consistent = opts.consistent, ns = opts.ns, partition = opts.partition,
     index = opts.index, hash = opts.hash, wait = opts.wait, timeout = opts.timeout,
   }
+end
+
+--- A query table of the fields of opts named in names (a list).
+function M.pick(opts, names)
+  local q = {}
+  for _, k in ipairs(names) do q[k] = opts[k] end
+  return q
+end
+
+--- GET path; returns the decoded body (nil for a status listed in ok) and the meta.
+function Client:_get(path, opts, query, ok)
+  local o = M.call_opts(opts or {}, query)
+  o.ok = ok
+  local res, err = self:_call("GET", path, o)
+  if not res then return nil, err end
+  if res.status >= 300 then return nil, res.meta end
+  return res.body, res.meta
+end
+
+--- A write (PUT unless method is given); returns the decoded body (true when empty) and the meta.
+function Client:_put(path, body, opts, query, method)
+  local o = M.call_opts(opts or {}, query)
+  o.body = body
+  local res, err = self:_call(method or "PUT", path, o)
+  if not res then return nil, err end
+  if res.body == nil then return true, res.meta end
+  return res.body, res.meta
 end
 
 -- A JSON null or absent field read as nil.

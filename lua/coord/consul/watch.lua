@@ -107,7 +107,7 @@ local function poll(p)
     take(p)
     p.requests = p.requests + 1
     local o = { wait = p.wait }
-    if p.hash then o.hash = p.hash elseif p.index > 0 then o.index = p.index end
+    if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
     local v, meta = p.fetch(o)
     if v == nil and errors.is(meta) then
       if not retryable(meta) then return nil, meta end
@@ -115,7 +115,8 @@ local function poll(p)
     else
       p.delay = 0
       local index = meta and meta.index or 0
-      if index < p.index then p.index = 0 else p.index = math.max(index, 1) end
+      -- indexes are uint64: compared unsigned (event list indexes pass 2^63)
+      if math.ult(index, p.index) then p.index = 0 else p.index = index ~= 0 and index or 1 end
       p.hash = meta and meta.content_hash
       if v == nil then v = false end
       return v, meta
