@@ -16,9 +16,11 @@ local function run_lua(env, code)
   local vars = {}
   for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. servers.sh_quote(v) end
   local wrapper = os.getenv("COORD_TEST_WRAPPER") or ""
-  local ok, out = servers.sh("env " .. table.concat(vars, " ") .. " " .. wrapper .. " lua5.4 " .. servers.sh_quote(file))
+  local p = assert(io.popen("env " .. table.concat(vars, " ") .. " " .. wrapper .. " lua5.4 " .. servers.sh_quote(file) .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
   os.remove(file)
-  return ok, out
+  return ok == true, out
 end
 
 -- A child that writes and reads a key with a client built from the environment alone.
