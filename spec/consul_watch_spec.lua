@@ -3,13 +3,17 @@ local coord = require "coord"
 local consul_mod = require "coord.consul"
 local servers = require "servers"
 
--- GETs of `url_part` the agent logged as finished (the agent runs with -log-level=debug).
-local function logged_gets(server, url_part)
+-- Requests `method url_part...` the agent logged as finished (it runs with -log-level=debug).
+local function logged(server, method, url_part)
   local n = 0
   for line in io.lines(server.dir .. "/consul.log") do
-    if line:find("method=GET url=" .. url_part, 1, true) then n = n + 1 end
+    if line:find("Request finished: method=" .. method .. " url=" .. url_part, 1, true) then n = n + 1 end
   end
   return n
+end
+
+local function logged_gets(server, url_part)
+  return logged(server, "GET", url_part)
 end
 
 describe("coord.consul watch", function()
@@ -170,6 +174,18 @@ describe("coord.consul watch", function()
     assert.are.same({ "a", "b", "c", "d" }, out)
     -- 0 (first read), 5, 7, then 3 < 7: reset to 0; then 0 is sent as 1
     assert.are.same({ 0, 5, 7, 0, 1 }, sent)
+  end)
+
+  it("retries a plain read on a 500, and never a write", function()
+    local _, err = c.kv:get("retry/r", { dc = "nowhere" })
+    assert.are.equal(500, err.status)
+    assert.are.equal(3, logged_gets(server, "/v1/kv/retry/r?dc=nowhere"))
+    local _, err2 = c.kv:put("retry/w", "x", { dc = "nowhere" })
+    assert.are.equal(500, err2.status)
+    assert.are.equal(1, logged(server, "PUT", "/v1/kv/retry/w?dc=nowhere"))
+    local _, err3 = c.kv:get("retry/once", { dc = "nowhere", retries = 0 })
+    assert.are.equal(500, err3.status)
+    assert.are.equal(1, logged_gets(server, "/v1/kv/retry/once?dc=nowhere"))
   end)
 
   describe("shared prefix queries", function()
