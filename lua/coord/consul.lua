@@ -156,28 +156,26 @@ local function duration(s)
   return ("%dms"):format(math.ceil(s * 1000))
 end
 
+local function add(q, k, v)
+  if v == nil or v == false then return end
+  q[#q + 1] = v == true and k or k .. "=" .. M.escape(tostring(v))
+end
+
 local function build_query(self, method, opts, wait)
   local q = {}
-  local function add(k, v)
-    if v == nil or v == false then return end
-    if v == true then q[#q + 1] = k
-    elseif math.type(v) == "float" then q[#q + 1] = k .. "=" .. M.escape(("%.17g"):format(v))
-    else q[#q + 1] = k .. "=" .. M.escape(tostring(v)) end
-  end
   if opts.query then
-    for k, v in pairs(opts.query) do add(k, v) end
+    for k, v in pairs(opts.query) do add(q, k, v) end
   end
-  add("dc", opts.dc or self.datacenter)
-  add("ns", opts.ns or self.namespace)
-  add("partition", opts.partition or self.partition)
+  add(q, "dc", opts.dc or self.datacenter)
+  add(q, "ns", opts.ns or self.namespace)
+  add(q, "partition", opts.partition or self.partition)
   local consistency = opts.consistency
     or (opts.stale and "stale") or (opts.consistent and "consistent")
     or (method == "GET" and self.consistency)
-  if consistency == "stale" or consistency == "consistent" then add(consistency, true) end
-  if opts.index then add("index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
-  if opts.hash then add("hash", opts.hash) end
-  if wait then add("wait", duration(wait)) end
-  table.sort(q)
+  if consistency == "stale" or consistency == "consistent" then add(q, consistency, true) end
+  if opts.index then add(q, "index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
+  add(q, "hash", opts.hash)
+  if wait then add(q, "wait", duration(wait)) end
   return q
 end
 
