@@ -141,6 +141,13 @@ describe("coord.consul", function()
     end)
 
     it("acquires and releases a key with a session", function()
+      -- sessions need the agent's own node in the catalog: block on it until it is there
+      local node, meta, tries = c.catalog:node("coord-test")
+      tries = 0
+      while not node and tries < 20 do
+        tries = tries + 1
+        node, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
+      end
       local res = assert(c:_call("PUT", "/v1/session/create", { body = { TTL = "30s" } }))
       local id = res.body.ID
       assert.is_true((c.kv:put("held", "me", { acquire = id })))
