@@ -207,6 +207,12 @@ describe("coord.consul", function()
       assert.has_error(function() c.kv:put("k", nil) end, "bad argument #2 to 'put' (string expected, got nil)")
       assert.has_error(function() c.kv:put("k", "v", { flags = 1.5 }) end)
       assert.has_error(function() consul_mod.new { consistency = "eventual" } end)
+      -- keys Consul's router would redirect to another key
+      for _, k in ipairs { "/lead", "a//b", "a/./b", "a/../b", ".", ".." } do
+        assert.has_error(function() c.kv:put(k, "v") end)
+      end
+      assert.is_true((c.kv:put("dots/a.b/..c/...", "v")))
+      assert.are.equal("dots/a.b/..c/...", c.kv:get("dots/a.b/..c/...").key)
     end)
 
     it("reads an absent key as nil with the index", function()
