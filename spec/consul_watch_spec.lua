@@ -176,6 +176,22 @@ describe("coord.consul watch", function()
     assert.are.same({ 0, 5, 7, 0, 1 }, sent)
   end)
 
+  it("backs off exponentially while the agent cannot be reached", function()
+    local port = servers.free_port()
+    local dead = consul_mod.new { address = "127.0.0.1:" .. port }
+    local n = coord.run(function()
+      local w <close> = dead.kv:watch("k", { min_backoff = 0.1, max_backoff = 0.4 })
+      local t = coord.spawn(function() for _ in w do end end)
+      coord.sleep(2)
+      local n = w:requests()
+      w:close()
+      t:join()
+      return n
+    end)
+    -- delays (each half fixed, half random) 0.1, 0.2, 0.4, 0.4, ...: between 6 and 11 reads
+    assert.is_true(n >= 5 and n <= 12, n .. " reads in 2 s")
+  end)
+
   it("retries a plain read on a 500, and never a write", function()
     local _, err = c.kv:get("retry/r", { dc = "nowhere" })
     assert.are.equal(500, err.status)

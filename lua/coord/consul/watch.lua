@@ -106,7 +106,7 @@ local function poll(p)
   while true do
     take(p)
     p.requests = p.requests + 1
-    local o = { wait = p.wait }
+    local o = { wait = p.wait, retries = 0 } -- the loop backs off itself
     if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
     local v, meta = p.fetch(o)
     if v == nil and errors.is(meta) then
