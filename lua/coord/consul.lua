@@ -1,0 +1,345 @@
+-- coord.consul: a Consul HTTP API client: the transport (_call) and the API objects built on it.
+
+local core = require "coord.core"
+local http = require "coord.http"
+local sched = require "coord.sched"
+local sync = require "coord.sync"
+local errors = require "coord.errors"
+
+local M = {}
+
+local Client = { __name = "coord.consul.client" }
+
+-- The API objects load on first use: client.kv, client.txn, ... Each module's new(client)
+-- builds the object once per client.
+local apis = {
+  kv = "coord.consul.kv", txn = "coord.consul.txn", agent = "coord.consul.agent",
+  health = "coord.consul.health", catalog = "coord.consul.catalog", status = "coord.consul.status",
+  event = "coord.consul.event", session = "coord.consul.session",
+}
+
+function Client.__index(self, k)
+  local name = apis[k]
+  if name then
+    local api = require(name).new(self)
+    rawset(self, k, api)
+    return api
+  end
+  return Client[k]
+end
+
+---------------------------------------------------------------------------------------------
+-- escaping
+
+local function escape_byte(c)
+  return ("%%%02X"):format(c:byte())
+end
+
+--- Percent-encodes s for a URL path, keeping "/" (a KV key keeps its hierarchy).
+function M.escape_path(s)
+  return (s:gsub("[^%w%-%._~/]", escape_byte))
+end
+
+--- Percent-encodes s for a query value.
+function M.escape(s)
+  return (s:gsub("[^%w%-%._~]", escape_byte))
+end
+
+---------------------------------------------------------------------------------------------
+-- the client
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+local function read_token_file(path)
+  local f, err = io.open(path, "r")
+  if not f then error("coord.consul: cannot read CONSUL_HTTP_TOKEN_FILE: " .. err, 3) end
+  local s = f:read("a")
+  f:close()
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+local function falsy(s)
+  return s == "0" or s == "false" or s == "FALSE" or s == "False" or s == "f" or s == "F"
+end
+
+-- Default TLS options from the environment, as the official client reads them.
+local function env_tls()
+  local t = { ca_file = getenv("CONSUL_CACERT"), ca_path = getenv("CONSUL_CAPATH"),
+    cert_file = getenv("CONSUL_CLIENT_CERT"), key_file = getenv("CONSUL_CLIENT_KEY") }
+  local verify = getenv("CONSUL_HTTP_SSL_VERIFY")
+  if verify then t.verify = not falsy(verify) end
+  if next(t) then return t end
+  return nil
+end
+
+-- Splits an address into the base URL and, for unix://, the socket path.
+local function parse_address(addr, tls)
+  local path = addr:match("^unix://(.+)$")
+  if path then return "http://localhost", path end
+  if addr:find("^https?://") then return (addr:gsub("/+$", "")) end
+  local ssl = getenv("CONSUL_HTTP_SSL")
+  local scheme = (tls or (ssl and not falsy(ssl))) and "https" or "http"
+  return scheme .. "://" .. addr:gsub("/+$", "")
+end
+
+-- Concurrent requests to one agent, shared by every client of this process: the agent
+-- refuses more than 200 connections per client IP, and a blocking query holds one for its
+-- whole wait. Blocking queries get at most limit - reserve permits, so plain calls always
+-- find a free one.
+local limits = {}
+
+local function limiter(agent, n)
+  local l = limits[agent]
+  if not l then
+    local reserve = math.max(1, n // 8)
+    l = { all = sync.semaphore(n), blocking = sync.semaphore(math.max(1, n - reserve)) }
+    limits[agent] = l
+  end
+  return l
+end
+
+local function check_opts(opts, fname, i)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #%d to '%s' (table or nil expected, got %s)"):format(i, fname, type(opts)), 3)
+  end
+  return opts or {}
+end
+M.check_opts = check_opts
+
+local consistencies = { default = true, stale = true, consistent = true }
+
+--- A client. opts: address ("host:port", "http(s)://host:port" or "unix:///path"; default
+--- CONSUL_HTTP_ADDR or 127.0.0.1:8500), token (CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE),
+--- datacenter, namespace, partition, consistency ("default", "stale", "consistent"),
+--- tls = {ca_file, ca_path, cert_file, key_file, verify} (CONSUL_CACERT, CONSUL_CAPATH,
+--- CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_SSL_VERIFY), timeout (30 s),
+--- max_connections (100: concurrent requests to this agent from this process).
+function M.new(opts)
+  opts = check_opts(opts, "new", 1)
+  local address = opts.address or getenv("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"
+  if type(address) ~= "string" then
+    error("bad argument #1 to 'new' (address: string expected, got " .. type(address) .. ")", 2)
+  end
+  local token = opts.token
+  if token == nil then
+    token = getenv("CONSUL_HTTP_TOKEN")
+    local file = getenv("CONSUL_HTTP_TOKEN_FILE")
+    if not token and file then token = read_token_file(file) end
+  end
+  local consistency = opts.consistency or "default"
+  if not consistencies[consistency] then
+    error("bad argument #1 to 'new' (consistency: default, stale or consistent expected, got " .. tostring(consistency) .. ")", 2)
+  end
+  local tls = opts.tls or env_tls()
+  local base, socket = parse_address(address, opts.tls)
+  local max = opts.max_connections or 100
+  if math.type(max) ~= "integer" or max < 1 then
+    error("bad argument #1 to 'new' (max_connections: positive integer expected)", 2)
+  end
+  local self = {
+    base = base, unix_socket = socket, token = token ~= "" and token or nil,
+    datacenter = opts.datacenter, namespace = opts.namespace, partition = opts.partition,
+    consistency = consistency, tls = tls, timeout = opts.timeout or 30,
+    limit = limiter(base .. (socket or ""), max), _shared = {},
+  }
+  return setmetatable(self, Client)
+end
+
+---------------------------------------------------------------------------------------------
+-- the transport
+
+local function duration(s)
+  return ("%dms"):format(math.ceil(s * 1000))
+end
+
+local function add(q, k, v)
+  if v == nil or v == false then return end
+  q[#q + 1] = v == true and k or k .. "=" .. M.escape(tostring(v))
+end
+
+local function build_query(self, method, opts, wait)
+  local q = {}
+  if opts.query then
+    for k, v in pairs(opts.query) do add(q, k, v) end
+  end
+  add(q, "dc", opts.dc or self.datacenter)
+  add(q, "ns", opts.ns or self.namespace)
+  add(q, "partition", opts.partition or self.partition)
+  local consistency = opts.consistency
+    or (opts.stale and "stale") or (opts.consistent and "consistent")
+    or (method == "GET" and self.consistency)
+  if consistency == "stale" or consistency == "consistent" then add(q, consistency, true) end
+  if opts.index then add(q, "index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
+  add(q, "hash", opts.hash)
+  if wait then add(q, "wait", duration(wait)) end
+  return q
+end
+
+local function number_header(res, name)
+  local v = res:header(name)
+  return v and core.u64(v) or nil
+end
+
+local function meta_of(res)
+  local lc = number_header(res, "X-Consul-LastContact")
+  local kl = res:header("X-Consul-KnownLeader")
+  return {
+    status = res.status,
+    index = number_header(res, "X-Consul-Index"),
+    known_leader = kl and kl == "true" or nil,
+    last_contact = lc and lc / 1000 or nil,
+    consistency = res:header("X-Consul-Effective-Consistency"),
+    content_hash = res:header("X-Consul-ContentHash"),
+    default_acl_policy = res:header("X-Consul-Default-ACL-Policy"),
+  }
+end
+
+local function accepted(list, status)
+  if status >= 200 and status < 300 then return true end
+  if list then
+    for i = 1, #list do
+      if list[i] == status then return true end
+    end
+  end
+  return false
+end
+
+local function server_error(res, method, url)
+  local text = (res.body or ""):gsub("^%s+", ""):gsub("%s+$", "")
+  if #text > 500 then text = text:sub(1, 500) .. "..." end
+  if text == "" then text = "HTTP " .. res.status end
+  return nil, errors.new("http", text, { status = res.status, method = method, url = url, body = res.body })
+end
+
+-- One exchange, holding a permit of the agent's limit (two for a blocking read) meanwhile.
+local function send(self, req, blocking)
+  local b <close> = blocking and self.limit.blocking:acquire() or nil
+  local permit <close> = self.limit.all:acquire()
+  return http.request(req)
+end
+
+-- Failures worth a retry for a plain read: the connection failed, or the server said so.
+local function transient(res, err)
+  if err then return err.kind == "connect" or err.kind == "closed" end
+  return res.status == 429 or res.status == 500 or res.status == 503
+end
+
+--- Sends one request to the agent. path: "/v1/..." (already escaped). opts: query (params:
+--- string, number or true), body (a string sent raw, or a table sent as JSON), ok (list of
+--- non-2xx statuses to accept), token, dc, consistency/stale/consistent, ns, partition,
+--- index/hash + wait (a blocking query; the deadline becomes wait + wait/16 + timeout),
+--- timeout, raw (keep the body as a string), retries (default 2 for a GET that does not
+--- block, else 0). Returns {status, body, meta} or nil, err.
+function Client:_call(method, path, opts)
+  opts = opts or {}
+  local blocking = opts.index or opts.hash
+  local wait = opts.wait or (blocking and 300) or nil
+  local q = build_query(self, method, opts, wait)
+  local url = self.base .. path .. (#q > 0 and "?" .. table.concat(q, "&") or "")
+  local body = opts.body
+  if type(body) == "table" then body = core.json_encode(body) end
+  local token = opts.token
+  if token == nil then token = self.token end
+  local timeout = opts.timeout or self.timeout
+  if wait then timeout = wait + wait / 16 + timeout end
+  local req = {
+    method = method, url = url, body = body, timeout = timeout, tls = self.tls,
+    unix_socket = self.unix_socket,
+    headers = token and token ~= "" and { ["X-Consul-Token"] = token } or nil,
+  }
+  local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
+  local res, err
+  for attempt = 0, retries do
+    res, err = send(self, req, blocking)
+    if attempt == retries or not transient(res, err) or (res and accepted(opts.ok, res.status)) then break end
+    sched.sleep(0.05 * 2 ^ attempt * (1 + math.random()))
+  end
+  if not res then return nil, err end
+  if not accepted(opts.ok, res.status) then return server_error(res, method, url) end
+  local out = { status = res.status, meta = meta_of(res) }
+  local raw = res.body
+  if opts.raw or raw == "" then
+    out.body = raw ~= "" and raw or nil
+  else
+    local v, jerr = core.json_decode(raw)
+    if v == nil and res.status < 300 then
+      return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr, { status = res.status, method = method, url = url })
+    end
+    out.body = v == nil and raw or v
+  end
+  return out
+end
+
+--- Copies the options every call accepts (token, dc, consistency, ns, partition, blocking,
+--- timeout) from a user's opts into a _call opts table with the given query.
+function M.call_opts(opts, query)
+  return {
+    query = query, token = opts.token, dc = opts.dc, consistency = opts.consistency,
+    stale = opts.stale, consistent = opts.consistent, ns = opts.ns, partition = opts.partition,
+    index = opts.index, hash = opts.hash, wait = opts.wait, timeout = opts.timeout, retries = opts.retries,
+  }
+end
+
+--- A query table of the fields of opts named in names (a list).
+function M.pick(opts, names)
+  local q = {}
+  for _, k in ipairs(names) do q[k] = opts[k] end
+  return q
+end
+
+--- GET path; returns the decoded body (nil for a status listed in ok) and the meta.
+function Client:_get(path, opts, query, ok)
+  local o = M.call_opts(opts or {}, query)
+  o.ok = ok
+  local res, err = self:_call("GET", path, o)
+  if not res then return nil, err end
+  if res.status >= 300 then return nil, res.meta end
+  return res.body, res.meta
+end
+
+--- A write (PUT unless method is given); returns the decoded body (true when empty) and the meta.
+function Client:_put(path, body, opts, query, method)
+  local o = M.call_opts(opts or {}, query)
+  o.body = body
+  local res, err = self:_call(method or "PUT", path, o)
+  if not res then return nil, err end
+  if res.body == nil then return true, res.meta end
+  return res.body, res.meta
+end
+
+-- A JSON null or absent field read as nil.
+function M.value(v)
+  if v == core.null then return nil end
+  return v
+end
+
+---------------------------------------------------------------------------------------------
+-- recipes in other modules
+
+--- A held lock on key (see coord.consul.lock).
+function Client:lock(key, opts)
+  return require("coord.consul.lock").lock(self, key, opts)
+end
+
+--- A semaphore of `limit` holders under prefix (see coord.consul.semaphore).
+function Client:semaphore(prefix, limit, opts)
+  return require("coord.consul.semaphore").new(self, prefix, limit, opts)
+end
+
+--- Leader election on key (see coord.consul.lock).
+function Client:election(key, opts)
+  return require("coord.consul.lock").election(self, key, opts)
+end
+
+--- A watch over any blocking read: fn(opts) is called with index/hash/wait added to opts and
+--- returns value, meta (see coord.consul.watch).
+function Client:watch(fn, opts)
+  return require("coord.consul.watch").new(self, fn, opts)
+end
+
+M.Client = Client
+return M
