@@ -111,6 +111,10 @@ local function poll(p)
     local v, meta = p.fetch(o)
     if v == nil and errors.is(meta) then
       if not retryable(meta) then return nil, meta end
+      -- The agent may have restarted with fresh indexes: a blocking read with an index above
+      -- its own would wait the whole `wait` before rule 1 could notice. Read once without
+      -- blocking instead; an unchanged answer is not delivered again.
+      p.index, p.hash = 0, nil
       backoff(p)
     else
       p.delay = 0
