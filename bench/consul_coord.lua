@@ -5,12 +5,14 @@
 --
 -- ADDRESS is host:port. get reads the key bench-key (it must hold a 100-byte value), put writes it.
 --
--- watch: writes "0" to the keys bw/000001 ... (C at a time), starts one consul.kv:watch per key,
--- waits until every watch delivered its first value, writes "1" to every key and waits until every
+-- watch: the driver has written "0" to the keys bw/000001 ...; this starts one consul.kv:watch per
+-- key, waits until every watch delivered its first value and prints "watching"; the driver then
+-- writes "1" to every key from another process (bench/writer.lua), and this waits until every
 -- watch delivered it. Prints "watches=<W> created=<w> events=<e> errors=<x> create_seconds=<s>
 -- events_seconds=<s>" and a line "ready", then holds the watches until its stdin ends (the driver
 -- counts the agent's connections meanwhile), and exits. Each phase is bounded by BENCH_WATCH_BOUND
--- seconds (default 240).
+-- seconds (default 240). The watches share one blocking query on the prefix bw/ through the
+-- watch option share = "bw/"; BENCH_WATCH_SHARE=0 makes them independent (one query each).
 local coord = require "coord"
 local consul_client = require "coord.consul"
 
@@ -76,19 +78,6 @@ local function watch_bench()
     first_err = first_err or err
   end
   local function key(i) return ("bw/%06d"):format(i) end
-  local function write_all(v)
-    local next_i = 0
-    local function writer()
-      while next_i < w_count do
-        next_i = next_i + 1
-        local ok, err = consul.kv:put(key(next_i), v)
-        if not ok then fail(err or "put answered false") end
-      end
-    end
-    local fns = {}
-    for i = 1, conc do fns[i] = writer end
-    coord.gather(table.unpack(fns))
-  end
   local function wait_for(q, what)
     local ok = coord.timeout(bound, function()
       for _ = 1, w_count do q:get() end
@@ -97,15 +86,15 @@ local function watch_bench()
     if not ok then fail(what .. " took longer than " .. bound .. " s") end
   end
   local t0, t1, t2
+  local wopts = os.getenv("BENCH_WATCH_SHARE") ~= "0" and { share = "bw/" } or nil
 
   coord.run(function()
-    write_all("0")
     t0 = coord.now()
     for i = 1, w_count do
       coord.spawn(function()
         started = started + 1
         local state = 0
-        for entry in consul.kv:watch(key(i)) do
+        for entry in consul.kv:watch(key(i), wopts) do
           local v = entry and entry.value
           if state == 0 then
             state = 1
@@ -121,7 +110,7 @@ local function watch_bench()
     end
     wait_for(first, "the watches' first values")
     t1 = coord.now()
-    write_all("1")
+    say("watching")
     wait_for(second, "delivering the new values")
     t2 = coord.now()
 

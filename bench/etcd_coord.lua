@@ -1,16 +1,17 @@
 -- bench/etcd_coord.lua: the coord.etcd client of bench/etcd (N gets or puts at concurrency C, or W watches).
 --
 --   lua5.4 etcd_coord.lua get|put ENDPOINT N C     prints requests=<n> errors=<e> seconds=<wall>
---   lua5.4 etcd_coord.lua watch ENDPOINT W C       see below
+--   lua5.4 etcd_coord.lua watch ENDPOINT W C       see below (C: watches being created at a time)
 --
 -- With BENCH_TLS_DIR set, connects with mutual TLS using ca.pem, client.pem and client.key from it.
 -- get reads the key bench-key (it must hold a 100-byte value), put writes it.
 --
 -- watch: W watches on the keys bw/000001 ... (one key each, from the revision after the current
--- one, so no event can be missed), then one put on each key (C at a time), until every watch has
--- seen its put. Prints "watches=<W> events=<e> errors=<x> create_seconds=<s> events_seconds=<s>" and
--- a line "ready", then holds the watches open until its stdin ends (the driver measures meanwhile),
--- and exits. Creating and delivering are bounded by BENCH_WATCH_BOUND seconds (default 240).
+-- one, so no event can be missed), then a line "watching"; the driver then puts one value on
+-- each key from another process (bench/writer.lua), and this waits until every watch has seen its
+-- put. Prints "watches=<W> created=<c> events=<e> errors=<x> create_seconds=<s> events_seconds=<s>"
+-- and a line "ready", then holds the watches open until its stdin ends (the driver measures
+-- meanwhile), and exits. Creating and delivering are bounded by BENCH_WATCH_BOUND s (default 240).
 local coord = require "coord"
 local etcd_client = require "coord.etcd"
 
@@ -116,18 +117,8 @@ local function watch_bench()
     end)
     t1 = coord.now()
     if not ok then fail("creating the watches took longer than " .. bound .. " s") end
+    say("watching") -- the driver now writes one value to every key, from another process
 
-    local next_i = 0
-    local function writer()
-      while next_i < w_count do
-        next_i = next_i + 1
-        local done, err = etcd:put(("bw/%06d"):format(next_i), value)
-        if not done then fail(err) end
-      end
-    end
-    local fns = {}
-    for i = 1, conc do fns[i] = writer end
-    coord.gather(table.unpack(fns))
     if events < w_count then
       local seen = coord.timeout(bound, all_seen.get, all_seen)
       if not seen then fail(("only %d of %d watches saw their put within %d s"):format(events, w_count, bound)) end

@@ -375,8 +375,12 @@ rss_kib() { # PID: VmRSS in KiB (0 if gone)
   awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
 
-conns() { # PORT: established TCP connections on the server side of PORT
-  ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l
+# conns PORT: the watch client's established TCP connections to PORT (counted on the client's side:
+# etcd's gateway holds a connection to its own port, which is not the client's).
+conns() {
+  local leaf
+  leaf=$(client_leaf "$client_pid")
+  ss -Htnp state established "( dport = :$1 )" 2>/dev/null | grep -c "pid=$leaf," || true
 }
 
 # client_leaf PID: the deepest single-child descendant (timeout -> time -> the client).
@@ -391,32 +395,36 @@ client_leaf() {
   echo "$p"
 }
 
-# watch_run OUT SERVER-PID PORT BOUND CMD...: starts a watch client with a pipe on its stdin, waits
-# (at most BOUND s) for its "ready" line while sampling the server's RSS and the connections on PORT,
-# samples once more while the client holds its watches, then closes the pipe (the client exits) and
-# waits for it. Sets w_server0 w_server1 (KiB) w_client (KiB, while holding) w_conns (while holding)
-# w_conns_peak w_ready (1/0) and m_rc; OUT.time holds GNU time's line.
+# watch_run OUT SERVER-PID PORT BOUND CMD...: starts a watch client with a pipe on its stdin and
+# waits (at most BOUND s per phase) for its "watching" line, then runs the command in the array
+# writer_cmd (the puts the watches wait for, from a process of its own), then waits for the
+# client's "ready" line; meanwhile it samples the connections on PORT. While the client holds its
+# watches it samples the client's and the server's RSS and the connections once more, then closes
+# the pipe (the client exits) and waits for it. Connections are the client process's own. Sets w_server0 w_server1 (KiB) w_client (KiB)
+# w_conns w_conns_peak w_ready (1/0) w_why (what failed) and m_rc; OUT.time holds GNU time's line.
 watch_run() {
-  local out=$1 spid=$2 port=$3 bound=$4 deadline leaf c
+  local out=$1 spid=$2 port=$3 bound=$4 leaf phase
   shift 4
-  w_server0=$(rss_kib "$spid") w_server1=0 w_client=0 w_conns=0 w_conns_peak=0 w_ready=0 m_rc=0
+  w_server0=$(rss_kib "$spid") w_server1=0 w_client=0 w_conns=0 w_conns_peak=0 w_ready=0 w_why='' m_rc=0
   rm -f "$tmp/fifo" && mkfifo "$tmp/fifo"
   timeout -k 10 "$CLIENT_TIMEOUT" /usr/bin/time -f '%U %S %M %e' -o "$out.time" "$@" \
     >"$out.out" 2>"$out.err" <"$tmp/fifo" &
   client_pid=$!
   exec 4<>"$tmp/fifo"
-  deadline=$((SECONDS + bound))
-  while ((SECONDS < deadline)) && alive "$client_pid"; do
-    c=$(conns "$port")
-    ((c > w_conns_peak)) && w_conns_peak=$c
-    if grep -qx ready "$out.out" 2>/dev/null; then
-      w_ready=1
+  for phase in watching ready; do
+    if ! await_line "$out.out" "$phase" "$port" "$bound"; then
+      w_why="no '$phase' line from the client within ${bound}s"
+      alive "$client_pid" || w_why="the client exited before its '$phase' line"
       break
     fi
-    sleep 0.25
+    if [ "$phase" = watching ] && ! timeout 120 "${writer_cmd[@]}" >"$out.writer" 2>&1; then
+      w_why="the writer failed: $(tail -n 2 "$out.writer" | tr '\n' ' ')"
+      break
+    fi
+    [ "$phase" = ready ] && w_ready=1
   done
   if ((w_ready)); then
-    sleep 1 # let the stream settle after the last event
+    sleep 1 # let the streams settle after the last event
     leaf=$(client_leaf "$client_pid")
     w_client=$(rss_kib "$leaf")
     w_server1=$(rss_kib "$spid")
@@ -424,9 +432,25 @@ watch_run() {
     ((w_conns > w_conns_peak)) && w_conns_peak=$w_conns
   fi
   exec 4>&-
-  deadline=$((SECONDS + 30))
+  local deadline=$((SECONDS + 30))
   while ((SECONDS < deadline)) && alive "$client_pid"; do sleep 0.1; done
-  alive "$client_pid" && { note "watch client did not exit 30 s after its stdin closed"; stop_pid "$client_pid"; }
+  if alive "$client_pid"; then
+    note "watch client did not exit 30 s after its stdin closed"
+    stop_pid "$client_pid"
+  fi
   wait "$client_pid" || m_rc=$?
   client_pid=
+}
+
+# await_line FILE LINE PORT BOUND: until FILE has LINE on a line of its own, the client ends or
+# BOUND seconds pass; samples the connections on PORT into w_conns_peak meanwhile.
+await_line() {
+  local file=$1 want=$2 port=$3 deadline=$((SECONDS + $4)) c
+  while ((SECONDS < deadline)) && alive "$client_pid"; do
+    c=$(conns "$port")
+    ((c > w_conns_peak)) && w_conns_peak=$c
+    grep -qx "$want" "$file" 2>/dev/null && return 0
+    sleep 0.25
+  done
+  grep -qx "$want" "$file" 2>/dev/null
 }
