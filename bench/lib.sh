@@ -1,6 +1,8 @@
 # bench/lib.sh: shared helpers of bench/etcd and bench/consul (sourced, not run): servers on
 # free loopback ports that are always stopped, bounded client runs measured with GNU time,
 # the Node clients installed on demand, and the sampling of RSS and TCP connections.
+# The drivers set prog, cmd, writer_cmd and results; the helpers set variables the drivers read.
+# shellcheck shell=bash disable=SC2034,SC2154
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench=$top/bench
@@ -190,14 +192,14 @@ etcd_ready() {
 
 # start_etcd [CERTS-DIR]: a fresh single member (new data dir); sets etcd_port, etcd_pid, etcd_url.
 start_etcd() {
-  local attempt peer scheme=http tlsargs=()
+  local peer scheme=http tlsargs=()
   etcd_tls=${1-}
   if [ -n "$etcd_tls" ]; then
     scheme=https
     tlsargs=(--cert-file "$etcd_tls/server.pem" --key-file "$etcd_tls/server.key"
              --trusted-ca-file "$etcd_tls/ca.pem" --client-cert-auth)
   fi
-  for attempt in 1 2 3; do
+  for _ in 1 2 3; do
     pick_port etcd_port
     pick_port peer
     rm -rf "$tmp/etcd-data"
@@ -230,9 +232,9 @@ consul_ready() {
 
 # start_consul [HCL]: a fresh dev agent; sets consul_port, consul_pid.
 start_consul() {
-  local attempt lan wan server hcl=()
+  local lan wan server hcl=()
   [ -z "${1-}" ] || hcl=(-hcl "$1")
-  for attempt in 1 2 3; do
+  for _ in 1 2 3; do
     pick_port consul_port
     pick_port lan
     pick_port wan
@@ -387,10 +389,9 @@ conns() {
 client_leaf() {
   local p=$1 kids i
   for ((i = 0; i < 5; i++)); do
-    kids=$(cat "/proc/$p/task/$p/children" 2>/dev/null) || break
-    set -- $kids
-    [ $# -eq 1 ] || break
-    p=$1
+    read -r -a kids <"/proc/$p/task/$p/children" 2>/dev/null || true
+    [ "${#kids[@]}" -eq 1 ] || break
+    p=${kids[0]}
   done
   echo "$p"
 }
