@@ -190,14 +190,17 @@ etcd_ready() {
   fi
 }
 
-# start_etcd [CERTS-DIR]: a fresh single member (new data dir); sets etcd_port, etcd_pid, etcd_url.
+# start_etcd [CERTS-DIR [any]]: a fresh single member (new data dir); sets etcd_port, etcd_pid,
+# etcd_url. With CERTS-DIR it speaks TLS and requires client certificates, unless "any" follows.
 start_etcd() {
   local peer scheme=http tlsargs=()
   etcd_tls=${1-}
   if [ -n "$etcd_tls" ]; then
     scheme=https
-    tlsargs=(--cert-file "$etcd_tls/server.pem" --key-file "$etcd_tls/server.key"
-             --trusted-ca-file "$etcd_tls/ca.pem" --client-cert-auth)
+    tlsargs=(--cert-file "$etcd_tls/server.pem" --key-file "$etcd_tls/server.key")
+    # etcd 3.4 asks for client certificates whenever it has a trusted CA, even without
+    # --client-cert-auth: "any" leaves both out.
+    [ "${2-}" = any ] || tlsargs+=(--trusted-ca-file "$etcd_tls/ca.pem" --client-cert-auth)
   fi
   for _ in 1 2 3; do
     pick_port etcd_port
