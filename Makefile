@@ -63,7 +63,7 @@ demo: deps
 	$(call SPEC_ENV,.,) $(LUA) examples/demo.lua
 
 bench: deps
-	@bash bench/run
+	@bash bench/run all
 
 rock: deps
 	bash .ci/rock

@@ -9,7 +9,10 @@
  * in the style of curl's docs/examples/multi-uv.c. It keeps C easy handles and
  * re-adds each one as soon as its previous request finished, so the multi
  * handle's connection cache reuses the C keep-alive connections.
- * With POST-BODY it POSTs the body with "Content-Type: application/json".
+ * With POST-BODY it POSTs the body with "Content-Type: application/json"; the environment
+ * variable BARE_METHOD names another method to send it with (e.g. PUT, for Consul's KV).
+ * BARE_CAINFO names a CA file to verify an https:// server with (libcurl then negotiates
+ * HTTP/2 through ALPN, as it does by default).
  *
  * Every reply must be HTTP 200; anything else counts as an error. At the end
  * it prints one line on stdout:
@@ -228,6 +231,8 @@ int main(int argc, char **argv) {
   total = parse_count(argv[2], "N");
   long conc = parse_count(argv[3], "C");
   const char *body = argc == 5 ? argv[4] : NULL;
+  const char *method = getenv("BARE_METHOD");
+  const char *cainfo = getenv("BARE_CAINFO");
   if (conc > total)
     conc = total;
 
@@ -267,6 +272,10 @@ int main(int argc, char **argv) {
       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
       curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
     }
+    if (method != NULL && *method != '\0')
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    if (cainfo != NULL && *cainfo != '\0')
+      curl_easy_setopt(e, CURLOPT_CAINFO, cainfo);
   }
 
   t_start = uv_hrtime();
