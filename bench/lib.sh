@@ -1,4 +1,4 @@
-# bench/lib.sh: shared helpers of bench/etcd and bench/consul (sourced, not run): servers on
+# bench/lib.sh: shared helpers of bench/run, bench/etcd and bench/consul (sourced, not run): servers on
 # free loopback ports that are always stopped, bounded client runs measured with GNU time,
 # the Node clients installed on demand, and the sampling of RSS and TCP connections.
 # The drivers set prog, cmd, writer_cmd and results; the helpers set variables the drivers read.
@@ -66,18 +66,50 @@ cleanup() {
   exit "$rc"
 }
 
+# setup [TOOL...]: traps, dependencies, GNU time (installed when missing), the tools every
+# driver needs and the TOOLs this one needs too, the build and temp folders.
 setup() {
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   trap 'exit 129' HUP
   "$top/.ci/deps"
-  for tool in wrk lua5.4 gcc timeout base64 node npm ss openssl; do
+  if [ ! -x /usr/bin/time ]; then
+    note "installing GNU time (Debian package 'time')"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+  fi
+  for tool in wrk lua5.4 gcc timeout base64 "$@"; do
     command -v "$tool" >/dev/null || die "$tool not found"
   done
-  [ -x /usr/bin/time ] || die "GNU time (/usr/bin/time) not found"
   mkdir -p "$build"
   tmp=$(mktemp -d -t coord-bench.XXXXXX)
+}
+
+# driver_flag ARGS...: the flags bench/etcd and bench/consul share (--n --c --runs --duration --w
+# --skip-kv --skip-watch): sets n c runs duration wlist do_kv do_watch, and flag_shift to the
+# count of arguments taken (0 when $1 is none of these).
+driver_flag() {
+  flag_shift=0
+  case $1 in
+    --n|--c|--runs|--duration) [ $# -ge 2 ] || usage; posint "$1" "$2"; printf -v "${1#--}" %s "$2"; flag_shift=2 ;;
+    --w) [ $# -ge 2 ] || usage; poslist --w "$2"; wlist=$2; flag_shift=2 ;;
+    --skip-kv) do_kv=0; flag_shift=1 ;;
+    --skip-watch) do_watch=0; flag_shift=1 ;;
+  esac
+}
+
+# driver_setup MODULE: setup for bench/etcd and bench/consul (they also need the Node clients),
+# bare built; sets node_skip and coord_skip (why those rows are skipped; MODULE must load) and
+# warns when either is set.
+driver_setup() {
+  setup node npm ss openssl
+  build_bare
+  node_skip=
+  node_deps || node_skip="npm ci failed (log: $build/npm.log)"
+  coord_skip=$(coord_ready "$1") || true
+  [ -z "$coord_skip" ] || note "WARNING: skipping the coord rows: $coord_skip"
+  [ -z "$node_skip" ] || note "WARNING: skipping the node rows: $node_skip"
 }
 
 # --- builds ------------------------------------------------------------------
@@ -139,8 +171,10 @@ pick_port() {
   for ((i = 0; i < 500; i++)); do
     p=$((20000 + RANDOM % 12000))
     case $picked in *" $p "*) continue ;; esac
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-    [ -z "$(ss -Htuln "sport = :$p" 2>/dev/null)" ] || continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue # TCP listener
+    if command -v ss >/dev/null && [ -n "$(ss -Htuln "sport = :$p" 2>/dev/null)" ]; then
+      continue # UDP (Consul's serf ports are TCP and UDP)
+    fi
     picked+="$p "
     printf -v "$1" '%s' "$p"
     return 0
@@ -157,6 +191,15 @@ wait_ready() {
     sleep 0.2
   done
   note "$name did not become ready within 30 s"
+  return 1
+}
+
+# started NAME PID: waits for server NAME (NAME_ready, log $tmp/NAME.log); when it does not get
+# ready, shows the end of its log, stops it and fails.
+started() {
+  wait_ready "$1" "$2" "$1_ready" && return 0
+  tail -n 5 "$tmp/$1.log" | sed "s/^/  $1: /" >&2
+  stop_server "$2"
   return 1
 }
 
@@ -216,9 +259,7 @@ start_etcd() {
     etcd_pid=$!
     pids+=("$etcd_pid")
     etcd_url="$scheme://127.0.0.1:$etcd_port"
-    wait_ready etcd "$etcd_pid" etcd_ready && return 0
-    tail -n 5 "$tmp/etcd.log" | sed 's/^/  etcd: /' >&2
-    stop_server "$etcd_pid"
+    started etcd "$etcd_pid" && return 0
     etcd_pid=
   done
   die "could not start etcd"
@@ -249,12 +290,20 @@ start_consul() {
       -data-dir "$tmp/consul-data" >"$tmp/consul.log" 2>&1 </dev/null &
     consul_pid=$!
     pids+=("$consul_pid")
-    wait_ready consul "$consul_pid" consul_ready && return 0
-    tail -n 5 "$tmp/consul.log" | sed 's/^/  consul: /' >&2
-    stop_server "$consul_pid"
+    started consul "$consul_pid" && return 0
     consul_pid=
   done
   die "could not start consul"
+}
+
+# put_key PORT KEY VALUE: a PUT that a fresh dev agent may refuse for a moment.
+put_key() {
+  local i
+  for ((i = 0; i < 25; i++)); do
+    [ "$(http PUT "$1" "/v1/kv/$2" "$3")" = true ] && return 0
+    sleep 0.2
+  done
+  die "consul: put of $2 failed"
 }
 
 # --- measuring -----------------------------------------------------------------
@@ -308,51 +357,66 @@ result_line() {
   fi
 }
 
-# kv_measure OP CLIENT RUN OUT: runs the command in the array cmd (see measure), prints one line
-# and appends to $results: op client run ok|fail reqs errs wall cpu rss-KiB why
+# kv_measure OP CLIENT RUN OUT [LABEL FAIL-LABEL]: runs the command in the array cmd (see measure),
+# prints one line and appends to $results: op client run ok|fail reqs errs wall cpu rss-KiB why.
+# The line starts with LABEL (FAIL-LABEL when the run failed), by default "OP CLIENT run RUN:".
 kv_measure() {
-  local op=$1 cl=$2 r=$3 out=$4
+  local op=$1 cl=$2 r=$3 out=$4 label fail_label
+  printf -v label '%-8s %-6s run %d:' "$op" "$cl" "$r"
+  label=${5-$label}
+  fail_label=${6-$label}
   measure "$out" "${cmd[@]}"
   result_line "$out" "$cl"
   if [ -n "$r_why" ]; then
-    printf '  %-8s %-6s run %d: FAILED: %s\n' "$op" "$cl" "$r" "$r_why"
+    printf '  %s FAILED: %s\n' "$fail_label" "$r_why"
     tail -n 5 "$out.err" "$out.out" 2>/dev/null | sed 's/^/      /'
     printf '%s\t%s\t%d\tfail\t0\t0\t0\t0\t0\t%s\n' "$op" "$cl" "$r" "$r_why" >>"$results"
     return
   fi
-  awk -v op="$op" -v cl="$cl" -v run="$r" -v r="$r_reqs" -v e="$r_errs" -v w="$r_wall" -v cpu="$r_cpu" -v rss="$r_rss" 'BEGIN {
-    printf "  %-8s %-6s run %d: %8.0f req/s %7.1f us/req %6.1f MiB  errors %d\n", op, cl, run, r / w, cpu * 1e6 / r, rss / 1024, e }'
+  awk -v label="$label" -v r="$r_reqs" -v e="$r_errs" -v w="$r_wall" -v cpu="$r_cpu" -v rss="$r_rss" 'BEGIN {
+    printf "  %s %8.0f req/s %7.1f us/req %6.1f MiB  errors %d\n", label, r / w, cpu * 1e6 / r, rss / 1024, e }'
   if [ "$r_errs" != 0 ]; then
     tail -n 3 "$out.err" 2>/dev/null | sed 's/^/      /'
   fi
   printf '%s\t%s\t%d\tok\t%s\t%s\t%s\t%s\t%s\t\n' "$op" "$cl" "$r" "$r_reqs" "$r_errs" "$r_wall" "$r_cpu" "$r_rss" >>"$results"
 }
 
+# results_awk: the start of an awk program (run with -F '\t') over $results. It reads every row
+# into ops[1..nops] (in order of appearance) and, per op SUBSEP client, skip (why), fail and cnt
+# (runs), errs (sum), rps us rss [k, run]; medians(op, clients) sets m_rps m_us m_rss of each
+# client of the space-separated list that has runs. The caller adds its END block.
+# shellcheck disable=SC2016 # awk's fields, not the shell's
+results_awk='
+  function median(a, k, n,    i, j, t, v) {
+    for (i = 1; i <= n; i++) v[i] = a[k, i]
+    for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function medians(op, clients,    cl, ci, nc, k) {
+    nc = split(clients, cl, " ")
+    for (ci = 1; ci <= nc; ci++) {
+      k = op SUBSEP cl[ci]
+      if (cnt[k] > 0) { m_rps[k] = median(rps, k, cnt[k]); m_us[k] = median(us, k, cnt[k]); m_rss[k] = median(rss, k, cnt[k]) }
+    }
+  }
+  {
+    if (!($1 in seen)) { seen[$1] = 1; ops[++nops] = $1 }
+    k = $1 SUBSEP $2
+    if ($4 == "skip") { skip[k] = $10; next }
+    if ($4 != "ok") { fail[k]++; next }
+    i = ++cnt[k]
+    rps[k, i] = $5 / $7; us[k, i] = $8 * 1e6 / $5; rss[k, i] = $9 / 1024; errs[k] += $6
+  }'
+
 # kv_report CLIENTS REF: medians per op and client from $results, with ratios of CPU per request
 # to the clients named REF (space-separated, e.g. "bare node").
 kv_report() {
-  awk -F '\t' -v clients="$1" -v refs="$2" '
-    function median(a, k, n,    i, j, t, v) {
-      for (i = 1; i <= n; i++) v[i] = a[k, i]
-      for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
-      return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
-    {
-      if (!($1 in seen)) { seen[$1] = 1; ops[++nops] = $1 }
-      k = $1 SUBSEP $2
-      if ($4 == "skip") { skip[k] = $10; next }
-      if ($4 != "ok") { fail[k]++; next }
-      i = ++cnt[k]
-      rps[k, i] = $5 / $7; us[k, i] = $8 * 1e6 / $5; rss[k, i] = $9 / 1024; errs[k] += $6
-    }
+  awk -F '\t' -v clients="$1" -v refs="$2" "$results_awk"'
     END {
       nc = split(clients, cls, " "); nr = split(refs, rf, " ")
       for (o = 1; o <= nops; o++) {
         op = ops[o]
-        for (ci = 1; ci <= nc; ci++) {
-          k = op SUBSEP cls[ci]
-          if (cnt[k] > 0) { m_rps[k] = median(rps, k, cnt[k]); m_us[k] = median(us, k, cnt[k]); m_rss[k] = median(rss, k, cnt[k]) }
-        }
+        medians(op, clients)
         printf "%s (medians)\n", op
         hdr = "  client |    req/s | CPU µs/req | CPU ms/1000 req | peak RSS MiB"
         sep = "  -------+----------+------------+-----------------+-------------"
@@ -444,6 +508,34 @@ watch_run() {
   fi
   wait "$client_pid" || m_rc=$?
   client_pid=
+}
+
+# watch_record TP W CL OUT LABEL FIRST SERVER: after watch_run of CL with W watches over transport
+# TP, parses the client's "watches=... events=E errors=N create_seconds=S events_seconds=S" line
+# and GNU time's peak RSS; appends to $wres "TP W CL ok events errors create-s events-s client-KiB
+# peak-KiB server-growth-KiB conns peak-conns" (or "TP W CL fail why") and prints one line that
+# starts with LABEL, FIRST naming the phase that creates the watches and SERVER the server.
+watch_record() {
+  local tp=$1 w=$2 cl=$3 out=$4 label=$5 first=$6 server=$7 line peak events errs cs es why
+  line=$(grep -E '^watches=' "$out.out" | tail -n1 || true)
+  read -r _ _ peak _ < <(tail -n1 "$out.time" 2>/dev/null) || true
+  if ((w_ready)) && [ -n "$line" ]; then
+    events=$(sed -nE 's/.*events=([0-9]+).*/\1/p' <<<"$line")
+    errs=$(sed -nE 's/.* errors=([0-9]+).*/\1/p' <<<"$line")
+    cs=$(sed -nE 's/.*create_seconds=([0-9.]+).*/\1/p' <<<"$line")
+    es=$(sed -nE 's/.*events_seconds=([0-9.]+).*/\1/p' <<<"$line")
+    printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tp" "$w" "$cl" "$events" "$errs" "$cs" "$es" \
+      "$w_client" "${peak:-0}" "$((w_server1 - w_server0))" "$w_conns" "$w_conns_peak" >>"$wres"
+    printf '  %s events %s/%s errors %s, %s %ss, deliver %ss, client RSS %s MiB, %s +%s MiB, conns %s (peak %s)\n' \
+      "$label" "$events" "$w" "$errs" "$first" "$cs" "$es" "$((w_client / 1024))" "$server" \
+      "$(((w_server1 - w_server0) / 1024))" "$w_conns" "$w_conns_peak"
+  else
+    why="${w_why:-no result line} (exit status $m_rc)"
+    printf '%s\t%s\t%s\tfail\t%s\n' "$tp" "$w" "$cl" "$why" >>"$wres"
+    printf '  %s FAILED: %s\n' "$label" "$why"
+    tail -n 5 "$out.err" "$out.out" 2>/dev/null | sed 's/^/      /'
+  fi
+  ! grep -q . "$out.err" 2>/dev/null || tail -n 2 "$out.err" | sed 's/^/      stderr: /'
 }
 
 # await_line FILE LINE PORT BOUND: until FILE has LINE on a line of its own, the client ends or
