@@ -42,6 +42,7 @@ build = {
       ["coord.sched"] = "lua/coord/sched.lua",
       ["coord.sync"] = "lua/coord/sync.lua",
       ["coord.http"] = "lua/coord/http.lua",
+      ["coord.etcd"] = "lua/coord/etcd.lua",
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
    },
 }
