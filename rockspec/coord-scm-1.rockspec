@@ -44,5 +44,7 @@ build = {
       ["coord.http"] = "lua/coord/http.lua",
       ["coord.etcd"] = "lua/coord/etcd.lua",
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
+      ["coord.etcd.watch"] = "lua/coord/etcd/watch.lua",
+      ["coord.etcd.watch_hub"] = "lua/coord/etcd/watch_hub.lua",
    },
 }
