@@ -6,6 +6,20 @@ local servers = require "servers"
 local sup = require "etcd_watch_support"
 local watch = require "coord.etcd.watch"
 
+-- Runs fn in the loop, then lets the loop finish what closing the watches queued (their
+-- connections close), so that stopping the server does not wait for them.
+local function run(fn)
+  coord.run(fn)
+  coord.run()
+end
+
+-- Waits (bounded) until the server has confirmed the watch; returns its creation revision.
+local function ready(w)
+  local rev, err = coord.timeout(10, w.ready, w)
+  assert(rev, tostring(err))
+  return rev
+end
+
 local function values(evs)
   local out = {}
   for i, ev in ipairs(evs) do out[i] = ev.type .. " " .. ev.kv.key .. "=" .. ev.kv.value end
@@ -21,10 +35,10 @@ for _, version in ipairs { "3.4", "3.5" } do
     teardown(function() if srv then srv:stop() end end)
 
     it("sees the puts and deletes of one key, in order, with exact integers", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local w <close> = c:watch("one")
-        local created = assert(w:ready())
+        local created = ready(w)
         assert.are.equal("integer", math.type(created))
         local r1 = sup.put(srv, "one", "v1")
         sup.put(srv, "one-more", "x")
@@ -46,13 +60,13 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("watches a prefix and a range, and strips a namespace prefix", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local ns = sup.client(srv, { prefix = "ns/" })
         local wp <close> = c:watch("pre/", { prefix = true })
         local wr <close> = c:watch("rng/b", { range_end = "rng/d" })
         local wn <close> = ns:watch("k", { prefix = true })
-        assert(wp:ready()); assert(wr:ready()); assert(wn:ready())
+        ready(wp); ready(wr); ready(wn)
         for _, k in ipairs { "pre/a", "pre", "pre/b/c", "rng/a", "rng/b", "rng/c", "rng/d", "ns/k1", "k2", "ns/k/x" } do
           sup.put(srv, k, "v")
         end
@@ -69,7 +83,7 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("replays history from a start revision, with prev_kv", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local r1 = sup.put(srv, "hist", "a")
         sup.put(srv, "hist", "b")
@@ -88,7 +102,7 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("filters out puts or deletes", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local r = sup.put(srv, "filt", "1")
         sup.delete(srv, "filt")
@@ -102,10 +116,10 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("delivers progress notifications as progress events", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local w <close> = c:watch("quiet", { progress_notify = true })
-        assert(w:ready())
+        ready(w)
         local r = sup.put(srv, "elsewhere", "x")
         -- the server sends one every 300 ms; the first after the put carries its revision
         local ev
@@ -121,7 +135,7 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("reassembles revisions larger than the gateway's message limit", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local big = ("x"):rep(100 * 1024)
         -- one revision of 1.4 MB; with prev_kv its event batch is twice that
@@ -148,10 +162,10 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("sees every revision of 1,000 puts exactly once, in order", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local w <close> = c:watch("seq/", { prefix = true })
-        assert(w:ready())
+        ready(w)
         local n = 1000
         local writer = coord.spawn(function()
           local first
@@ -174,13 +188,13 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("reports a compacted start revision as a 'compacted' error", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local r1 = sup.put(srv, "cmp", "1")
         local r2 = sup.put(srv, "cmp", "2")
         sup.call(srv, "/v3/kv/compaction", { revision = r2, physical = true })
         local w <close> = c:watch("cmp", { start_revision = r1 })
-        local ev, err = w:next()
+        local ev, err = coord.timeout(10, w.next, w)
         assert.is_nil(ev)
         assert.are.equal("compacted", err.kind)
         assert.are.equal(r2, err.compact_revision)
@@ -195,11 +209,11 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("is canceled by close, <close> and coord.timeout", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         -- close wakes a reader, whose loop ends without an error
         local w = c:watch("cancel")
-        assert(w:ready())
+        ready(w)
         local got = {}
         local reader = coord.spawn(function()
           for ev in w:events() do got[#got + 1] = ev end
@@ -228,12 +242,12 @@ for _, version in ipairs { "3.4", "3.5" } do
         do
           local w3 <close> = c:watch("cancel")
           w2 = w3
-          assert(w3:ready())
+          ready(w3)
         end
         assert.is_true(w2.closed)
         -- coord.timeout cancels the wait, not the watch
         local w4 <close> = c:watch("cancel")
-        assert(w4:ready())
+        ready(w4)
         local none, terr = coord.timeout(0.2, w4.next, w4)
         assert.is_nil(none)
         assert.are.equal("timeout", terr.kind)
@@ -244,11 +258,11 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("pauses a watch whose reader is slow without losing or repeating events", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local slow <close> = c:watch("slow/", { prefix = true, buffer = 10 })
         local fast <close> = c:watch("slow/", { prefix = true })
-        assert(slow:ready()); assert(fast:ready())
+        ready(slow); ready(fast)
         local n = 100
         local first
         for i = 1, n do
@@ -272,14 +286,14 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("carries 200 watches on one connection", function()
-      coord.run(function()
+      run(function()
         local c = sup.client(srv)
         local port = srv.members[1].port
         c:get("warm-up") -- the client's own pooled connection
         local base = sup.connections(port)
         local ws = {}
         for i = 1, 200 do ws[i] = c:watch("many/" .. i) end
-        for i = 1, 200 do assert(ws[i]:ready()) end
+        for i = 1, 200 do ready(ws[i]) end
         -- the stream may take over the idle pooled connection or open one more
         local during = sup.connections(port)
         assert.is_true(during >= 1 and during <= base + 1, ("%d connections, %d before"):format(during, base))
@@ -306,6 +320,166 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.has_error(function() c:watch(nil) end, "bad argument #1 to 'watch' (string expected, got nil)")
       assert.has_error(function() c:watch("k", 5) end, "bad argument #2 to 'watch' (table or nil expected, got number)")
       assert.has_error(function() c:watch("k", { start_revision = "3" }) end)
+    end)
+  end)
+end
+
+local http = coord.http
+
+-- A put that may fail (the member is down or the cluster has no leader yet): revision or nil.
+local function try_put(url, key, value)
+  local res = http.post(url .. "/v3/kv/put", core.json_encode { key = core.b64encode(key), value = core.b64encode(value) },
+    { timeout = 2 })
+  if not (res and res.status == 200) then return nil end
+  return core.i64(core.json_decode(res.body).header.revision)
+end
+
+-- Reads w until an event for `last_key` (bounded); returns the events before it.
+local function until_key(w, last_key, limit)
+  local out = {}
+  local ok, err = coord.timeout(limit, function()
+    for ev in w:events() do
+      if ev.kv.key == last_key then return true end
+      out[#out + 1] = ev
+    end
+    return nil, w.error
+  end)
+  assert(ok, tostring(err))
+  return out
+end
+
+for _, version in ipairs { "3.4", "3.5" } do
+  describe("etcd watch on a 3-member etcd " .. version .. " cluster", function()
+    local srv
+    setup(function() srv = servers.etcd { version = version, members = 3 } end)
+    teardown(function() if srv then srv:stop() end end)
+
+    it("survives the kill of the member it is connected to: no event lost or repeated", function()
+      run(function()
+        local c = sup.client(srv)
+        local w <close> = c:watch("res/", { prefix = true, keepalive = 0.5 })
+        local created = ready(w)
+        local url = watch.stats(c).connected
+        local victim
+        for i, m in ipairs(srv.members) do if m.url == url then victim = i end end
+        assert.is_not_nil(victim)
+        local other = srv.members[victim % 3 + 1].url
+        local n = 200
+        local writer = coord.spawn(function()
+          for i = 1, n do
+            if i == n // 2 then srv:kill(victim) end
+            local tries = 0
+            while not try_put(other, "res/k", tostring(i)) do
+              tries = tries + 1
+              assert(tries < 300, "puts keep failing")
+              coord.sleep(0.05)
+            end
+          end
+          assert(try_put(other, "res/done", "") or try_put(other, "res/done", ""))
+        end)
+        local evs = until_key(w, "res/done", 60)
+        assert(writer:join())
+        -- the oracle: the same history replayed by a fresh watch on a live member
+        local c2 = sup.client(srv, { endpoints = { other } })
+        local w2 <close> = c2:watch("res/", { prefix = true, start_revision = created + 1 })
+        local want = until_key(w2, "res/done", 20)
+        local function flat(list)
+          local out = {}
+          for i, ev in ipairs(list) do out[i] = ev.kv.mod_revision .. "=" .. ev.kv.value end
+          return out
+        end
+        assert.are.same(flat(want), flat(evs))
+        local seen = {}
+        for i, ev in ipairs(evs) do
+          seen[ev.kv.value] = true
+          if i > 1 then assert.is_true(ev.kv.mod_revision > evs[i - 1].kv.mod_revision) end
+        end
+        for i = 1, n do assert.is_true(seen[tostring(i)], "lost put " .. i) end
+        local st = watch.stats(c)
+        assert.is_true(st.streams >= 2)
+        assert.are_not.equal(url, st.connected)
+      end)
+    end)
+  end)
+
+  describe("etcd watch with auth on etcd " .. version, function()
+    local srv
+    setup(function()
+      srv = servers.etcd { version = version, auth = true, auth_token_ttl = 2 }
+      for _, cmd in ipairs { "user add alice --new-user-password=alicepw", "role add reader",
+        "role grant-permission reader read open/ --prefix=true", "user grant-role alice reader" } do
+        local ok, out = srv:ctl(cmd)
+        assert(ok, out)
+      end
+    end)
+    teardown(function() if srv then srv:stop() end end)
+
+    it("reports a watch refused for lack of permission as an error", function()
+      run(function()
+        local c = sup.client(srv, { user = "alice", password = "alicepw" })
+        local denied <close> = c:watch("secret")
+        local allowed <close> = c:watch("open/", { prefix = true })
+        local ev, err = coord.timeout(10, denied.next, denied)
+        assert.is_nil(ev)
+        assert.are.equal("permission", err.kind)
+        assert.matches("permission denied", err.message)
+        assert.are.equal(err, denied.error)
+        ready(allowed)
+        assert(srv:ctl("put open/a 1"))
+        ev = assert(coord.timeout(5, allowed.next, allowed))
+        assert.are.equal("open/a", ev.kv.key)
+      end)
+    end)
+
+    it("reports bad credentials as an 'auth' error", function()
+      run(function()
+        local c = sup.client(srv, { user = "alice", password = "wrong" })
+        local w <close> = c:watch("open/x")
+        local ev, err = coord.timeout(10, w.next, w)
+        assert.is_nil(ev)
+        assert.are.equal("auth", err.kind)
+        assert.is_nil(tostring(err):find("alicepw", 1, true))
+      end)
+    end)
+
+    it("creates watches after the stream's token has expired", function()
+      run(function()
+        local c = sup.client(srv, { user = "alice", password = "alicepw" })
+        local w1 <close> = c:watch("open/", { prefix = true })
+        ready(w1)
+        coord.sleep(3) -- the token's TTL is 2 s
+        local w2 <close> = c:watch("open/b")
+        assert(coord.timeout(10, w2.ready, w2))
+        assert(srv:ctl("put open/b 2"))
+        local e1 = assert(coord.timeout(5, w1.next, w1))
+        local e2 = assert(coord.timeout(5, w2.next, w2))
+        assert.are.equal("2", e1.kv.value)
+        assert.are.equal("2", e2.kv.value)
+        assert.is_nil(coord.timeout(0.3, w1.next, w1))
+      end)
+    end)
+  end)
+
+  describe("etcd watch over TLS on etcd " .. version, function()
+    local srv
+    setup(function() srv = servers.etcd { version = version, tls = true } end)
+    teardown(function() if srv then srv:stop() end end)
+
+    it("runs several watches and the requests on one HTTP/2 connection", function()
+      run(function()
+        local c = sup.client(srv)
+        assert(c:put("tls/0", "x"))
+        local ws = {}
+        for i = 1, 5 do ws[i] = c:watch("tls/" .. i) end
+        for i = 1, 5 do ready(ws[i]) end
+        for i = 1, 5 do assert(c:put("tls/" .. i, "v" .. i)) end
+        for i = 1, 5 do
+          local ev = assert(coord.timeout(5, ws[i].next, ws[i]))
+          assert.are.equal("v" .. i, ev.kv.value)
+        end
+        assert.are.equal(1, sup.connections(srv.members[1].port))
+        for i = 1, 5 do ws[i]:close() end
+      end)
     end)
   end)
 end

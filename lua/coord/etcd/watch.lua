@@ -68,6 +68,8 @@ function M.new(client, key, opts)
   opt_type(opts, "range_end", "string")
   local start = opt_int(opts, "start_revision") or opt_int(opts, "revision")
   local buffer = opt_int(opts, "buffer") or DEFAULT_BUFFER
+  local keepalive = opt_type(opts, "keepalive", "number")
+  if keepalive and not (keepalive > 0) then error("bad option 'keepalive' to 'watch' (positive number expected)", 2) end
   if buffer < 1 then error("bad option 'buffer' to 'watch' (positive integer expected)", 2) end
   local w = setmetatable({
     key = key,
@@ -75,6 +77,7 @@ function M.new(client, key, opts)
     next_rev = start and start > 0 and start or nil,
     progress = opts.progress_notify and true or false,
     buffer = buffer,
+    keepalive = keepalive,
     q = {}, qh = 1, qt = 0,
     readers = {},
     revision = nil,

@@ -19,12 +19,13 @@ Hub.__index = Hub
 -- (the hub never blocks on a slow watch, so this only bounds one burst).
 local STREAM_BUFFER = 4 << 20
 local BACKOFF_MIN, BACKOFF_MAX = 0.05, 5
+M.KEEPALIVE = 10
 
 --- The client's hub, made on first use.
 function M.of(client)
   local hub = rawget(client, "_watch_hub")
   if not hub then
-    hub = setmetatable({ client = client, watches = {}, byid = {}, count = 0, next_id = 1,
+    hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
       counts = { streams = 0, results = 0, fragments = 0, pauses = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
   end
@@ -65,6 +66,9 @@ local function create(hub, w)
   local req = w.req
   req.watch_id = id
   req.start_revision = w.next_rev
+  local p = hub.pending
+  p[p.tail] = { id, w }
+  p.tail = p.tail + 1
   send(hub, { create_request = req })
 end
 M.create = create
@@ -80,6 +84,8 @@ end
 
 --- Registers a new watch and creates it on the stream (starting the stream if needed).
 function Hub:add(w)
+  local ka = w.keepalive or M.KEEPALIVE
+  if not self.keepalive or ka < self.keepalive then self.keepalive = ka end
   self.watches[w] = true
   self.count = self.count + 1
   w.state = "pending"
@@ -150,33 +156,21 @@ local function refusal_kind(reason)
   return "refused"
 end
 
--- A create refused for a permission reason may only mean that the stream's token expired
--- (etcd 3.4 reports an expired token as "permission denied"). A range over the watched keys
--- tells: the client re-authenticates on its own, so if the range is allowed the watch is
--- retried once on a new stream with the new token; otherwise the refusal stands.
-local function check_refusal(hub, w, err, token)
-  if w.auth_retry or not token then return w:_fail(err) end
-  w.auth_retry = true
-  w.state = "checking"
-  sched.spawn(function()
-    local req = w.req
-    local ok = hub.client:_post("/v3/kv/range", { key = req.key, range_end = req.range_end, limit = 1, keys_only = true })
-    if w.state ~= "checking" then return end
-    if not ok then return w:_fail(err) end
-    hub.client:_auth_expired(token)
-    w.state = "pending"
-    hub:restart()
-  end)
-end
-
+-- A refused create. An expired token ("invalid auth token") is renewed and the watch tried
+-- again once on a new stream; any other refusal (permission denied, say) is the watch's error.
 local function refused(hub, w, r)
   local reason = r.cancel_reason or "watch refused"
   hub.byid[w.id] = nil
   w.id = nil
   local kind = refusal_kind(reason)
-  local err = errors.new(kind, reason, { key = w.key })
-  if kind ~= "refused" then return check_refusal(hub, w, err, hub.target and hub.target.token) end
-  w:_fail(err)
+  local token = hub.target and hub.target.token
+  if kind == "auth" and token and not w.auth_retry then
+    w.auth_retry = true
+    w.state = "pending"
+    hub.client:_auth_expired(token)
+    return hub:restart()
+  end
+  w:_fail(errors.new(kind, reason:gsub("^rpc error: code = %a+ desc = ", ""), { key = w.key }))
 end
 
 local function canceled(hub, w, r)
@@ -192,17 +186,35 @@ local function canceled(hub, w, r)
     { key = w.key }))
 end
 
+-- The create answered by a `created` result. etcd answers creates in the order they were
+-- sent, and a refusal carries watch_id -1 instead of the id asked for, so the answer belongs
+-- to the oldest create still unanswered.
+local function answered(hub, id)
+  local p = hub.pending
+  local h = p.head
+  local entry = p[h]
+  if not entry then return nil end
+  if id ~= -1 and entry[1] ~= id then return hub.byid[id] end -- not expected; trust the id
+  p[h] = nil
+  p.head = h + 1
+  local w = entry[2]
+  if hub.byid[entry[1]] ~= w then return nil end -- closed or paused meanwhile
+  return w
+end
+
 local function dispatch(hub, r)
   local id = int(r.watch_id)
-  local w = hub.byid[id]
-  if not w then return end -- canceled meanwhile (closed or paused), or a broadcast (-1)
   if r.created then
+    local w = answered(hub, id)
+    if not w then return end
     if r.canceled then return refused(hub, w, r) end
     w.state, w.auth_retry = "active", nil
     local rev = int(r.header and r.header.revision)
     if not w.next_rev then w.next_rev = rev + 1 end
     return w:_created(rev)
   end
+  local w = hub.byid[id]
+  if not w then return end -- canceled meanwhile (closed or paused), or a broadcast (-1)
   if r.canceled then return canceled(hub, w, r) end
   local evs = r.events
   if evs then
@@ -290,6 +302,29 @@ local function read_loop(hub, s)
   end
 end
 
+-- Probes the stream every hub.keepalive seconds with a progress_request (answered with a
+-- header-only result). A stream that has carried nothing for two intervals is closed, so
+-- that the task reconnects. The write also matters on its own: when the server has gone,
+-- curl only notices the closed connection once it has something to send while the body
+-- is still open.
+local function keepalive(hub, s)
+  while hub.stream == s do
+    local iv = hub.keepalive
+    sched.sleep(iv)
+    if hub.stream ~= s then return end
+    if core.now() - hub.last_rx > 2 * iv then
+      hub.dead = errors.new("timeout", ("watch stream silent for %g s"):format(2 * iv))
+      s:close()
+      return
+    end
+    send(hub, { progress_request = {} })
+  end
+end
+
+local Prober = { __close = function(p)
+  if p.task:status() == "waiting" then p.task:cancel() end
+end }
+
 local function headers_for(target)
   local h = { ["Expect"] = "100-continue", ["Content-Type"] = "application/json" }
   for k, v in pairs(target.headers or {}) do h[k] = v end
@@ -298,7 +333,7 @@ end
 
 -- After the stream is gone no id is live; every watch not paused is re-created on the next.
 local function orphan(hub)
-  hub.byid = {}
+  hub.byid, hub.pending = {}, { head = 1, tail = 1 }
   for w in pairs(hub.watches) do
     w.id, w.frag = nil, nil
     if w.state ~= "paused" then w.state = "pending" end
@@ -340,7 +375,11 @@ function M.run(hub)
       for w in pairs(hub.watches) do
         if w.state == "pending" or (w.state == "paused" and w:_caught_up()) then create(hub, w) end
       end
+      hub.last_rx, hub.dead = core.now(), nil
+      -- the prober ends with the stream, also when this task is canceled
+      local pinger <close> = setmetatable({ task = sched.spawn(keepalive, hub, s) }, Prober)
       local err, got = read_loop(hub, s)
+      err = hub.dead or err
       hub.stream = nil
       s:close()
       orphan(hub)
