@@ -465,21 +465,28 @@ for _, version in ipairs { "3.4", "3.5" } do
     setup(function() srv = servers.etcd { version = version, tls = true } end)
     teardown(function() if srv then srv:stop() end end)
 
-    it("runs several watches and the requests on one HTTP/2 connection", function()
-      run(function()
-        local c = sup.client(srv)
-        assert(c:put("tls/0", "x"))
-        local ws = {}
-        for i = 1, 5 do ws[i] = c:watch("tls/" .. i) end
-        for i = 1, 5 do ready(ws[i]) end
-        for i = 1, 5 do assert(c:put("tls/" .. i, "v" .. i)) end
-        for i = 1, 5 do
-          local ev = assert(coord.timeout(5, ws[i].next, ws[i]))
-          assert.are.equal("v" .. i, ev.kv.value)
-        end
-        assert.are.equal(1, sup.connections(srv.members[1].port))
-        for i = 1, 5 do ws[i]:close() end
+    -- with sharing: the requests' HTTP/2 connection carries the watch stream too; without
+    -- (the default), the watches have one HTTP/1.1 connection of their own
+    for _, shared in ipairs { false, true } do
+      it("runs several watches on one connection (HTTP/2 shared: " .. tostring(shared) .. ")", function()
+        local old = watch.http2(shared)
+        finally(function() watch.http2(old) end)
+        run(function()
+          local c = sup.client(srv)
+          assert(c:put("tls/0", "x"))
+          local ws = {}
+          for i = 1, 5 do ws[i] = c:watch("tls/" .. i) end
+          for i = 1, 5 do ready(ws[i]) end
+          for i = 1, 5 do assert(c:put("tls/" .. i, "v" .. i)) end
+          for i = 1, 5 do
+            local ev = assert(coord.timeout(5, ws[i].next, ws[i]))
+            assert.are.equal("v" .. i, ev.kv.value)
+          end
+          assert.are.equal(shared and 1 or 2, sup.connections(srv.members[1].port))
+          assert.are.equal(1, watch.stats(c).streams)
+          for i = 1, 5 do ws[i]:close() end
+        end)
       end)
-    end)
+    end
   end)
 end

@@ -96,6 +96,15 @@ function M.stats(client)
   return hubs.of(client):stats()
 end
 
+--- Whether, over TLS, watch streams share the requests' HTTP/2 connection (true) or use an
+--- HTTP/1.1 connection of their own (false, the default). Returns the previous setting.
+function M.http2(on)
+  if type(on) ~= "boolean" then error("bad argument #1 to 'http2' (boolean expected, got " .. type(on) .. ")", 2) end
+  local old = hubs.HTTP2
+  hubs.HTTP2 = on
+  return old
+end
+
 ---------------------------------------------------------------------------------------------
 -- called by the hub
 

@@ -20,6 +20,9 @@ Hub.__index = Hub
 local STREAM_BUFFER = 4 << 20
 local BACKOFF_MIN, BACKOFF_MAX = 0.05, 5
 M.KEEPALIVE = 10
+-- Over TLS the stream uses HTTP/1.1 on a connection of its own unless this is set: sharing
+-- the requests' HTTP/2 connection stalls with libcurl 7.88 (see doc/etcd-watch.md).
+M.HTTP2 = false
 
 --- The client's hub, made on first use.
 function M.of(client)
@@ -367,8 +370,9 @@ function M.run(hub)
     else
       local s <close> = http.stream {
         url = target.url .. "/v3/watch", method = "POST", upload = true,
-        headers = headers_for(target), tls = target.tls, http_version = target.http_version,
-        pipewait = target.pipewait, buffer = STREAM_BUFFER,
+        headers = headers_for(target), tls = target.tls,
+        http_version = (M.HTTP2 or target.http_version ~= "2tls") and target.http_version or "1.1",
+        pipewait = M.HTTP2 and target.pipewait or nil, buffer = STREAM_BUFFER,
       }
       hub.stream, hub.target, hub.restarting = s, target, nil
       hub.counts.streams = hub.counts.streams + 1
