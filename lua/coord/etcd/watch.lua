@@ -52,7 +52,7 @@ local function request(client, key, opts)
     prev_kv = opts.prev_kv and true or nil,
     progress_notify = opts.progress_notify and true or nil,
     filters = filters,
-    -- always: a revision larger than the gateway's message limit could not arrive otherwise
+    -- always: large batches travel in pieces of at most the server's request size limit
     fragment = true,
   }
 end
