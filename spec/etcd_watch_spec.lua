@@ -456,6 +456,8 @@ for _, version in ipairs { "3.4", "3.5" } do
         assert.are.equal("2", e1.kv.value)
         assert.are.equal("2", e2.kv.value)
         assert.is_nil(coord.timeout(0.3, w1.next, w1))
+        -- the refusal made the stream start again with a new token
+        assert.are.equal(2, watch.stats(c).streams)
       end)
     end)
   end)
