@@ -315,6 +315,27 @@ for _, version in ipairs { "3.4", "3.5" } do
       end)
     end)
 
+    it("waits while the only member is down and resumes after its restart", function()
+      run(function()
+        local c = sup.client(srv)
+        local w <close> = c:watch("restart/", { prefix = true, keepalive = 0.5 })
+        ready(w)
+        local r1 = sup.put(srv, "restart/a", "1")
+        assert.are.equal(r1, assert(coord.timeout(5, w.next, w)).kv.mod_revision)
+        srv:kill(1)
+        -- the stream notices and keeps trying; nothing is delivered meanwhile
+        assert.is_nil(coord.timeout(1.5, w.next, w))
+        srv:restart(1)
+        local r2 = sup.put(srv, "restart/b", "2")
+        local r3 = sup.put(srv, "restart/a", "3")
+        local evs, err = sup.take(w, 2, 20)
+        assert.is_nil(err)
+        assert.are.same({ "put restart/b=2", "put restart/a=3" }, values(evs))
+        assert.are.same({ r2, r3 }, { evs[1].kv.mod_revision, evs[2].kv.mod_revision })
+        assert.is_true(watch.stats(c).streams >= 2)
+      end)
+    end)
+
     it("raises on bad arguments", function()
       local c = sup.client(srv)
       assert.has_error(function() c:watch(nil) end, "bad argument #1 to 'watch' (string expected, got nil)")
@@ -477,15 +498,17 @@ for _, version in ipairs { "3.4", "3.5" } do
           local c = sup.client(srv)
           assert(c:put("tls/0", "x"))
           local ws = {}
-          for i = 1, 5 do ws[i] = c:watch("tls/" .. i) end
+          -- shared, libcurl 7.88 may stall the connection until the next write to the
+          -- watch body (doc/etcd-watch.md, HTTP/2): a short keepalive bounds such stalls
+          for i = 1, 5 do ws[i] = c:watch("tls/" .. i, { keepalive = shared and 0.5 or nil }) end
           for i = 1, 5 do ready(ws[i]) end
           for i = 1, 5 do assert(c:put("tls/" .. i, "v" .. i)) end
           for i = 1, 5 do
-            local ev = assert(coord.timeout(5, ws[i].next, ws[i]))
+            local ev = assert(coord.timeout(10, ws[i].next, ws[i]))
             assert.are.equal("v" .. i, ev.kv.value)
           end
           assert.are.equal(shared and 1 or 2, sup.connections(srv.members[1].port))
-          assert.are.equal(1, watch.stats(c).streams)
+          if not shared then assert.are.equal(1, watch.stats(c).streams) end
           for i = 1, 5 do ws[i]:close() end
         end)
       end)

@@ -21,9 +21,13 @@ M.bin = {
   consul = top .. "/.deps/consul-1.8/consul",
 }
 
+-- Child processes must not inherit the suite's LD_PRELOAD (make asan preloads libasan:
+-- LeakSanitizer would then append its report to the output of ss, etcdctl, ...).
+local CLEAN = "unset LD_PRELOAD; "
+
 --- Runs a shell command; returns ok, output (stdout and stderr together).
 function M.sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
+  local p = assert(io.popen(CLEAN .. cmd .. " 2>&1"))
   local out = p:read("a")
   local ok = p:close()
   return ok == true, out
@@ -66,7 +70,7 @@ Proc.__index = Proc
 --- Starts `cmd` (a shell command line, exec'd so its pid is the server's) with output to
 --- `log`. Returns a process with pid, stop(), kill(), alive().
 function M.spawn(cmd, log)
-  local p = assert(io.popen("echo $$; exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
+  local p = assert(io.popen(CLEAN .. "echo $$; exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
   local pid = assert(tonumber(p:read("l")), "spawn: no pid")
   return setmetatable({ pid = pid, p = p, log = log }, Proc)
 end
