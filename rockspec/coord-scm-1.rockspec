@@ -44,5 +44,10 @@ build = {
       ["coord.http"] = "lua/coord/http.lua",
       ["coord.etcd"] = "lua/coord/etcd.lua",
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
+      ["coord.etcd.cluster"] = "lua/coord/etcd/cluster.lua",
+      ["coord.etcd.election"] = "lua/coord/etcd/election.lua",
+      ["coord.etcd.lease"] = "lua/coord/etcd/lease.lua",
+      ["coord.etcd.lock"] = "lua/coord/etcd/lock.lua",
+      ["coord.etcd.txn"] = "lua/coord/etcd/txn.lua",
    },
 }

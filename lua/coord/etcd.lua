@@ -170,10 +170,11 @@ local function stale_token(err)
     or err.message:find("auth store is old", 1, true))
 end
 
--- One POST to one endpoint. Returns the decoded reply, or nil and an error.
+-- One POST (a GET when data is nil) to one endpoint. Returns the decoded reply, or nil and
+-- an error.
 local function send(self, t, path, data, opts)
   local res, err = http.request {
-    url = t.url .. path, method = "POST", body = data, headers = t.headers,
+    url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
     timeout = opts and opts.timeout or self.timeout, tls = t.tls,
     http_version = t.http_version, pipewait = t.pipewait,
   }
@@ -228,6 +229,22 @@ end
 --- endpoint after a failure), timeout.
 function Client:_post(path, body, opts)
   return post(self, path, body, opts, true)
+end
+
+--- Sends body (nil: a GET) to path on the endpoint with base URL `url` only, with the
+--- client's token, re-authenticating once if it has expired. For per-member calls.
+function Client:_at(url, path, body, opts)
+  local data = body and json_encode(body)
+  for attempt = 1, 2 do
+    if self.user and not self.token then
+      local ok, err = self:_authenticate()
+      if not ok then return nil, err end
+    end
+    local t = target(self, { url = url })
+    local j, err = send(self, t, path, data, opts)
+    if j or attempt == 2 or not (t.token and stale_token(err)) then return j, err end
+    self:_auth_expired(t.token)
+  end
 end
 
 -- Wakes every coroutine waiting for the authenticate in flight.
@@ -478,5 +495,11 @@ function Client:watch(key, opts)
 end
 
 ---------------------------------------------------------------------------------------------
+-- the rest of the API, in one file per service
+
+for _, name in ipairs { "coord.etcd.txn", "coord.etcd.lease", "coord.etcd.lock", "coord.etcd.election",
+  "coord.etcd.cluster" } do
+  require(name)(Client, M)
+end
 
 return M
