@@ -215,7 +215,7 @@ local function post(self, path, body, opts, with_token)
     if with_token and t.token and not reauthed and stale_token(e) then
       reauthed = true
       self:_auth_expired(t.token)
-    elseif endpoint_failure[e.kind] then
+    elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
       self:_failed(ep.url, e)
       if not (idempotent or never_sent[e.kind]) or tries >= #self.endpoints then return nil, e end
     else
@@ -226,7 +226,8 @@ end
 
 --- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") and returns
 --- the decoded reply, or nil and an error. opts: idempotent (may be repeated on another
---- endpoint after a failure), timeout.
+--- endpoint after a failure), timeout (the caller's own limit, as for a lock that blocks:
+--- running out of it says nothing about the endpoint).
 function Client:_post(path, body, opts)
   return post(self, path, body, opts, true)
 end
