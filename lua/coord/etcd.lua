@@ -35,6 +35,16 @@ local function check_int(v, i, fname, optional)
 end
 M._check_int = check_int
 
+-- Checks opts[name]: nil, or a value of type `want` ("integer" or a type() name).
+local function option(opts, name, want)
+  local v = opts[name]
+  if v == nil then return nil end
+  local t = want == "integer" and math.type(v) or type(v)
+  if t == want then return v end
+  error(("bad option '%s' (%s expected, got %s)"):format(name, want, math.type(v) or type(v)), 0)
+end
+M._option = option
+
 ---------------------------------------------------------------------------------------------
 -- the client
 
@@ -197,12 +207,12 @@ local function post(self, path, body, opts, with_token)
   local idempotent = opts and opts.idempotent
   local tries, reauthed = 0, false
   while true do
-    local ep, err = pick(self)
-    if not ep then return nil, err end
     if with_token and self.user and not self.token then
       local ok, aerr = self:_authenticate()
       if not ok then return nil, aerr end
     end
+    local ep, err = pick(self)
+    if not ep then return nil, err end
     local t = target(self, ep)
     if not with_token then t.headers = {} end
     local j, e = send(self, t, path, data, opts)
@@ -289,14 +299,12 @@ end
 --- The endpoint to talk to now, as {url, headers, tls, http_version, pipewait, token};
 --- authenticates first when the client has a user and no token. Or nil and an error.
 function Client:_target()
+  if self.user and not self.token then
+    local ok, err = self:_authenticate()
+    if not ok then return nil, err end
+  end
   local ep, err = pick(self)
   if not ep then return nil, err end
-  if self.user and not self.token then
-    local ok, aerr = self:_authenticate()
-    if not ok then return nil, aerr end
-    ep, err = pick(self)
-    if not ep then return nil, err end
-  end
   return target(self, ep)
 end
 
@@ -315,7 +323,7 @@ local function key_range(self, key, opts)
   if opts.prefix then
     re = proto.prefix_end(k)
   elseif opts.range_end ~= nil then
-    check(opts.range_end, "string", 2, "range_end")
+    option(opts, "range_end", "string")
     if opts.range_end == "\0" then
       re = pfx ~= "" and proto.prefix_end(pfx) or "\0"
     else
@@ -334,7 +342,7 @@ local sort_targets = { key = "KEY", version = "VERSION", create = "CREATE", crea
 local function enum(map, v, name)
   if v == nil then return nil end
   local e = map[v]
-  if not e then error("bad option '" .. name .. "' (unknown value " .. tostring(v) .. ")", 4) end
+  if not e then error("bad option '" .. name .. "' (unknown value " .. tostring(v) .. ")", 0) end
   return e
 end
 
@@ -343,8 +351,10 @@ local function i64(v) return v and v ~= 0 and tostring(v) or nil end
 -- A RangeRequest body for key and opts.
 local function range_request(self, key, opts)
   local k, re = key_range(self, key, opts)
-  check_int(opts.limit, 2, "limit", true)
-  check_int(opts.revision, 2, "revision", true)
+  for _, name in ipairs { "limit", "revision", "min_mod_revision", "max_mod_revision", "min_create_revision",
+    "max_create_revision" } do
+    option(opts, name, "integer")
+  end
   return {
     key = b64(k), range_end = re and b64(re),
     limit = i64(opts.limit), revision = i64(opts.revision),
@@ -416,7 +426,7 @@ function Client:range(key, opts)
   opts = opt_table(opts, 2, "range")
   local body = range_request(self, key, opts)
   if opts.page_size ~= nil then
-    check_int(opts.page_size, 2, "page_size")
+    option(opts, "page_size", "integer")
     if opts.limit or opts.sort_order or opts.sort_target or opts.count_only then
       error("bad argument #2 to 'range' (page_size cannot be combined with limit, sort or count_only)", 2)
     end
@@ -428,7 +438,7 @@ function Client:range(key, opts)
 end
 
 local function put_request(self, key, value, opts)
-  check_int(opts.lease, 3, "lease", true)
+  option(opts, "lease", "integer")
   return {
     key = b64(self.prefix .. key), value = value and b64(value),
     lease = i64(opts.lease), prev_kv = opts.prev_kv or nil,

@@ -66,8 +66,7 @@ return function(Client, E)
     check(name, "string", 1, "campaign")
     check(value, "string", 2, "campaign")
     opts = check(opts, "table", 3, "campaign", true) or {}
-    check(opts.timeout, "number", 3, "campaign", true)
-    local lease, keeper = E._hold(self, opts, "campaign")
+    local lease, keeper = E._hold(self, opts)
     if not lease then return nil, keeper end
     local won = false
     local guard <close> = setmetatable({}, { __close = function()
@@ -75,7 +74,7 @@ return function(Client, E)
     end })
     local j, err = self:_post("/v3/election/campaign",
       { name = b64(self.prefix .. name), lease = tostring(lease), value = b64(value) },
-      { idempotent = true, timeout = opts.timeout or 0 })
+      { timeout = opts.timeout or 0 })
     if not j then return nil, err end
     won = true
     local l = j.leader or {}

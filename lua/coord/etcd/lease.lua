@@ -30,7 +30,7 @@ function Keeper:wait()
 end
 
 return function(Client, E)
-  local check, check_int = E._check, E._check_int
+  local check, check_int, option = E._check, E._check_int, E._option
 
   local function lease_error(j)
     if type(j.error) == "string" and j.error ~= "" then
@@ -43,7 +43,7 @@ return function(Client, E)
   function Client:grant(ttl, opts)
     check_int(ttl, 1, "grant")
     opts = check(opts, "table", 2, "grant", true) or {}
-    check_int(opts.id, 2, "grant", true)
+    option(opts, "id", "integer")
     local j, err = self:_post("/v3/lease/grant", { TTL = tostring(ttl), ID = opts.id and tostring(opts.id) })
     if not j then return nil, err end
     err = lease_error(j)
@@ -132,7 +132,7 @@ return function(Client, E)
   function Client:keepalive(id, opts)
     check_int(id, 1, "keepalive")
     opts = check(opts, "table", 2, "keepalive", true) or {}
-    check(opts.on_lost, "function", 2, "keepalive", true)
+    option(opts, "on_lost", "function")
     local k = setmetatable({ id = id, ttl = opts.ttl }, Keeper)
     k.task = sched.spawn(keep, self, k, opts.on_lost)
     return k
@@ -141,10 +141,11 @@ return function(Client, E)
   -- Locks and elections hold a lease: opts.lease (the caller's, left alone) or a new one of
   -- opts.ttl seconds (default 60, as etcdctl) kept alive until released. Returns the lease
   -- ID and its keeper (nil for the caller's lease), or nil and an error.
-  function E._hold(self, opts, fname)
-    check_int(opts.lease, 2, fname, true)
-    check_int(opts.ttl, 2, fname, true)
-    check(opts.on_lost, "function", 2, fname, true)
+  function E._hold(self, opts)
+    option(opts, "lease", "integer")
+    option(opts, "ttl", "integer")
+    option(opts, "on_lost", "function")
+    option(opts, "timeout", "number")
     if opts.lease then return opts.lease end
     local g, err = self:grant(opts.ttl or 60)
     if not g then return nil, err end

@@ -27,17 +27,22 @@ return function(Client, E)
   function Client:lock(name, opts)
     check(name, "string", 1, "lock")
     opts = check(opts, "table", 2, "lock", true) or {}
-    check(opts.timeout, "number", 2, "lock", true)
-    local lease, keeper = E._hold(self, opts, "lock")
+    local lease, keeper = E._hold(self, opts)
     if not lease then return nil, keeper end
     local held = false
     -- canceled or failed while waiting: give the lease (and the queued key with it) back
     local guard <close> = setmetatable({}, { __close = function()
       if not held then E._now_or_later(E._drop, self, lease, keeper) end
     end })
-    -- a retry with the same lease finds and reuses its own waiting key, so it is safe
-    local j, err = self:_post("/v3/lock/lock", { name = b64(self.prefix .. name), lease = tostring(lease) },
-      { idempotent = true, timeout = opts.timeout or 0 })
+    local body = { name = b64(self.prefix .. name), lease = tostring(lease) }
+    local j, err
+    for _ = 1, 3 do
+      j, err = self:_post("/v3/lock/lock", body, { timeout = opts.timeout or 0 })
+      -- A lock request whose connection died leaves a handler behind that deletes our
+      -- waiting key (same lease, same key) when it notices; a request sent meanwhile then
+      -- ends with "session is expired" though the lease is alive. Asking again queues anew.
+      if j or not (err.message:find("session is expired", 1, true) and not (keeper and keeper.err)) then break end
+    end
     if not j then return nil, err end
     held = true
     return setmetatable({
