@@ -46,5 +46,10 @@ build = {
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
       ["coord.etcd.watch"] = "lua/coord/etcd/watch.lua",
       ["coord.etcd.watch_hub"] = "lua/coord/etcd/watch_hub.lua",
+      ["coord.etcd.cluster"] = "lua/coord/etcd/cluster.lua",
+      ["coord.etcd.election"] = "lua/coord/etcd/election.lua",
+      ["coord.etcd.lease"] = "lua/coord/etcd/lease.lua",
+      ["coord.etcd.lock"] = "lua/coord/etcd/lock.lua",
+      ["coord.etcd.txn"] = "lua/coord/etcd/txn.lua",
    },
 }

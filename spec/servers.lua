@@ -174,6 +174,11 @@ function Etcd:ctl(args)
   return M.sh(self:ctl_cmd() .. " " .. args)
 end
 
+--- Starts etcdctl with `args` in the background, output to `log`; returns the process.
+function Etcd:ctl_spawn(args, log)
+  return M.spawn("env " .. self:ctl_cmd() .. " " .. args, log)
+end
+
 -- Options the client-side TLS needs to talk to this server.
 function Etcd:client_tls()
   local c = self.certs

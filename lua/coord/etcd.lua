@@ -35,6 +35,16 @@ local function check_int(v, i, fname, optional)
 end
 M._check_int = check_int
 
+-- Checks opts[name]: nil, or a value of type `want` ("integer" or a type() name).
+local function option(opts, name, want)
+  local v = opts[name]
+  if v == nil then return nil end
+  local t = want == "integer" and math.type(v) or type(v)
+  if t == want then return v end
+  error(("bad option '%s' (%s expected, got %s)"):format(name, want, math.type(v) or type(v)), 0)
+end
+M._option = option
+
 ---------------------------------------------------------------------------------------------
 -- the client
 
@@ -170,10 +180,11 @@ local function stale_token(err)
     or err.message:find("auth store is old", 1, true))
 end
 
--- One POST to one endpoint. Returns the decoded reply, or nil and an error.
+-- One POST (a GET when data is nil) to one endpoint. Returns the decoded reply, or nil and
+-- an error.
 local function send(self, t, path, data, opts)
   local res, err = http.request {
-    url = t.url .. path, method = "POST", body = data, headers = t.headers,
+    url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
     timeout = opts and opts.timeout or self.timeout, tls = t.tls,
     http_version = t.http_version, pipewait = t.pipewait,
   }
@@ -196,12 +207,12 @@ local function post(self, path, body, opts, with_token)
   local idempotent = opts and opts.idempotent
   local tries, reauthed = 0, false
   while true do
-    local ep, err = pick(self)
-    if not ep then return nil, err end
     if with_token and self.user and not self.token then
       local ok, aerr = self:_authenticate()
       if not ok then return nil, aerr end
     end
+    local ep, err = pick(self)
+    if not ep then return nil, err end
     local t = target(self, ep)
     if not with_token then t.headers = {} end
     local j, e = send(self, t, path, data, opts)
@@ -214,7 +225,7 @@ local function post(self, path, body, opts, with_token)
     if with_token and t.token and not reauthed and stale_token(e) then
       reauthed = true
       self:_auth_expired(t.token)
-    elseif endpoint_failure[e.kind] then
+    elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
       self:_failed(ep.url, e)
       if not (idempotent or never_sent[e.kind]) or tries >= #self.endpoints then return nil, e end
     else
@@ -225,9 +236,26 @@ end
 
 --- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") and returns
 --- the decoded reply, or nil and an error. opts: idempotent (may be repeated on another
---- endpoint after a failure), timeout.
+--- endpoint after a failure), timeout (the caller's own limit, as for a lock that blocks:
+--- running out of it says nothing about the endpoint).
 function Client:_post(path, body, opts)
   return post(self, path, body, opts, true)
+end
+
+--- Sends body (nil: a GET) to path on the endpoint with base URL `url` only, with the
+--- client's token, re-authenticating once if it has expired. For per-member calls.
+function Client:_at(url, path, body, opts)
+  local data = body and json_encode(body)
+  for attempt = 1, 2 do
+    if self.user and not self.token then
+      local ok, err = self:_authenticate()
+      if not ok then return nil, err end
+    end
+    local t = target(self, { url = url })
+    local j, err = send(self, t, path, data, opts)
+    if j or attempt == 2 or not (t.token and stale_token(err)) then return j, err end
+    self:_auth_expired(t.token)
+  end
 end
 
 -- Wakes every coroutine waiting for the authenticate in flight.
@@ -271,14 +299,12 @@ end
 --- The endpoint to talk to now, as {url, headers, tls, http_version, pipewait, token};
 --- authenticates first when the client has a user and no token. Or nil and an error.
 function Client:_target()
+  if self.user and not self.token then
+    local ok, err = self:_authenticate()
+    if not ok then return nil, err end
+  end
   local ep, err = pick(self)
   if not ep then return nil, err end
-  if self.user and not self.token then
-    local ok, aerr = self:_authenticate()
-    if not ok then return nil, aerr end
-    ep, err = pick(self)
-    if not ep then return nil, err end
-  end
   return target(self, ep)
 end
 
@@ -297,7 +323,7 @@ local function key_range(self, key, opts)
   if opts.prefix then
     re = proto.prefix_end(k)
   elseif opts.range_end ~= nil then
-    check(opts.range_end, "string", 2, "range_end")
+    option(opts, "range_end", "string")
     if opts.range_end == "\0" then
       re = pfx ~= "" and proto.prefix_end(pfx) or "\0"
     else
@@ -316,7 +342,7 @@ local sort_targets = { key = "KEY", version = "VERSION", create = "CREATE", crea
 local function enum(map, v, name)
   if v == nil then return nil end
   local e = map[v]
-  if not e then error("bad option '" .. name .. "' (unknown value " .. tostring(v) .. ")", 4) end
+  if not e then error("bad option '" .. name .. "' (unknown value " .. tostring(v) .. ")", 0) end
   return e
 end
 
@@ -325,8 +351,10 @@ local function i64(v) return v and v ~= 0 and tostring(v) or nil end
 -- A RangeRequest body for key and opts.
 local function range_request(self, key, opts)
   local k, re = key_range(self, key, opts)
-  check_int(opts.limit, 2, "limit", true)
-  check_int(opts.revision, 2, "revision", true)
+  for _, name in ipairs { "limit", "revision", "min_mod_revision", "max_mod_revision", "min_create_revision",
+    "max_create_revision" } do
+    option(opts, name, "integer")
+  end
   return {
     key = b64(k), range_end = re and b64(re),
     limit = i64(opts.limit), revision = i64(opts.revision),
@@ -398,7 +426,7 @@ function Client:range(key, opts)
   opts = opt_table(opts, 2, "range")
   local body = range_request(self, key, opts)
   if opts.page_size ~= nil then
-    check_int(opts.page_size, 2, "page_size")
+    option(opts, "page_size", "integer")
     if opts.limit or opts.sort_order or opts.sort_target or opts.count_only then
       error("bad argument #2 to 'range' (page_size cannot be combined with limit, sort or count_only)", 2)
     end
@@ -410,7 +438,7 @@ function Client:range(key, opts)
 end
 
 local function put_request(self, key, value, opts)
-  check_int(opts.lease, 3, "lease", true)
+  option(opts, "lease", "integer")
   return {
     key = b64(self.prefix .. key), value = value and b64(value),
     lease = i64(opts.lease), prev_kv = opts.prev_kv or nil,
@@ -478,5 +506,11 @@ function Client:watch(key, opts)
 end
 
 ---------------------------------------------------------------------------------------------
+-- the rest of the API, in one file per service
+
+for _, name in ipairs { "coord.etcd.txn", "coord.etcd.lease", "coord.etcd.lock", "coord.etcd.election",
+  "coord.etcd.cluster" } do
+  require(name)(Client, M)
+end
 
 return M
