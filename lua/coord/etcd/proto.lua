@@ -5,7 +5,7 @@ local core = require "coord.core"
 
 local M = {}
 
-local b64encode, b64decode, i64 = core.b64encode, core.b64decode, core.i64
+local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64, core.u64
 
 M.b64 = b64encode
 
@@ -21,6 +21,14 @@ function M.int(v)
   if v == nil then return 0 end
   if math.type(v) == "integer" then return v end
   return (assert(i64(v)))
+end
+
+--- A uint64 field (member and cluster IDs) as the Lua integer with the same 64 bits
+--- (negative above 2^63-1); an absent field is 0.
+function M.uint(v)
+  if v == nil then return 0 end
+  if math.type(v) == "integer" then return v end
+  return (assert(u64(v)))
 end
 
 --- The range end that selects every key starting with `key`: the key with its last byte
@@ -53,8 +61,8 @@ end
 function M.header(j)
   j = j or {}
   return {
-    cluster_id = M.int(j.cluster_id),
-    member_id = M.int(j.member_id),
+    cluster_id = M.uint(j.cluster_id),
+    member_id = M.uint(j.member_id),
     revision = M.int(j.revision),
     raft_term = M.int(j.raft_term),
   }

@@ -1,0 +1,516 @@
+-- coord.etcd: an etcd v3 client over the JSON gateway: endpoints, failover, auth, KV and txn.
+-- Leases, locks, elections and cluster calls live in coord/etcd/*.lua and are mixed in here.
+
+local core = require "coord.core"
+local http = require "coord.http"
+local sched = require "coord.sched"
+local errors = require "coord.errors"
+local proto = require "coord.etcd.proto"
+
+local M = {}
+
+local Client = { __name = "coord.etcd" }
+Client.__index = Client
+M.Client = Client
+
+local json_encode, json_decode, now = core.json_encode, core.json_decode, core.now
+local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
+
+local DEFAULT_TIMEOUT = 5
+local BACKOFF_BASE, BACKOFF_MAX = 0.1, 5
+
+---------------------------------------------------------------------------------------------
+-- argument checks
+
+local function check(v, want, i, fname, optional)
+  local t = type(v)
+  if t == want or (optional and v == nil) then return v end
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, want .. (optional and " or nil" or ""), t), 3)
+end
+M._check = check
+
+local function check_int(v, i, fname, optional)
+  if math.type(v) == "integer" or (optional and v == nil) then return v end
+  error(("bad argument #%d to '%s' (integer expected, got %s)"):format(i, fname, math.type(v) or type(v)), 3)
+end
+M._check_int = check_int
+
+-- Checks opts[name]: nil, or a value of type `want` ("integer" or a type() name).
+local function option(opts, name, want)
+  local v = opts[name]
+  if v == nil then return nil end
+  local t = want == "integer" and math.type(v) or type(v)
+  if t == want then return v end
+  error(("bad option '%s' (%s expected, got %s)"):format(name, want, math.type(v) or type(v)), 0)
+end
+M._option = option
+
+---------------------------------------------------------------------------------------------
+-- the client
+
+local function endpoint_list(opts)
+  local eps = opts.endpoints
+  if eps == nil then
+    local env = os.getenv("ETCDCTL_ENDPOINTS")
+    eps = {}
+    for u in (env or "http://127.0.0.1:2379"):gmatch("[^,%s]+") do eps[#eps + 1] = u end
+  elseif type(eps) == "string" then
+    eps = { eps }
+  elseif type(eps) ~= "table" then
+    error("bad option 'endpoints' to 'new' (table or string expected, got " .. type(eps) .. ")", 3)
+  end
+  local list = {}
+  for i, u in ipairs(eps) do
+    if type(u) ~= "string" then
+      error("bad option 'endpoints' to 'new' (string expected at index " .. i .. ", got " .. type(u) .. ")", 3)
+    end
+    if not u:find("://", 1, true) then u = "http://" .. u end
+    list[i] = { url = (u:gsub("/+$", "")), fails = 0, down_until = 0 }
+  end
+  if #list == 0 then error("bad option 'endpoints' to 'new' (no endpoint given)", 3) end
+  return list
+end
+
+--- A client. opts: endpoints (list of URLs; default ETCDCTL_ENDPOINTS, else
+--- http://127.0.0.1:2379), timeout (seconds per request, default 5), user, password,
+--- tls = {ca_file, cert_file, key_file, ...} (as coord.http), prefix (a namespace).
+function M.new(opts)
+  opts = check(opts, "table", 1, "new", true) or {}
+  local self = setmetatable({
+    endpoints = endpoint_list(opts),
+    cur = 1,
+    timeout = opts.timeout or DEFAULT_TIMEOUT,
+    user = opts.user,
+    password = opts.password,
+    tls = opts.tls,
+    prefix = opts.prefix or "",
+    token = nil,
+    authing = nil, -- coroutines waiting for the authenticate in flight
+  }, Client)
+  if type(self.timeout) ~= "number" then error("bad option 'timeout' to 'new' (number expected)", 2) end
+  if type(self.prefix) ~= "string" then error("bad option 'prefix' to 'new' (string expected)", 2) end
+  if self.user ~= nil and type(self.user) ~= "string" then error("bad option 'user' to 'new' (string expected)", 2) end
+  if self.user and type(self.password) ~= "string" then error("bad option 'password' to 'new' (string expected)", 2) end
+  return self
+end
+
+---------------------------------------------------------------------------------------------
+-- transport
+
+-- The healthy endpoint to use, starting from the current one; nil when every endpoint is
+-- backing off after failures.
+local function pick(self)
+  local eps, t = self.endpoints, now()
+  for i = 0, #eps - 1 do
+    local k = (self.cur - 1 + i) % #eps + 1
+    if eps[k].down_until <= t then
+      self.cur = k
+      return eps[k]
+    end
+  end
+  local last = eps[self.cur].last_error
+  return nil, errors.new("unavailable", "all etcd endpoints are failing" .. (last and ("; last error: " .. tostring(last.message)) or ""),
+    { cause = last })
+end
+
+local function target(self, ep)
+  local https = ep.url:sub(1, 6) == "https:"
+  return {
+    url = ep.url,
+    headers = { Authorization = self.token },
+    tls = self.tls,
+    http_version = https and "2tls" or "1.1",
+    pipewait = https or nil,
+    token = self.token,
+  }
+end
+
+--- Marks the endpoint with this URL as failing: calls move on to the next healthy one, and
+--- it is tried again after a jittered exponential backoff.
+function Client:_failed(url, err)
+  local eps = self.endpoints
+  for k, ep in ipairs(eps) do
+    if ep.url == url then
+      ep.fails = ep.fails + 1
+      local delay = math.min(BACKOFF_MAX, BACKOFF_BASE * 2 ^ (ep.fails - 1))
+      ep.down_until = now() + delay * (0.5 + math.random() / 2)
+      ep.last_error = err
+      if self.cur == k then self.cur = k % #eps + 1 end
+      return
+    end
+  end
+end
+
+local function succeeded(ep)
+  ep.fails, ep.down_until = 0, 0
+end
+
+--- Forgets `token` if it is still the current one, so the next call authenticates again.
+function Client:_auth_expired(token)
+  if self.token == token then self.token = nil end
+end
+
+-- Kinds of transport failure that say the endpoint itself is in trouble.
+local endpoint_failure = { connect = true, resolve = true, timeout = true, closed = true, unavailable = true }
+-- Failures where the request certainly never reached the server: safe to send elsewhere.
+local never_sent = { connect = true, resolve = true }
+
+local auth_messages = { "invalid auth token", "user name is empty", "authentication failed", "revision of auth store is old" }
+local kind_by_status = { [400] = "invalid", [401] = "auth", [403] = "permission", [404] = "not_found",
+  [429] = "exhausted", [503] = "unavailable" }
+local kind_by_code = { [3] = "invalid", [5] = "not_found", [7] = "permission", [8] = "exhausted",
+  [14] = "unavailable", [16] = "auth" }
+
+-- The coord error for a gateway reply with a status other than 200.
+local function server_error(res, j, path)
+  local msg = type(j) == "table" and (j.message or j.error)
+  local code = type(j) == "table" and math.type(j.code) == "integer" and j.code or nil
+  if type(msg) ~= "string" then msg = res.body ~= "" and res.body:sub(1, 200) or ("HTTP " .. res.status) end
+  local kind = kind_by_code[code] or kind_by_status[res.status] or "http"
+  if msg:find("compacted", 1, true) then kind = "compacted" end
+  for _, m in ipairs(auth_messages) do
+    if msg:find(m, 1, true) then kind = "auth" end
+  end
+  return errors.new(kind, msg, { status = res.status, code = code, path = path })
+end
+M._server_error = server_error
+
+local function stale_token(err)
+  return err.kind == "auth" and (err.message:find("invalid auth token", 1, true)
+    or err.message:find("auth store is old", 1, true))
+end
+
+-- One POST (a GET when data is nil) to one endpoint. Returns the decoded reply, or nil and
+-- an error.
+local function send(self, t, path, data, opts)
+  local res, err = http.request {
+    url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
+    timeout = opts and opts.timeout or self.timeout, tls = t.tls,
+    http_version = t.http_version, pipewait = t.pipewait,
+  }
+  if not res then
+    err.path = path
+    return nil, err
+  end
+  local j = json_decode(res.body)
+  if res.status ~= 200 then return nil, server_error(res, j, path) end
+  if type(j) ~= "table" then
+    return nil, errors.new("protocol", "etcd sent a reply that is not a JSON object", { status = res.status, path = path })
+  end
+  return j
+end
+
+-- Posts to the healthy endpoints in turn: a failure that means the endpoint is in trouble
+-- moves on to the next one when the call may be repeated (idempotent, or never sent).
+local function post(self, path, body, opts, with_token)
+  local data = json_encode(body)
+  local idempotent = opts and opts.idempotent
+  local tries, reauthed = 0, false
+  while true do
+    if with_token and self.user and not self.token then
+      local ok, aerr = self:_authenticate()
+      if not ok then return nil, aerr end
+    end
+    local ep, err = pick(self)
+    if not ep then return nil, err end
+    local t = target(self, ep)
+    if not with_token then t.headers = {} end
+    local j, e = send(self, t, path, data, opts)
+    if j then
+      succeeded(ep)
+      return j
+    end
+    tries = tries + 1
+    if e.status and e.kind ~= "unavailable" then succeeded(ep) end
+    if with_token and t.token and not reauthed and stale_token(e) then
+      reauthed = true
+      self:_auth_expired(t.token)
+    elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
+      self:_failed(ep.url, e)
+      if not (idempotent or never_sent[e.kind]) or tries >= #self.endpoints then return nil, e end
+    else
+      return nil, e
+    end
+  end
+end
+
+--- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") and returns
+--- the decoded reply, or nil and an error. opts: idempotent (may be repeated on another
+--- endpoint after a failure), timeout (the caller's own limit, as for a lock that blocks:
+--- running out of it says nothing about the endpoint).
+function Client:_post(path, body, opts)
+  return post(self, path, body, opts, true)
+end
+
+--- Sends body (nil: a GET) to path on the endpoint with base URL `url` only, with the
+--- client's token, re-authenticating once if it has expired. For per-member calls.
+function Client:_at(url, path, body, opts)
+  local data = body and json_encode(body)
+  for attempt = 1, 2 do
+    if self.user and not self.token then
+      local ok, err = self:_authenticate()
+      if not ok then return nil, err end
+    end
+    local t = target(self, { url = url })
+    local j, err = send(self, t, path, data, opts)
+    if j or attempt == 2 or not (t.token and stale_token(err)) then return j, err end
+    self:_auth_expired(t.token)
+  end
+end
+
+-- Wakes every coroutine waiting for the authenticate in flight.
+local function auth_done(self, ok, err)
+  local waiting = self.authing
+  self.authing = nil
+  for _, w in ipairs(waiting or {}) do sched.wake(w, ok, err) end
+end
+
+local function auth_cancel(w)
+  local list = w.client.authing
+  for i = #(list or {}), 1, -1 do
+    if list[i] == w then table.remove(list, i) end
+  end
+end
+
+--- Gets a token for user/password. Only one authenticate is in flight at a time: other
+--- callers wait for its outcome. Returns true, or nil and an error.
+function Client:_authenticate()
+  if self.authing then
+    local w = setmetatable({ cancel = auth_cancel, client = self }, sched.Waiter)
+    table.insert(self.authing, w)
+    return sched.wait(w)
+  end
+  self.authing = {}
+  -- a caller canceled mid-flight must not leave the others waiting for ever
+  local guard <close> = setmetatable({}, { __close = function()
+    if self.authing then auth_done(self, nil, errors.new("canceled", "authenticate was canceled")) end
+  end })
+  local j, err = post(self, "/v3/auth/authenticate", { name = self.user, password = self.password },
+    { idempotent = true }, false)
+  if j and type(j.token) ~= "string" then
+    j, err = nil, errors.new("auth", "authenticate returned no token")
+  end
+  if j then self.token = j.token end
+  if err and err.kind == "invalid" then err.kind = "auth" end
+  auth_done(self, j and true, err)
+  return j and true, err
+end
+
+--- The endpoint to talk to now, as {url, headers, tls, http_version, pipewait, token};
+--- authenticates first when the client has a user and no token. Or nil and an error.
+function Client:_target()
+  if self.user and not self.token then
+    local ok, err = self:_authenticate()
+    if not ok then return nil, err end
+  end
+  local ep, err = pick(self)
+  if not ep then return nil, err end
+  return target(self, ep)
+end
+
+---------------------------------------------------------------------------------------------
+-- keys and ranges
+
+local function opt_table(opts, i, fname)
+  return check(opts, "table", i, fname, true) or {}
+end
+
+-- The raw key and range end (both with the namespace) that key and opts select.
+local function key_range(self, key, opts)
+  local pfx = self.prefix
+  local k = pfx .. key
+  local re
+  if opts.prefix then
+    re = proto.prefix_end(k)
+  elseif opts.range_end ~= nil then
+    option(opts, "range_end", "string")
+    if opts.range_end == "\0" then
+      re = pfx ~= "" and proto.prefix_end(pfx) or "\0"
+    else
+      re = pfx .. opts.range_end
+    end
+  end
+  if k == "" then k = "\0" end
+  return k, re
+end
+M._key_range = key_range
+
+local sort_orders = { none = "NONE", ascend = "ASCEND", descend = "DESCEND" }
+local sort_targets = { key = "KEY", version = "VERSION", create = "CREATE", create_revision = "CREATE",
+  mod = "MOD", mod_revision = "MOD", value = "VALUE" }
+
+local function enum(map, v, name)
+  if v == nil then return nil end
+  local e = map[v]
+  if not e then error("bad option '" .. name .. "' (unknown value " .. tostring(v) .. ")", 0) end
+  return e
+end
+
+local function i64(v) return v and v ~= 0 and tostring(v) or nil end
+
+-- A RangeRequest body for key and opts.
+local function range_request(self, key, opts)
+  local k, re = key_range(self, key, opts)
+  for _, name in ipairs { "limit", "revision", "min_mod_revision", "max_mod_revision", "min_create_revision",
+    "max_create_revision" } do
+    option(opts, name, "integer")
+  end
+  return {
+    key = b64(k), range_end = re and b64(re),
+    limit = i64(opts.limit), revision = i64(opts.revision),
+    sort_order = enum(sort_orders, opts.sort_order, "sort_order"),
+    sort_target = enum(sort_targets, opts.sort_target, "sort_target"),
+    serializable = opts.serializable or nil, keys_only = opts.keys_only or nil,
+    count_only = opts.count_only or nil,
+    min_mod_revision = i64(opts.min_mod_revision), max_mod_revision = i64(opts.max_mod_revision),
+    min_create_revision = i64(opts.min_create_revision), max_create_revision = i64(opts.max_create_revision),
+  }
+end
+M._range_request = range_request
+
+local function kv_list(self, kvs, into)
+  into = into or {}
+  local strip = #self.prefix
+  for _, j in ipairs(kvs or {}) do into[#into + 1] = kv_of(j, strip) end
+  return into
+end
+M._kv_list = kv_list
+
+-- The list a range reply makes: kvs in order, plus `count` and `more`.
+local function range_result(self, j)
+  local list = kv_list(self, j.kvs)
+  list.count, list.more = int(j.count), j.more == true
+  return list
+end
+M._range_result = range_result
+
+--- The kv at key, or nil when absent; the response header second. opts: revision,
+--- serializable.
+function Client:get(key, opts)
+  check(key, "string", 1, "get")
+  opts = opt_table(opts, 2, "get")
+  local body = range_request(self, key, { revision = opts.revision, serializable = opts.serializable })
+  local j, err = self:_post("/v3/kv/range", body, { idempotent = true })
+  if not j then return nil, err end
+  local kv = j.kvs and j.kvs[1]
+  return kv and kv_of(kv, #self.prefix) or nil, header_of(j.header)
+end
+
+-- Reads a range in pages of `size` keys, all at the revision of the first page.
+local function range_pages(self, body, size)
+  body.limit = tostring(size)
+  local list, first
+  while true do
+    local j, err = self:_post("/v3/kv/range", body, { idempotent = true })
+    if not j then return nil, err end
+    if not list then
+      list, first = range_result(self, j), j
+      body.revision = tostring(header_of(j.header).revision)
+    else
+      kv_list(self, j.kvs, list)
+    end
+    local kvs = j.kvs
+    if not j.more or not kvs or #kvs == 0 then break end
+    body.key = b64(proto.bytes(kvs[#kvs].key) .. "\0")
+  end
+  list.more = false
+  return list, header_of(first.header)
+end
+
+--- The kvs in a range, as a list with fields count (keys in the range) and more (the
+--- limit cut it short); the response header second. opts: prefix, range_end, limit,
+--- revision, sort_order, sort_target, keys_only, count_only, serializable,
+--- min/max_mod/create_revision, page_size (read it all in pages at one revision).
+function Client:range(key, opts)
+  check(key, "string", 1, "range")
+  opts = opt_table(opts, 2, "range")
+  local body = range_request(self, key, opts)
+  if opts.page_size ~= nil then
+    option(opts, "page_size", "integer")
+    if opts.limit or opts.sort_order or opts.sort_target or opts.count_only then
+      error("bad argument #2 to 'range' (page_size cannot be combined with limit, sort or count_only)", 2)
+    end
+    return range_pages(self, body, opts.page_size)
+  end
+  local j, err = self:_post("/v3/kv/range", body, { idempotent = true })
+  if not j then return nil, err end
+  return range_result(self, j), header_of(j.header)
+end
+
+local function put_request(self, key, value, opts)
+  option(opts, "lease", "integer")
+  return {
+    key = b64(self.prefix .. key), value = value and b64(value),
+    lease = i64(opts.lease), prev_kv = opts.prev_kv or nil,
+    ignore_value = opts.ignore_value or nil, ignore_lease = opts.ignore_lease or nil,
+  }
+end
+M._put_request = put_request
+
+local function prev_of(self, j)
+  return j.prev_kv and kv_of(j.prev_kv, #self.prefix) or nil
+end
+M._prev_of = prev_of
+
+--- Sets key to value. Returns the response header, and the previous kv when opts.prev_kv.
+--- opts: lease, prev_kv, ignore_value (value may be nil), ignore_lease. Never retried on
+--- another endpoint unless the request was certainly not sent.
+function Client:put(key, value, opts)
+  check(key, "string", 1, "put")
+  opts = opt_table(opts, 3, "put")
+  check(value, "string", 2, "put", opts.ignore_value)
+  local j, err = self:_post("/v3/kv/put", put_request(self, key, value, opts))
+  if not j then return nil, err end
+  return header_of(j.header), prev_of(self, j)
+end
+
+local function delete_request(self, key, opts)
+  local k, re = key_range(self, key, opts)
+  return { key = b64(k), range_end = re and b64(re), prev_kv = opts.prev_kv or nil }
+end
+M._delete_request = delete_request
+
+local function delete_result(self, j)
+  return int(j.deleted), j.prev_kvs and kv_list(self, j.prev_kvs) or nil
+end
+
+--- Deletes key (or a range: prefix, range_end). Returns the number of keys deleted, the
+--- response header, and with opts.prev_kv the list of deleted kvs.
+function Client:delete(key, opts)
+  check(key, "string", 1, "delete")
+  opts = opt_table(opts, 2, "delete")
+  local j, err = self:_post("/v3/kv/deleterange", delete_request(self, key, opts))
+  if not j then return nil, err end
+  local n, prev = delete_result(self, j)
+  return n, header_of(j.header), prev
+end
+M._delete_result = delete_result
+
+--- Compacts the key-value history up to revision. opts: physical (wait until the space
+--- is reclaimed). Returns the response header.
+function Client:compact(revision, opts)
+  check_int(revision, 1, "compact")
+  opts = opt_table(opts, 2, "compact")
+  local j, err = self:_post("/v3/kv/compaction", { revision = tostring(revision), physical = opts.physical or nil },
+    { idempotent = true })
+  if not j then return nil, err end
+  return header_of(j.header)
+end
+
+---------------------------------------------------------------------------------------------
+-- watches (coord/etcd/watch.lua)
+
+--- A watch on key (or a range): see coord.etcd.watch.
+function Client:watch(key, opts)
+  return require("coord.etcd.watch").new(self, key, opts)
+end
+
+---------------------------------------------------------------------------------------------
+-- the rest of the API, in one file per service
+
+for _, name in ipairs { "coord.etcd.txn", "coord.etcd.lease", "coord.etcd.lock", "coord.etcd.election",
+  "coord.etcd.cluster" } do
+  require(name)(Client, M)
+end
+
+return M

@@ -1,0 +1,172 @@
+-- coord.etcd.lease: leases (grant, revoke, time to live, list) and keepalives, including a
+-- keeper that refreshes a lease on its own until stopped or lost.
+
+local sched = require "coord.sched"
+local errors = require "coord.errors"
+local core = require "coord.core"
+local proto = require "coord.etcd.proto"
+
+local header_of, int = proto.header, proto.int
+
+local Keeper = { __name = "coord.etcd.keeper" }
+Keeper.__index = Keeper
+
+--- Stops refreshing the lease (it is not revoked: it expires after its TTL).
+function Keeper:stop()
+  if self.task then
+    self.stopped = true
+    self.task:cancel()
+    self.task = nil
+  end
+end
+Keeper.__close = Keeper.stop
+
+--- Waits until the keeper ends: nil and the "lost" error when the lease was lost, true
+--- when it was stopped.
+function Keeper:wait()
+  if self.task then self.task:join() end
+  if self.err then return nil, self.err end
+  return true
+end
+
+return function(Client, E)
+  local check, check_int, option = E._check, E._check_int, E._option
+
+  local function lease_error(j)
+    if type(j.error) == "string" and j.error ~= "" then
+      return errors.new("invalid", j.error)
+    end
+  end
+
+  --- Grants a lease of ttl seconds. opts: id (ask for this lease ID). Returns
+  --- {id, ttl} (the server may grant a longer TTL), header.
+  function Client:grant(ttl, opts)
+    check_int(ttl, 1, "grant")
+    opts = check(opts, "table", 2, "grant", true) or {}
+    option(opts, "id", "integer")
+    local j, err = self:_post("/v3/lease/grant", { TTL = tostring(ttl), ID = opts.id and tostring(opts.id) })
+    if not j then return nil, err end
+    err = lease_error(j)
+    if err then return nil, err end
+    return { id = int(j.ID), ttl = int(j.TTL) }, header_of(j.header)
+  end
+
+  --- Revokes a lease: every key attached to it is deleted. Returns the header; a lease that
+  --- does not exist is a "not_found" error.
+  function Client:revoke(id)
+    check_int(id, 1, "revoke")
+    local j, err = self:_post("/v3/lease/revoke", { ID = tostring(id) }, { idempotent = true })
+    if not j then return nil, err end
+    return header_of(j.header)
+  end
+
+  --- The lease's remaining time: {id, ttl (-1 when the lease is gone), granted_ttl, keys
+  --- (with opts.keys)}, header.
+  function Client:time_to_live(id, opts)
+    check_int(id, 1, "time_to_live")
+    opts = check(opts, "table", 2, "time_to_live", true) or {}
+    local j, err = self:_post("/v3/lease/timetolive", { ID = tostring(id), keys = opts.keys or nil },
+      { idempotent = true })
+    if not j then return nil, err end
+    local info = { id = int(j.ID), ttl = int(j.TTL), granted_ttl = int(j.grantedTTL) }
+    if opts.keys then
+      local keys, strip = {}, #self.prefix
+      for i, k in ipairs(j.keys or {}) do keys[i] = proto.bytes(k):sub(strip + 1) end
+      info.keys = keys
+    end
+    return info, header_of(j.header)
+  end
+
+  --- The IDs of all leases, header.
+  function Client:leases()
+    local j, err = self:_post("/v3/lease/leases", {}, { idempotent = true })
+    if not j then return nil, err end
+    local ids = {}
+    for i, l in ipairs(j.leases or {}) do ids[i] = int(l.ID) end
+    return ids, header_of(j.header)
+  end
+
+  --- Refreshes a lease once. Returns its new TTL, header; a lease the server no longer has
+  --- is a "lost" error.
+  function Client:keepalive_once(id)
+    check_int(id, 1, "keepalive_once")
+    local j, err = self:_post("/v3/lease/keepalive", { ID = tostring(id) }, { idempotent = true })
+    if not j then return nil, err end
+    local e = j.error
+    if type(e) == "table" then -- an error inside the stream: 3.4/3.5 say grpc_code, 3.6 code
+      local norm = { message = e.message, code = e.grpc_code or e.code }
+      return nil, E._server_error({ status = math.tointeger(e.http_code) or 500, body = "" }, norm, "/v3/lease/keepalive")
+    end
+    local r = type(j.result) == "table" and j.result or {}
+    local ttl = int(r.TTL)
+    if ttl <= 0 then return nil, errors.new("lost", "lease " .. id .. " has expired or was revoked", { lease = id }) end
+    return ttl, header_of(r.header)
+  end
+
+  -- The keeper's loop: refresh every TTL/3; after failures, retry sooner until a whole TTL
+  -- has passed since the last success; then (or when the server says so) the lease is lost.
+  local function keep(self, k, on_lost)
+    local last_ok = core.now()
+    while true do
+      local ttl, err = self:keepalive_once(k.id)
+      if ttl then
+        k.ttl, last_ok = ttl, core.now()
+        sched.sleep(ttl / 3)
+      elseif err.kind == "lost" or core.now() - last_ok > (k.ttl or 0) then
+        if err.kind ~= "lost" then
+          err = errors.new("lost", "lease " .. k.id .. " could not be kept alive: " .. tostring(err.message),
+            { lease = k.id, cause = err })
+        end
+        k.err = err
+        if on_lost then on_lost(err, k) end
+        return
+      else
+        sched.sleep(math.max(0.2, math.min(1, (k.ttl or 3) / 6)))
+      end
+    end
+  end
+
+  --- Keeps a lease alive from a coroutine of its own, every TTL/3, until stopped (with
+  --- keeper:stop() or <close>) or lost. opts: ttl (the lease's TTL if known), on_lost(err,
+  --- keeper) called once when the lease is lost. Returns the keeper {id, ttl, err}.
+  function Client:keepalive(id, opts)
+    check_int(id, 1, "keepalive")
+    opts = check(opts, "table", 2, "keepalive", true) or {}
+    option(opts, "on_lost", "function")
+    local k = setmetatable({ id = id, ttl = opts.ttl }, Keeper)
+    k.task = sched.spawn(keep, self, k, opts.on_lost)
+    return k
+  end
+
+  -- Locks and elections hold a lease: opts.lease (the caller's, left alone) or a new one of
+  -- opts.ttl seconds (default 60, as etcdctl) kept alive until released. Returns the lease
+  -- ID and its keeper (nil for the caller's lease), or nil and an error.
+  function E._hold(self, opts)
+    option(opts, "lease", "integer")
+    option(opts, "ttl", "integer")
+    option(opts, "on_lost", "function")
+    option(opts, "timeout", "number")
+    if opts.lease then return opts.lease end
+    local g, err = self:grant(opts.ttl or 60)
+    if not g then return nil, err end
+    return g.id, self:keepalive(g.id, { ttl = g.ttl, on_lost = opts.on_lost })
+  end
+
+  -- Stops the keeper and revokes the lease that E._hold granted (nothing for the caller's).
+  function E._drop(self, lease, keeper)
+    if not keeper then return true end
+    keeper:stop()
+    local h, err = self:revoke(lease)
+    if not h and err.kind ~= "not_found" then return nil, err end
+    return true
+  end
+
+  --- Runs fn(...) now if the running code can wait, else (a coroutine being closed, as when
+  --- a <close> variable is cleaned up by a cancel) in a coroutine of its own.
+  function E._now_or_later(fn, ...)
+    local _, main = coroutine.running()
+    if main or coroutine.isyieldable() then return fn(...) end
+    sched.spawn(fn, ...)
+    return true
+  end
+end

@@ -1,0 +1,229 @@
+-- coord.etcd.watch: etcd:watch(key[, opts]), a watch read as an iterator of events; all the
+-- watches of a client share one multiplexed stream (coord.etcd.watch_hub).
+
+local sched = require "coord.sched"
+local errors = require "coord.errors"
+local proto = require "coord.etcd.proto"
+local hubs = require "coord.etcd.watch_hub"
+
+local M = {}
+
+local b64 = proto.b64
+
+local DEFAULT_BUFFER = 1000
+
+local Watch = { __name = "coord.etcd.watch" }
+Watch.__index = Watch
+M.Watch = Watch
+
+local function argerror(i, fname, expected, v)
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, expected, type(v)), 3)
+end
+
+local function opt_type(opts, name, t)
+  local v = opts[name]
+  if v ~= nil and type(v) ~= t then
+    error(("bad option '%s' to 'watch' (%s expected, got %s)"):format(name, t, type(v)), 3)
+  end
+  return v
+end
+
+local function opt_int(opts, name)
+  local v = opts[name]
+  if v ~= nil and math.type(v) ~= "integer" then
+    error(("bad option '%s' to 'watch' (integer expected, got %s)"):format(name, math.type(v) or type(v)), 3)
+  end
+  return v
+end
+
+-- The create_request (without watch_id and start_revision) for key and opts: the same keys
+-- as range and delete select, under the client's namespace prefix.
+local function request(client, key, opts)
+  local full, range_end = require("coord.etcd")._key_range(client, key, opts)
+  local filters
+  if opts.no_put or opts.no_delete then
+    filters = {}
+    if opts.no_put then filters[#filters + 1] = "NOPUT" end
+    if opts.no_delete then filters[#filters + 1] = "NODELETE" end
+  end
+  return {
+    key = b64(full),
+    range_end = range_end and b64(range_end) or nil,
+    prev_kv = opts.prev_kv and true or nil,
+    progress_notify = opts.progress_notify and true or nil,
+    filters = filters,
+    -- always: large batches travel in pieces of at most the server's request size limit
+    fragment = true,
+  }
+end
+
+--- Starts watching key (or a prefix or range of keys) on client; see doc/etcd-watch.md.
+function M.new(client, key, opts)
+  if type(key) ~= "string" then argerror(1, "watch", "string", key) end
+  if opts == nil then
+    opts = {}
+  elseif type(opts) ~= "table" then
+    argerror(2, "watch", "table or nil", opts)
+  end
+  opt_type(opts, "range_end", "string")
+  local start = opt_int(opts, "start_revision") or opt_int(opts, "revision")
+  local buffer = opt_int(opts, "buffer") or DEFAULT_BUFFER
+  local keepalive = opt_type(opts, "keepalive", "number")
+  if keepalive and not (keepalive > 0) then error("bad option 'keepalive' to 'watch' (positive number expected)", 2) end
+  if buffer < 1 then error("bad option 'buffer' to 'watch' (positive integer expected)", 2) end
+  local w = setmetatable({
+    key = key,
+    req = request(client, key, opts),
+    next_rev = start and start > 0 and start or nil,
+    progress = opts.progress_notify and true or false,
+    buffer = buffer,
+    keepalive = keepalive,
+    q = {}, qh = 1, qt = 0,
+    readers = {},
+    revision = nil,
+    error = nil,
+    closed = false,
+    state = "new",
+  }, Watch)
+  w.hub = hubs.of(client)
+  w.hub:add(w)
+  return w
+end
+
+--- Counters of client's shared watch stream: {watches, connected, streams, results,
+--- fragments, pauses, last_error}.
+function M.stats(client)
+  return hubs.of(client):stats()
+end
+
+--- Whether, over TLS, watch streams share the requests' HTTP/2 connection (true) or use an
+--- HTTP/1.1 connection of their own (false, the default). Returns the previous setting.
+function M.http2(on)
+  if type(on) ~= "boolean" then error("bad argument #1 to 'http2' (boolean expected, got " .. type(on) .. ")", 2) end
+  local old = hubs.HTTP2
+  hubs.HTTP2 = on
+  return old
+end
+
+---------------------------------------------------------------------------------------------
+-- called by the hub
+
+local function wake_readers(w)
+  local rs = w.readers
+  if #rs > 0 then
+    w.readers = {}
+    for i = 1, #rs do sched.wake(rs[i]) end
+  end
+end
+
+function Watch:_created(rev)
+  if not self.created_revision then self.created_revision = rev end
+  wake_readers(self)
+end
+
+function Watch:_push(events)
+  local q, t = self.q, self.qt
+  for i = 1, #events do
+    t = t + 1
+    q[t] = events[i]
+  end
+  self.qt = t
+  if t - self.qh + 1 >= self.buffer and self.state == "active" then self.hub:pause(self) end
+  wake_readers(self)
+end
+
+function Watch:_progress(rev)
+  if not self.progress then return end
+  self:_push { { type = "progress", revision = rev } }
+end
+
+function Watch:_fail(err)
+  if self.closed or self.error then return end
+  self.error = err
+  self.state = "failed"
+  self.hub:remove(self)
+  wake_readers(self)
+end
+
+-- Whether a paused watch has room again (its queue is down to half its bound).
+function Watch:_caught_up()
+  return self.qt - self.qh + 1 <= self.buffer // 2
+end
+
+---------------------------------------------------------------------------------------------
+-- public
+
+local function cancel_read(r)
+  local rs = r.watch.readers
+  for i = 1, #rs do
+    if rs[i] == r then
+      table.remove(rs, i)
+      break
+    end
+  end
+end
+
+local function await(self)
+  local r = sched.waiter(cancel_read)
+  r.watch = self
+  self.readers[#self.readers + 1] = r
+  sched.wait(r)
+end
+
+--- The next event, waiting for it: an event table; nil, err when the watch has failed
+--- (after the events received before the failure); nil, "closed" error after close().
+function Watch:next()
+  while true do
+    local h = self.qh
+    if h <= self.qt then
+      local ev = self.q[h]
+      self.q[h] = nil
+      self.qh = h + 1
+      if self.qh > self.qt then self.qh, self.qt = 1, 0 end
+      if self.state == "paused" and self:_caught_up() then self.hub:unpause(self) end
+      self.revision = ev.revision or ev.kv.mod_revision
+      return ev
+    end
+    if self.error then return nil, self.error end
+    if self.closed then return nil, errors.new("closed", "watch is closed") end
+    await(self)
+  end
+end
+
+--- Iterates over events: for ev in w:events() do ... end. The loop ends when the watch is
+--- closed or fails; the failure is then in w.error.
+function Watch:events()
+  return function()
+    return (self:next())
+  end
+end
+
+--- Waits until the server has confirmed the watch; returns the revision it was created at
+--- (its events are those after it, or from start_revision), or nil, err.
+function Watch:ready()
+  while true do
+    if self.error then return nil, self.error end
+    if self.closed then return nil, errors.new("closed", "watch is closed") end
+    if self.created_revision then return self.created_revision end
+    await(self)
+  end
+end
+
+--- The number of events received and not yet read (#w).
+function Watch:__len()
+  return self.qt - self.qh + 1
+end
+
+--- Stops the watch: it is canceled on the server, queued events are dropped, and a reader
+--- waiting in next() or events() stops (events() ends the loop; next() returns a "closed"
+--- error). Closing twice does nothing.
+function Watch:close()
+  if self.closed then return end
+  self.closed = true
+  self.q, self.qh, self.qt = {}, 1, 0
+  if not self.error then self.hub:remove(self) end
+  wake_readers(self)
+end
+Watch.__close = Watch.close
+
+return M

@@ -1,0 +1,408 @@
+-- coord.etcd.watch_hub: one multiplexed /v3/watch stream per client carrying all its watches;
+-- it reconnects to the next endpoint and re-creates every watch where it left off.
+
+local core = require "coord.core"
+local sched = require "coord.sched"
+local http = require "coord.http"
+local errors = require "coord.errors"
+local proto = require "coord.etcd.proto"
+
+local M = {}
+
+local json_encode, json_decode = core.json_encode, core.json_decode
+local int = proto.int
+
+local Hub = { __name = "coord.etcd.watch_hub" }
+Hub.__index = Hub
+
+-- Read-ahead of the shared stream; past it the transfer pauses until the hub catches up
+-- (the hub never blocks on a slow watch, so this only bounds one burst).
+local STREAM_BUFFER = 4 << 20
+local BACKOFF_MIN, BACKOFF_MAX = 0.05, 5
+M.KEEPALIVE = 10
+-- Over TLS the stream uses HTTP/1.1 on a connection of its own unless this is set: sharing
+-- the requests' HTTP/2 connection stalls with libcurl 7.88 (see doc/etcd-watch.md).
+M.HTTP2 = false
+
+--- The client's hub, made on first use.
+function M.of(client)
+  local hub = rawget(client, "_watch_hub")
+  if not hub then
+    hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
+      counts = { streams = 0, results = 0, fragments = 0, pauses = 0 } }, Hub)
+    rawset(client, "_watch_hub", hub)
+  end
+  return hub
+end
+
+local function jittered(failures)
+  local d = math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ^ (failures - 1))
+  return d / 2 + math.random() * d / 2
+end
+
+--- Counters for monitoring: watches, connected (endpoint URL or nil), streams opened,
+--- results read, fragments reassembled, pauses of slow watches.
+function Hub:stats()
+  local c = self.counts
+  return { watches = self.count, connected = self.stream and self.target.url or nil,
+    streams = c.streams, results = c.results, fragments = c.fragments, pauses = c.pauses,
+    last_error = self.last_error }
+end
+
+---------------------------------------------------------------------------------------------
+-- requests on the stream
+
+local function send(hub, msg)
+  local s = hub.stream
+  if not s then return false end
+  return s:write(json_encode(msg) .. "\n") ~= nil
+end
+
+-- Sends a create_request for w under a fresh id (ids are never reused: etcd refuses a
+-- duplicate with watch_id -1, which could not be told apart), from w.next_rev when known.
+local function create(hub, w)
+  local id = hub.next_id
+  hub.next_id = id + 1
+  w.id, w.frag = id, nil
+  hub.byid[id] = w
+  w.state = "creating"
+  local req = w.req
+  req.watch_id = id
+  req.start_revision = w.next_rev
+  local p = hub.pending
+  p[p.tail] = { id, w }
+  p.tail = p.tail + 1
+  send(hub, { create_request = req })
+end
+M.create = create
+
+local function cancel(hub, w)
+  local id = w.id
+  if id then
+    hub.byid[id] = nil
+    w.id, w.frag = nil, nil
+    send(hub, { cancel_request = { watch_id = id } })
+  end
+end
+
+--- Registers a new watch and creates it on the stream (starting the stream if needed).
+function Hub:add(w)
+  local ka = w.keepalive or M.KEEPALIVE
+  if not self.keepalive or ka < self.keepalive then self.keepalive = ka end
+  self.watches[w] = true
+  self.count = self.count + 1
+  w.state = "pending"
+  if self.stream then
+    create(self, w)
+  elseif not self.task then
+    self.task = sched.spawn(M.run, self)
+  end
+end
+
+--- Forgets a watch (closed or failed): cancels it on the server; the last one ends the
+--- stream.
+function Hub:remove(w)
+  if not self.watches[w] then return end
+  self.watches[w] = nil
+  self.count = self.count - 1
+  cancel(self, w)
+  if self.count == 0 then self:stop() end
+end
+
+--- Ends the stream and its task (used when no watch is left).
+function Hub:stop()
+  local t, s = self.task, self.stream
+  self.task, self.stream = nil, nil
+  if t and t:status() == "waiting" then
+    t:cancel()
+  elseif s then
+    s:close() -- the running task sees the end and returns
+  end
+end
+
+--- A watch paused for overflow takes events again once its reader has caught up.
+function Hub:unpause(w)
+  if self.stream and w.state == "paused" then create(self, w) end
+end
+
+--- Stops delivering to w until its reader catches up (see Watch buffer).
+function Hub:pause(w)
+  self.counts.pauses = self.counts.pauses + 1
+  cancel(self, w)
+  w.state = "paused"
+end
+
+-- Closes the current stream so that the task reconnects at once (a stale token).
+function Hub:restart()
+  local s = self.stream
+  if s then
+    self.restarting = true
+    s:close()
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- results
+
+local function decode_event(e, strip)
+  return {
+    type = e.type == "DELETE" and "delete" or "put",
+    kv = proto.kv(e.kv or {}, strip),
+    prev_kv = e.prev_kv and proto.kv(e.prev_kv, strip) or nil,
+  }
+end
+
+-- The error kind for a refused create, as the client names them.
+local function refusal_kind(reason)
+  if reason:find("permission denied", 1, true) then return "permission" end
+  if reason:find("auth", 1, true) or reason:find("user name is empty", 1, true) then return "auth" end
+  return "refused"
+end
+
+-- A refused create. An expired token ("invalid auth token") is renewed and the watch tried
+-- again once on a new stream; any other refusal (permission denied, say) is the watch's error.
+local function refused(hub, w, r)
+  local reason = r.cancel_reason or "watch refused"
+  hub.byid[w.id] = nil
+  w.id = nil
+  local kind = refusal_kind(reason)
+  local token = hub.target and hub.target.token
+  if kind == "auth" and token and not w.auth_retry then
+    w.auth_retry = true
+    w.state = "pending"
+    hub.client:_auth_expired(token)
+    return hub:restart()
+  end
+  w:_fail(errors.new(kind, reason:gsub("^rpc error: code = %a+ desc = ", ""), { key = w.key }))
+end
+
+local function canceled(hub, w, r)
+  hub.byid[w.id] = nil
+  w.id, w.frag = nil, nil
+  local compact = int(r.compact_revision)
+  if compact > 0 then
+    return w:_fail(errors.new("compacted",
+      ("required revision %d has been compacted (compact revision %d)"):format(w.next_rev or 0, compact),
+      { compact_revision = compact, revision = w.next_rev, key = w.key }))
+  end
+  w:_fail(errors.new("lost", "watch canceled by the server: " .. (r.cancel_reason or "no reason given"),
+    { key = w.key }))
+end
+
+-- The create answered by a `created` result. etcd answers creates in the order they were
+-- sent, and a refusal carries watch_id -1 instead of the id asked for, so the answer belongs
+-- to the oldest create still unanswered.
+local function answered(hub, id)
+  local p = hub.pending
+  local h = p.head
+  local entry = p[h]
+  if not entry then return nil end
+  if id ~= -1 and entry[1] ~= id then return hub.byid[id] end -- not expected; trust the id
+  p[h] = nil
+  p.head = h + 1
+  local w = entry[2]
+  if hub.byid[entry[1]] ~= w then return nil end -- closed or paused meanwhile
+  return w
+end
+
+local function dispatch(hub, r)
+  local id = int(r.watch_id)
+  if r.created then
+    local w = answered(hub, id)
+    if not w then return end
+    if r.canceled then return refused(hub, w, r) end
+    w.state, w.auth_retry = "active", nil
+    local rev = int(r.header and r.header.revision)
+    if not w.next_rev then w.next_rev = rev + 1 end
+    return w:_created(rev)
+  end
+  local w = hub.byid[id]
+  if not w then return end -- canceled meanwhile (closed or paused), or a broadcast (-1)
+  if r.canceled then return canceled(hub, w, r) end
+  local evs = r.events
+  if evs then
+    local strip = #hub.client.prefix
+    local frag = w.frag
+    if r.fragment then hub.counts.fragments = hub.counts.fragments + 1 end
+    if r.fragment or frag then
+      frag = frag or {}
+      for i = 1, #evs do frag[#frag + 1] = evs[i] end
+      if r.fragment then
+        w.frag = frag
+        return
+      end
+      w.frag, evs = nil, frag
+    end
+    local out, last = {}, nil
+    local from = w.next_rev or 0
+    for i = 1, #evs do
+      local ev = decode_event(evs[i], strip)
+      local rev = ev.kv.mod_revision
+      if rev >= from then -- older ones were delivered before a reconnect
+        out[#out + 1] = ev
+        if not last or rev > last then last = rev end
+      end
+    end
+    if last then
+      w.next_rev = last + 1
+      w:_push(out)
+    end
+    return
+  end
+  -- progress: every event up to the header's revision has been sent
+  local rev = int(r.header and r.header.revision)
+  if rev > 0 and rev >= (w.next_rev or 0) then w.next_rev = rev + 1 end
+  w:_progress(rev)
+end
+
+---------------------------------------------------------------------------------------------
+-- the stream task
+
+local function stream_error(hub, e)
+  local msg = type(e) == "table" and (e.message or e.error) or tostring(e)
+  local code = type(e) == "table" and (e.http_code or e.code) or nil
+  return errors.new(msg and tostring(msg):find("auth token", 1, true) and "auth" or "http",
+    "watch stream failed: " .. tostring(msg), { status = math.type(code) == "integer" and code or nil })
+end
+
+-- Reads results until the stream ends; returns the error that ended it and whether any
+-- result came.
+local function read_loop(hub, s)
+  local status, err = s:response()
+  if not status then return err, false end
+  if status ~= 200 then
+    local body = {}
+    for _ = 1, 64 do
+      local chunk = s:read()
+      if not chunk then break end
+      body[#body + 1] = chunk
+    end
+    body = table.concat(body)
+    local j = json_decode(body)
+    local msg = type(j) == "table" and (j.message or j.error) or body
+    return errors.new(status == 401 and "auth" or "http", "watch stream refused: " .. tostring(msg),
+      { status = status }), false
+  end
+  local got = false
+  while true do
+    local line, rerr = s:read_line()
+    if not line then
+      return rerr or errors.new("closed", "watch stream ended by the server"), got
+    end
+    if line ~= "" then
+      local j = json_decode(line)
+      if type(j) ~= "table" then
+        return errors.new("protocol", "watch stream: invalid JSON: " .. line:sub(1, 200)), got
+      end
+      if j.result then
+        got = true
+        hub.counts.results = hub.counts.results + 1
+        dispatch(hub, j.result)
+      elseif j.error then
+        return stream_error(hub, j.error), got
+      end
+    end
+  end
+end
+
+-- Probes the stream every hub.keepalive seconds with a progress_request (answered with a
+-- header-only result). A stream that has carried nothing for two intervals is closed, so
+-- that the task reconnects. The write also matters on its own: when the server has gone,
+-- curl only notices the closed connection once it has something to send while the body
+-- is still open.
+local function keepalive(hub, s)
+  while hub.stream == s do
+    local iv = hub.keepalive
+    sched.sleep(iv)
+    if hub.stream ~= s then return end
+    if core.now() - hub.last_rx > 2 * iv then
+      hub.dead = errors.new("timeout", ("watch stream silent for %g s"):format(2 * iv))
+      s:close()
+      return
+    end
+    send(hub, { progress_request = {} })
+  end
+end
+
+local Prober = { __close = function(p)
+  if p.task:status() == "waiting" then p.task:cancel() end
+end }
+
+local function headers_for(target)
+  local h = { ["Expect"] = "100-continue", ["Content-Type"] = "application/json" }
+  for k, v in pairs(target.headers or {}) do h[k] = v end
+  return h
+end
+
+-- After the stream is gone no id is live; every watch not paused is re-created on the next.
+local function orphan(hub)
+  hub.byid, hub.pending = {}, { head = 1, tail = 1 }
+  for w in pairs(hub.watches) do
+    w.id, w.frag = nil, nil
+    if w.state ~= "paused" then w.state = "pending" end
+  end
+end
+
+local function fail_all(hub, err)
+  local ws = {}
+  for w in pairs(hub.watches) do ws[#ws + 1] = w end
+  for i = 1, #ws do ws[i]:_fail(err) end
+end
+
+--- The hub's task: connects, creates every watch, reads results; on failure moves to the
+--- next endpoint and starts again. Ends when no watch is left.
+function M.run(hub)
+  local client = hub.client
+  local failures = 0
+  local me = coroutine.running()
+  local function mine() return hub.count > 0 and hub.task ~= nil and hub.task.co == me end
+  while mine() do
+    local target, terr = client:_target()
+    if not mine() then break end
+    if not target then
+      hub.last_error = terr
+      if terr and terr.kind == "auth" then
+        fail_all(hub, terr)
+        break
+      end
+      failures = failures + 1
+      sched.sleep(jittered(failures))
+    else
+      local s <close> = http.stream {
+        url = target.url .. "/v3/watch", method = "POST", upload = true,
+        headers = headers_for(target), tls = target.tls,
+        http_version = (M.HTTP2 or target.http_version ~= "2tls") and target.http_version or "1.1",
+        pipewait = M.HTTP2 and target.pipewait or nil, buffer = STREAM_BUFFER,
+      }
+      hub.stream, hub.target, hub.restarting = s, target, nil
+      hub.counts.streams = hub.counts.streams + 1
+      for w in pairs(hub.watches) do
+        if w.state == "pending" or (w.state == "paused" and w:_caught_up()) then create(hub, w) end
+      end
+      hub.last_rx, hub.dead = core.now(), nil
+      -- the prober ends with the stream, also when this task is canceled
+      local pinger <close> = setmetatable({ task = sched.spawn(keepalive, hub, s) }, Prober)
+      local err, got = read_loop(hub, s)
+      err = hub.dead or err
+      hub.stream = nil
+      s:close()
+      orphan(hub)
+      hub.last_error = err
+      if not mine() then break end
+      if hub.restarting then
+        failures = 0
+      else
+        if err and err.kind == "auth" and target.token then
+          client:_auth_expired(target.token)
+        elseif err and err.kind ~= "canceled" then
+          client:_failed(target.url, err)
+        end
+        failures = got and 1 or failures + 1
+        sched.sleep(jittered(failures))
+      end
+    end
+  end
+  if hub.task and hub.task.co == me then hub.task = nil end
+end
+
+return M

@@ -1,0 +1,278 @@
+-- spec/etcd_cluster_spec.lua: coord.etcd over TLS with client certificates, with auth (token
+-- expiry), and against several endpoints: a three-member cluster losing a member, and
+-- endpoints that fail on purpose (the fault-injecting peer) to pin down what is retried.
+
+local coord = require "coord"
+local http = require "coord.http"
+local servers = require "servers"
+local helpers = require "helpers"
+local etcd_mod = require "coord.etcd"
+
+-- Runs a test body as a coroutine (see etcd_lease_spec.lua).
+local function co(fn)
+  return function() return coord.run(fn) end
+end
+
+-- Established TCP connections to a local port.
+local function connections(port)
+  local _, out = servers.sh("ss -Htn state established " .. servers.sh_quote("( dport = :" .. port .. " )"))
+  local n = 0
+  for _ in out:gmatch("[^\n]+") do n = n + 1 end
+  return n
+end
+
+for _, version in ipairs { "3.4", "3.5" } do
+  describe("coord.etcd over TLS with client certificates on etcd " .. version, function()
+    local server
+
+    setup(function()
+      server = servers.etcd { version = version, tls = true }
+    end)
+
+    teardown(function()
+      if server then server:stop() end
+    end)
+
+    it("reads and writes over mutual TLS, sharing one HTTP/2 connection", co(function()
+      local port = server.members[1].port
+      local before = connections(port) -- the harness's own health checks may have left one
+      local etcd = etcd_mod.new { endpoints = { server.endpoint }, tls = server:client_tls() }
+      local t = assert(etcd:_target())
+      assert.equal("2tls", t.http_version)
+      assert(etcd:put("tls/a", "secure"))
+      assert.equal("secure", etcd:get("tls/a").value)
+      local fns = {}
+      for i = 1, 20 do fns[i] = function() return assert(etcd:get("tls/a")).value end end
+      local res = { coord.gather(table.unpack(fns)) }
+      for i = 1, 20 do assert.equal("secure", res[i][1]) end
+      assert.is_true(connections(port) - before <= 1)
+      local ok, out = server:ctl("get --print-value-only tls/a")
+      assert.is_true(ok, out)
+      assert.equal("secure\n", out)
+    end))
+
+    it("fails without a client certificate or with the wrong CA", co(function()
+      local c = server:client_tls()
+      local nocert = etcd_mod.new { endpoints = { server.endpoint }, tls = { ca_file = c.ca_file } }
+      local kv, err = nocert:get("tls/a")
+      assert.is_nil(kv)
+      assert.is_truthy(err.kind == "tls" or err.kind == "closed" or err.kind == "protocol", tostring(err))
+      local untrusted = etcd_mod.new { endpoints = { server.endpoint } }
+      kv, err = untrusted:get("tls/a")
+      assert.is_nil(kv)
+      assert.equal("tls", err.kind)
+    end))
+  end)
+end
+
+describe("coord.etcd with auth", function()
+  local server
+
+  setup(function()
+    server = servers.etcd { version = "3.5", auth = true, auth_token_ttl = 2 }
+    assert(server:ctl("user add reader --new-user-password=readerpw"))
+    assert(server:ctl("role add read-only"))
+    assert(server:ctl("role grant-permission read-only read a/ --prefix"))
+    assert(server:ctl("user grant-role reader read-only"))
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+  end)
+
+  local function client(user, password)
+    return etcd_mod.new { endpoints = { server.endpoint }, user = user, password = password }
+  end
+
+  it("authenticates once for many concurrent first calls", co(function()
+    local etcd = client("root", "rootpw")
+    local real, n = http.request, 0
+    http.request = function(o)
+      if o.url:find("/v3/auth/authenticate", 1, true) then n = n + 1 end
+      return real(o)
+    end
+    local fns = {}
+    for i = 1, 10 do fns[i] = function() return assert(etcd:put("a/" .. i, "v")) end end
+    local ok, err = pcall(coord.gather, table.unpack(fns))
+    http.request = real
+    assert.is_true(ok, err)
+    assert.equal(1, n)
+    assert.is_string(etcd.token)
+    local t = assert(etcd:_target())
+    assert.equal(etcd.token, t.headers.Authorization)
+    assert.equal(etcd.token, t.token)
+  end))
+
+  it("refreshes an expired token transparently, for reads and writes", co(function()
+    local etcd = client("root", "rootpw")
+    assert(etcd:put("a/x", "1"))
+    local first = etcd.token
+    coord.sleep(3) -- the token lives 2 s after its last use
+    assert(etcd:put("a/x", "2"))
+    assert.is_string(etcd.token)
+    assert.not_equal(first, etcd.token)
+    local second = etcd.token
+    coord.sleep(3)
+    assert.equal("2", etcd:get("a/x").value)
+    assert.not_equal(second, etcd.token)
+  end))
+
+  it("reports bad credentials, a missing user and denied permissions without the token", co(function()
+    local kv, err = client("root", "wrong"):get("a/x")
+    assert.is_nil(kv)
+    assert.equal("auth", err.kind)
+    assert.not_matches("wrong", tostring(err))
+    kv, err = etcd_mod.new({ endpoints = { server.endpoint } }):get("a/x")
+    assert.is_nil(kv)
+    assert.equal("auth", err.kind)
+    local reader = client("reader", "readerpw")
+    assert(reader:get("a/x"))
+    local h
+    h, err = reader:put("a/x", "3")
+    assert.is_nil(h)
+    assert.equal("permission", err.kind)
+    assert.equal(403, err.status)
+    assert.equal(7, err.code)
+    assert.is_string(reader.token)
+    assert.is_nil(tostring(err):find(reader.token, 1, true))
+    kv, err = reader:get("b/x")
+    assert.is_nil(kv)
+    assert.equal("permission", err.kind)
+  end))
+
+  it("takes locks with auth", co(function()
+    local etcd = client("root", "rootpw")
+    local lock = assert(etcd:lock("a/lock"))
+    assert(etcd:unlock(lock))
+  end))
+end)
+
+describe("coord.etcd on a three-member cluster", function()
+  local server
+
+  setup(function()
+    server = servers.etcd { version = "3.5", members = 3 }
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+  end)
+
+  it("lists members and reports each one's status, version and health", co(function()
+    local etcd = etcd_mod.new { endpoints = server.endpoints }
+    local members, h = assert(etcd:members())
+    assert.equal(3, #members)
+    local names = {}
+    for _, m in ipairs(members) do
+      names[#names + 1] = m.name
+      assert.equal("integer", math.type(m.id))
+      assert.equal(1, #m.client_urls)
+      assert.is_false(m.is_learner)
+    end
+    table.sort(names)
+    assert.same({ "m1", "m2", "m3" }, names)
+    assert.equal("integer", math.type(h.cluster_id))
+    local leaders = {}
+    for _, url in ipairs(server.endpoints) do
+      local st = assert(etcd:status(url))
+      assert.equal("3.5.16", st.version)
+      assert.is_true(st.db_size > 0)
+      assert.is_true(st.raft_index > 0)
+      assert.is_true(st.raft_term > 0)
+      leaders[st.leader] = true
+      assert.same({ server = "3.5.16", cluster = "3.5.0" }, assert(etcd:version(url)))
+      assert.is_true(etcd:health(url))
+    end
+    assert.equal(1, #(function() local l = {} for k in pairs(leaders) do l[#l + 1] = k end return l end)())
+    assert.equal("3.5.16", assert(etcd:status()).version)
+  end))
+
+  it("fails over to the next member when one is killed", co(function()
+    local etcd = etcd_mod.new { endpoints = server.endpoints }
+    assert(etcd:put("fo/a", "1"))
+    assert.equal(server.endpoints[1], assert(etcd:_target()).url)
+    server:kill(1)
+    assert.equal("1", assert(etcd:get("fo/a")).value)
+    assert.not_equal(server.endpoints[1], assert(etcd:_target()).url)
+    -- a write to a refused connection never left, so it may go to the next member
+    local only2 = etcd_mod.new { endpoints = { server.endpoints[1], server.endpoints[2] } }
+    assert(only2:put("fo/b", "2"))
+    assert.equal("2", assert(etcd:get("fo/b")).value)
+    local h, err = etcd:health(server.endpoints[1])
+    assert.is_nil(h)
+    assert.equal("connect", err.kind)
+    server:restart(1)
+    assert.is_true(etcd:health(server.endpoints[1]))
+  end))
+
+  it("says at once that every endpoint is down instead of retrying in a storm", co(function()
+    local dead = etcd_mod.new { endpoints = { "http://127.0.0.1:" .. servers.free_port(),
+      "http://127.0.0.1:" .. servers.free_port() } }
+    local kv, err = dead:get("x")
+    assert.is_nil(kv)
+    assert.equal("connect", err.kind)
+    local t0 = coord.now()
+    for _ = 1, 100 do
+      kv, err = dead:get("x")
+      assert.is_nil(kv)
+      assert.equal("unavailable", err.kind)
+    end
+    assert.is_true(coord.now() - t0 < 0.5)
+    local t, terr = dead:_target()
+    assert.is_nil(t)
+    assert.equal("unavailable", terr.kind)
+  end))
+end)
+
+describe("coord.etcd retries", function()
+  local server, peer
+
+  setup(function()
+    server = servers.etcd { version = "3.4" }
+    peer = helpers.start_peer()
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+    if peer then peer.stop() end
+  end)
+
+  -- an endpoint whose every gateway path lands on one of the peer's routes
+  local function faulty(route)
+    return peer.url(route .. (route:find("?", 1, true) and "&to=" or "?to="))
+  end
+
+  it("retries reads but not writes on a connection that broke after the request was sent", co(function()
+    local etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
+    local h, err = etcd:put("retry/a", "1")
+    assert.is_nil(h)
+    assert.equal("closed", err.kind)
+    assert.is_nil(assert(etcd_mod.new { endpoints = { server.endpoint } }:range("retry/", { prefix = true }))[1])
+    etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
+    local kv, h2 = etcd:get("retry/a")
+    assert.is_nil(kv)
+    assert.is_true(h2.revision > 0)
+    assert.equal(server.endpoint, etcd:_target().url)
+  end))
+
+  it("moves on after a 503 for reads and reports it for writes", co(function()
+    local etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
+    local h, err = etcd:put("retry/b", "1")
+    assert.is_nil(h)
+    assert.equal("unavailable", err.kind)
+    assert.equal(503, err.status)
+    etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
+    assert.is_nil((etcd:get("retry/b")))
+    assert.equal(server.endpoint, etcd:_target().url)
+  end))
+
+  it("uses the environment's ETCDCTL_ENDPOINTS by default", function()
+    local code = [[local e = require("coord.etcd").new() for _, ep in ipairs(e.endpoints) do print(ep.url) end]]
+    local ok, out = servers.sh("ETCDCTL_ENDPOINTS=http://127.0.0.1:1,127.0.0.1:2 lua5.4 -e " .. servers.sh_quote(code))
+    assert.is_true(ok, out)
+    assert.equal("http://127.0.0.1:1\nhttp://127.0.0.1:2\n", out)
+    ok, out = servers.sh("env -u ETCDCTL_ENDPOINTS lua5.4 -e " .. servers.sh_quote(code))
+    assert.is_true(ok, out)
+    assert.equal("http://127.0.0.1:2379\n", out)
+  end)
+end)
