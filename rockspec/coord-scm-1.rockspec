@@ -45,5 +45,8 @@ build = {
       ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
       ["coord.consul"] = "lua/coord/consul.lua",
       ["coord.consul.kv"] = "lua/coord/consul/kv.lua",
+      ["coord.consul.session"] = "lua/coord/consul/session.lua",
+      ["coord.consul.lock"] = "lua/coord/consul/lock.lua",
+      ["coord.consul.semaphore"] = "lua/coord/consul/semaphore.lua",
    },
 }

@@ -1,0 +1,97 @@
+-- coord.consul.session against a real Consul dev agent: the endpoints and self-renewing sessions.
+local coord = require "coord"
+local consul_mod = require "coord.consul"
+local servers = require "servers"
+
+describe("coord.consul.session", function()
+  local server, c
+  setup(function()
+    server = servers.consul {}
+    server:wait_node()
+    c = consul_mod.new { address = server.address }
+  end)
+  teardown(function() server:stop() end)
+
+  local function ids(list)
+    local t = {}
+    for _, e in ipairs(list) do t[e.id] = e end
+    return t
+  end
+
+  it("creates, reads, lists, renews and destroys a session", function()
+    local id, meta = c.session:create { name = "spec", ttl = 10, lock_delay = 0.5, behavior = "delete" }
+    assert.is_string(id)
+    assert.is_table(meta)
+    local e = assert(c.session:info(id))
+    assert.are.same({ "spec", "coord-test", "delete", 10, 0.5 }, { e.name, e.node, e.behavior, e.ttl, e.lock_delay })
+    assert.are.same({ "serfHealth" }, e.node_checks or e.checks)
+    assert.are.equal("integer", math.type(e.create_index))
+    assert.is_truthy(ids(assert(c.session:list()))[id])
+    assert.is_truthy(ids(assert(c.session:node("coord-test")))[id])
+    local r = assert(c.session:renew(id))
+    assert.are.equal(id, r.id)
+    assert.is_true(r.ttl >= 10)
+    assert.is_true(c.session:destroy(id))
+    local gone, m = c.session:info(id)
+    assert.is_nil(gone)
+    assert.are.equal("integer", math.type(m.index))
+    local nothing, err = c.session:renew(id)
+    assert.is_nil(nothing)
+    assert.are.same({ "lost", 404 }, { err.kind, err.status })
+  end)
+
+  it("creates a session without health checks when given empty lists", function()
+    local id = assert(c.session:create { checks = {}, node_checks = {} })
+    local e = assert(c.session:info(id))
+    assert.are.equal(0, #(e.node_checks or {}) + #(e.checks or {}))
+    assert.are.equal("release", e.behavior)
+    assert.are.equal(15, e.lock_delay)
+    assert(c.session:destroy(id))
+  end)
+
+  it("blocks on the session list until it changes", function()
+    local _, meta = assert(c.session:list())
+    local id
+    local t = coord.spawn(function() id = assert(c.session:create { name = "later" }) end)
+    local list, m = assert(c.session:list { index = meta.index, wait = 10 })
+    assert.is_true(t:join())
+    assert.is_true(m.index > meta.index)
+    assert.is_truthy(ids(list)[id])
+    assert(c.session:destroy(id))
+  end)
+
+  it("raises on bad arguments", function()
+    assert.has_error(function() c.session:create("x") end, "bad argument #1 to 'create' (table or nil expected, got string)")
+    assert.has_error(function() c.session:renew(nil) end, "bad argument #1 to 'renew' (string expected, got nil)")
+    assert.has_error(function() c.session:create { ttl = "15s" } end)
+    assert.has_error(function() c.session:node(1) end)
+  end)
+
+  it("keeps a session alive until closed, then destroys it", function()
+    local s = assert(c.session:open { name = "kept", ttl = 10 })
+    assert.is_truthy(c.session:info(s.id))
+    assert.is_nil(s.lost)
+    assert.is_true(s:close())
+    assert.is_nil(c.session:info(s.id))
+    assert.is_nil(s:wait_lost())
+    assert.is_true(s:close())
+    do
+      local s2 <close> = assert(c.session:open { ttl = 10 })
+      s = s2
+    end
+    assert.is_nil(c.session:info(s.id))
+  end)
+
+  it("reports a self-renewing session lost when it vanishes", function()
+    local seen
+    local s = assert(c.session:open { ttl = 10, on_lost = function(err, obj) seen = { err, obj } end })
+    assert(c.session:destroy(s.id))
+    -- the next renewal (after TTL/2) gets a 404
+    local err = coord.run(function() return coord.timeout(8, s.wait_lost, s) end)
+    assert.are.equal("lost", err.kind)
+    assert.are.equal(err, s.lost)
+    assert.are.same({ err, s }, seen)
+    assert.are.equal(err, s:wait_lost())
+    assert.is_true(s:close())
+  end)
+end)
