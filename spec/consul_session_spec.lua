@@ -3,6 +3,13 @@ local coord = require "coord"
 local consul_mod = require "coord.consul"
 local servers = require "servers"
 
+-- Runs a test body as one coroutine: waits inside coord.run, never from the main chunk
+-- (the engine's loop can block until the next timer when a wait from the main chunk is
+-- completed by another coroutine).
+local function run(fn)
+  return function() coord.run(fn) end
+end
+
 describe("coord.consul.session", function()
   local server, c
   setup(function()
@@ -18,7 +25,7 @@ describe("coord.consul.session", function()
     return t
   end
 
-  it("creates, reads, lists, renews and destroys a session", function()
+  it("creates, reads, lists, renews and destroys a session", run(function()
     local id, meta = c.session:create { name = "spec", ttl = 10, lock_delay = 0.5, behavior = "delete" }
     assert.is_string(id)
     assert.is_table(meta)
@@ -38,18 +45,18 @@ describe("coord.consul.session", function()
     local nothing, err = c.session:renew(id)
     assert.is_nil(nothing)
     assert.are.same({ "lost", 404 }, { err.kind, err.status })
-  end)
+  end))
 
-  it("creates a session without health checks when given empty lists", function()
+  it("creates a session without health checks when given empty lists", run(function()
     local id = assert(c.session:create { checks = {}, node_checks = {} })
     local e = assert(c.session:info(id))
     assert.are.equal(0, #(e.node_checks or {}) + #(e.checks or {}))
     assert.are.equal("release", e.behavior)
     assert.are.equal(15, e.lock_delay)
     assert(c.session:destroy(id))
-  end)
+  end))
 
-  it("blocks on the session list until it changes", function()
+  it("blocks on the session list until it changes", run(function()
     local _, meta = assert(c.session:list())
     local id
     local t = coord.spawn(function() id = assert(c.session:create { name = "later" }) end)
@@ -58,16 +65,16 @@ describe("coord.consul.session", function()
     assert.is_true(m.index > meta.index)
     assert.is_truthy(ids(list)[id])
     assert(c.session:destroy(id))
-  end)
+  end))
 
-  it("raises on bad arguments", function()
+  it("raises on bad arguments", run(function()
     assert.has_error(function() c.session:create("x") end, "bad argument #1 to 'create' (table or nil expected, got string)")
     assert.has_error(function() c.session:renew(nil) end, "bad argument #1 to 'renew' (string expected, got nil)")
     assert.has_error(function() c.session:create { ttl = "15s" } end)
     assert.has_error(function() c.session:node(1) end)
-  end)
+  end))
 
-  it("keeps a session alive until closed, then destroys it", function()
+  it("keeps a session alive until closed, then destroys it", run(function()
     local s = assert(c.session:open { name = "kept", ttl = 10 })
     assert.is_truthy(c.session:info(s.id))
     assert.is_nil(s.lost)
@@ -80,18 +87,18 @@ describe("coord.consul.session", function()
       s = s2
     end
     assert.is_nil(c.session:info(s.id))
-  end)
+  end))
 
-  it("reports a self-renewing session lost when it vanishes", function()
+  it("reports a self-renewing session lost when it vanishes", run(function()
     local seen
     local s = assert(c.session:open { ttl = 10, on_lost = function(err, obj) seen = { err, obj } end })
     assert(c.session:destroy(s.id))
     -- the next renewal (after TTL/2) gets a 404
-    local err = coord.run(function() return coord.timeout(8, s.wait_lost, s) end)
+    local err = coord.timeout(8, s.wait_lost, s)
     assert.are.equal("lost", err.kind)
     assert.are.equal(err, s.lost)
     assert.are.same({ err, s }, seen)
     assert.are.equal(err, s:wait_lost())
     assert.is_true(s:close())
-  end)
+  end))
 end)
