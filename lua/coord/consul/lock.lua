@@ -15,7 +15,7 @@ local WAIT = 15         -- seconds one blocking read waits while the lock is tak
 local RETRY = 5         -- pause after an acquire refused by a lock-delay
 local MONITOR_WAIT = 60 -- seconds one blocking read of the monitor waits
 
-local function check_args(client, key, opts, fname)
+local function check_args(key, opts, fname)
   if type(key) ~= "string" then
     error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(key)), 3)
   end
@@ -25,7 +25,7 @@ local function check_args(client, key, opts, fname)
   if opts and opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
     error(("bad argument #2 to '%s' (timeout: non-negative number expected)"):format(fname), 3)
   end
-  return client, key, opts or {}
+  return opts or {}
 end
 
 local Lock = { __name = "coord.consul.lock" }
@@ -78,7 +78,7 @@ end
 --- lock_delay, session_name, on_lost(err, lock), token, dc. Returns the held lock or nil, err
 --- (kinds: "timeout", "conflict" when the key is not a lock key, or the request's error).
 function M.lock(client, key, opts)
-  client, key, opts = check_args(client, key, opts, "lock")
+  opts = check_args(key, opts, "lock")
   local l = setmetatable({ client = client, key = key, value = opts.value or "", on_lost = opts.on_lost,
     what = "lock " .. key }, Lock)
   local ok, err = session.hold(client, l, opts, { name = "Consul API Lock" })
@@ -129,7 +129,7 @@ Election.__index = Election
 --- An election on key: campaign() to become leader, leader() / observe() to learn who is,
 --- resign() to step down. opts are the lock's options for campaign().
 function M.election(client, key, opts)
-  client, key, opts = check_args(client, key, opts, "election")
+  opts = check_args(key, opts, "election")
   return setmetatable({ client = client, key = key, opts = opts }, Election)
 end
 

@@ -125,11 +125,12 @@ function Semaphore:acquire(opts)
   local kv = self.client.kv
   self.contender = self.prefix .. "/" .. self.session
   ok, err = kv:put(self.contender, self.opts.value or "", { acquire = self.session, flags = M.FLAG })
+  if ok == false then err = errors.new("conflict", "could not take contender key " .. self.contender) end
   if ok then ok, err = take_slot(self, timeout) end
   if not ok then
     kv:delete(self.contender)
     session.drop(self)
-    return nil, err or errors.new("conflict", "could not make contender entry " .. self.contender)
+    return nil, err
   end
   self.held = true
   self.monitor = session.background(session.monitor, self, still_holder(self))

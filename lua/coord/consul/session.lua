@@ -43,7 +43,9 @@ end
 M.duration = duration
 
 ---------------------------------------------------------------------------------------------
--- the "lost" signal shared by self-renewing sessions, locks and semaphores
+-- the "lost" signal shared by self-renewing sessions, locks and semaphores (the helpers
+-- from here to "the endpoints", and hold/drop/left below, are for coord.consul.lock and
+-- coord.consul.semaphore, not a public API)
 
 --- Marks obj lost with err (once): sets obj.lost, wakes obj:wait_lost() callers and calls
 --- obj.on_lost(err, obj) if set (its errors go to the coroutine error handler).
