@@ -21,9 +21,13 @@ M.bin = {
   consul = top .. "/.deps/consul-1.8/consul",
 }
 
+-- Commands and servers run without the suite's LD_PRELOAD (make asan preloads libasan, whose
+-- leak reports at exit would land in the output of ss, openssl, ...).
+local clean_env = "unset LD_PRELOAD; "
+
 --- Runs a shell command; returns ok, output (stdout and stderr together).
 function M.sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
+  local p = assert(io.popen(clean_env .. cmd .. " 2>&1"))
   local out = p:read("a")
   local ok = p:close()
   return ok == true, out
@@ -66,7 +70,7 @@ Proc.__index = Proc
 --- Starts `cmd` (a shell command line, exec'd so its pid is the server's) with output to
 --- `log`. Returns a process with pid, stop(), kill(), alive().
 function M.spawn(cmd, log)
-  local p = assert(io.popen("echo $$; exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
+  local p = assert(io.popen("echo $$; " .. clean_env .. "exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
   local pid = assert(tonumber(p:read("l")), "spawn: no pid")
   return setmetatable({ pid = pid, p = p, log = log }, Proc)
 end
@@ -288,6 +292,9 @@ local function consul_start(self)
     hcl[#hcl + 1] = ('ca_file = "%s"\ncert_file = "%s"\nkey_file = "%s"\nverify_incoming = %s')
       :format(c.ca, c.cert, c.key, o.verify_incoming and "true" or "false")
   end
+  if self.socket then
+    hcl[#hcl + 1] = ('addresses { http = "127.0.0.1 unix://%s" }'):format(self.socket)
+  end
   local f = assert(io.open(self.dir .. "/extra.hcl", "w"))
   f:write(table.concat(hcl, "\n"), "\n")
   f:close()
@@ -321,13 +328,15 @@ end
 
 --- Starts a Consul dev agent and waits until it has a leader. opts: acl (the master token:
 --- ACLs on, default deny), tls = true (HTTPS only, with certificates from M.certs),
---- verify_incoming (require client certificates), args (more agent flags). Returns a
---- server with address ("http://127.0.0.1:P" or https), port, consul(args), restart(), stop().
+--- verify_incoming (require client certificates), unix_socket = true (HTTP also on a Unix
+--- socket, server.socket), args (more agent flags). Returns a server with address
+--- ("http://127.0.0.1:P" or https), port, socket, consul(args), restart(), stop().
 function M.consul(opts)
   opts = opts or {}
   local self = setmetatable({ opts = opts, dir = M.tmpdir(), port = M.free_port(), serf_lan = M.free_port(),
     serf_wan = M.free_port(), server_port = M.free_port() }, Consul)
   if opts.tls then self.certs = M.certs() end
+  if opts.unix_socket then self.socket = self.dir .. "/http.sock" end
   self.address = (self.certs and "https" or "http") .. "://127.0.0.1:" .. self.port
   consul_start(self)
   return self

@@ -2,6 +2,7 @@
 
 local core = require "coord.core"
 local http = require "coord.http"
+local sched = require "coord.sched"
 local sync = require "coord.sync"
 local errors = require "coord.errors"
 
@@ -155,28 +156,26 @@ local function duration(s)
   return ("%dms"):format(math.ceil(s * 1000))
 end
 
+local function add(q, k, v)
+  if v == nil or v == false then return end
+  q[#q + 1] = v == true and k or k .. "=" .. M.escape(tostring(v))
+end
+
 local function build_query(self, method, opts, wait)
   local q = {}
-  local function add(k, v)
-    if v == nil or v == false then return end
-    if v == true then q[#q + 1] = k
-    elseif math.type(v) == "float" then q[#q + 1] = k .. "=" .. M.escape(("%.17g"):format(v))
-    else q[#q + 1] = k .. "=" .. M.escape(tostring(v)) end
-  end
   if opts.query then
-    for k, v in pairs(opts.query) do add(k, v) end
+    for k, v in pairs(opts.query) do add(q, k, v) end
   end
-  add("dc", opts.dc or self.datacenter)
-  add("ns", opts.ns or self.namespace)
-  add("partition", opts.partition or self.partition)
+  add(q, "dc", opts.dc or self.datacenter)
+  add(q, "ns", opts.ns or self.namespace)
+  add(q, "partition", opts.partition or self.partition)
   local consistency = opts.consistency
     or (opts.stale and "stale") or (opts.consistent and "consistent")
     or (method == "GET" and self.consistency)
-  if consistency == "stale" or consistency == "consistent" then add(consistency, true) end
-  if opts.index then add("index", math.max(1, opts.index)) end
-  if opts.hash then add("hash", opts.hash) end
-  if wait then add("wait", duration(wait)) end
-  table.sort(q)
+  if consistency == "stale" or consistency == "consistent" then add(q, consistency, true) end
+  if opts.index then add(q, "index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
+  add(q, "hash", opts.hash)
+  if wait then add(q, "wait", duration(wait)) end
   return q
 end
 
@@ -216,15 +215,29 @@ local function server_error(res, method, url)
   return nil, errors.new("http", text, { status = res.status, method = method, url = url, body = res.body })
 end
 
+-- One exchange, holding a permit of the agent's limit (two for a blocking read) meanwhile.
+local function send(self, req, blocking)
+  local b <close> = blocking and self.limit.blocking:acquire() or nil
+  local permit <close> = self.limit.all:acquire()
+  return http.request(req)
+end
+
+-- Failures worth a retry for a plain read: the connection failed, or the server said so.
+local function transient(res, err)
+  if err then return err.kind == "connect" or err.kind == "closed" end
+  return res.status == 429 or res.status == 500 or res.status == 503
+end
+
 --- Sends one request to the agent. path: "/v1/..." (already escaped). opts: query (params:
 --- string, number or true), body (a string sent raw, or a table sent as JSON), ok (list of
 --- non-2xx statuses to accept), token, dc, consistency/stale/consistent, ns, partition,
 --- index/hash + wait (a blocking query; the deadline becomes wait + wait/16 + timeout),
---- timeout, raw (keep the body as a string). Returns {status, body, meta} or nil, err.
+--- timeout, raw (keep the body as a string), retries (default 2 for a GET that does not
+--- block, else 0). Returns {status, body, meta} or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
-  local wait = opts.wait
-  if not wait and (opts.index or opts.hash) then wait = 300 end
+  local blocking = opts.index or opts.hash
+  local wait = opts.wait or (blocking and 300) or nil
   local q = build_query(self, method, opts, wait)
   local url = self.base .. path .. (#q > 0 and "?" .. table.concat(q, "&") or "")
   local body = opts.body
@@ -233,13 +246,18 @@ function Client:_call(method, path, opts)
   if token == nil then token = self.token end
   local timeout = opts.timeout or self.timeout
   if wait then timeout = wait + wait / 16 + timeout end
-  local blocking <close> = wait and self.limit.blocking:acquire() or nil
-  local permit <close> = self.limit.all:acquire()
-  local res, err = http.request {
+  local req = {
     method = method, url = url, body = body, timeout = timeout, tls = self.tls,
     unix_socket = self.unix_socket,
     headers = token and token ~= "" and { ["X-Consul-Token"] = token } or nil,
   }
+  local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
+  local res, err
+  for attempt = 0, retries do
+    res, err = send(self, req, blocking)
+    if attempt == retries or not transient(res, err) or (res and accepted(opts.ok, res.status)) then break end
+    sched.sleep(0.05 * 2 ^ attempt * (1 + math.random()))
+  end
   if not res then return nil, err end
   if not accepted(opts.ok, res.status) then return server_error(res, method, url) end
   local out = { status = res.status, meta = meta_of(res) }
@@ -262,8 +280,35 @@ function M.call_opts(opts, query)
   return {
     query = query, token = opts.token, dc = opts.dc, consistency = opts.consistency,
     stale = opts.stale, consistent = opts.consistent, ns = opts.ns, partition = opts.partition,
-    index = opts.index, hash = opts.hash, wait = opts.wait, timeout = opts.timeout,
+    index = opts.index, hash = opts.hash, wait = opts.wait, timeout = opts.timeout, retries = opts.retries,
   }
+end
+
+--- A query table of the fields of opts named in names (a list).
+function M.pick(opts, names)
+  local q = {}
+  for _, k in ipairs(names) do q[k] = opts[k] end
+  return q
+end
+
+--- GET path; returns the decoded body (nil for a status listed in ok) and the meta.
+function Client:_get(path, opts, query, ok)
+  local o = M.call_opts(opts or {}, query)
+  o.ok = ok
+  local res, err = self:_call("GET", path, o)
+  if not res then return nil, err end
+  if res.status >= 300 then return nil, res.meta end
+  return res.body, res.meta
+end
+
+--- A write (PUT unless method is given); returns the decoded body (true when empty) and the meta.
+function Client:_put(path, body, opts, query, method)
+  local o = M.call_opts(opts or {}, query)
+  o.body = body
+  local res, err = self:_call(method or "PUT", path, o)
+  if not res then return nil, err end
+  if res.body == nil then return true, res.meta end
+  return res.body, res.meta
 end
 
 -- A JSON null or absent field read as nil.

@@ -14,9 +14,15 @@ end
 
 local call_opts, check_opts, value = consul.call_opts, consul.check_opts, consul.value
 
+-- Consul's HTTP router redirects a path with an empty, "." or ".." segment to its cleaned
+-- form (and libcurl would squash dot segments first): such keys cannot be addressed in a
+-- URL, only in a transaction's body.
 local function check_key(key, fname)
   if type(key) ~= "string" then
     error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(key) .. ")", 3)
+  end
+  if ("/" .. key):find("//", 1, true) or ("/" .. key .. "/"):find("/%.%.?/") then
+    error("bad argument #1 to '" .. fname .. "' (key with an empty, '.' or '..' segment: Consul's HTTP API cannot address it, use consul.txn)", 3)
   end
 end
 

@@ -1,0 +1,40 @@
+-- coord.consul.health: health information (/v1/health): service instances, checks, node, state.
+
+local consul = require "coord.consul"
+
+local M = {}
+
+local Health = { __name = "coord.consul.health" }
+Health.__index = Health
+
+function M.new(client)
+  return setmetatable({ client = client }, Health)
+end
+
+local check_opts, escape, pick = consul.check_opts, consul.escape, consul.pick
+
+-- Every call takes one name and returns a list; all support blocking (index + wait) and filter.
+local function read(fname, base, names)
+  return function(self, name, opts)
+    if type(name) ~= "string" then
+      error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(name)), 2)
+    end
+    opts = check_opts(opts, fname, 2)
+    return self.client:_get(base .. escape(name), opts, pick(opts, names))
+  end
+end
+
+--- The instances of a service with their node and checks ({Node, Service, Checks}).
+--- opts: passing (only instances whose checks all pass), tag, near, node_meta, filter.
+Health.service = read("service", "/v1/health/service/", { "passing", "tag", "near", "node_meta", "filter" })
+
+--- The checks of a service. opts: near, node_meta, filter.
+Health.checks = read("checks", "/v1/health/checks/", { "near", "node_meta", "filter" })
+
+--- The checks of a node. opts: filter.
+Health.node = read("node", "/v1/health/node/", { "filter" })
+
+--- The checks in a state ("any", "passing", "warning", "critical"). opts: near, node_meta, filter.
+Health.state = read("state", "/v1/health/state/", { "near", "node_meta", "filter" })
+
+return M

@@ -1,0 +1,322 @@
+-- coord.consul.watch: blocking-query loops: the watch iterator, and one prefix query shared by
+-- many key watches.
+--
+-- A poller runs one blocking read after another by Consul's three rules: an index that goes
+-- backwards is reset to 0 (the next read returns at once), an index below 1 is sent as 1, and
+-- reads are taken from a token bucket (`rate` per second, `burst` at most), so a value that
+-- changes all the time cannot make the loop hammer the agent. Network errors, 5xx and 429 are
+-- retried with exponential backoff and jitter; other errors end the watch (watch.error).
+--
+-- Shared prefix queries: a client keeps a registry of prefix queries keyed by prefix and the
+-- options that change the answer (token, dc, consistency, ns, partition). A key watch made with
+-- `share` joins the query of its prefix (starting it for the first watcher), takes the entry of
+-- its own key from each answer and wakes only when that entry changed. The query stops when its
+-- last watcher closes. So W key watches under one prefix cost one connection, not W.
+
+local coord = require "coord"
+local sched = require "coord.sched"
+local errors = require "coord.errors"
+
+local M = {}
+
+local function same(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  for k, v in pairs(a) do
+    if not same(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+---------------------------------------------------------------------------------------------
+-- jobs: a function run in its own task, so that another coroutine can abandon it
+
+local function abandon(job)
+  job.abandoned = true
+  if job.running then
+    job.running = false
+    job.task:cancel()
+  end
+end
+
+-- Starts fn() in a task; done(...) gets its results unless the job is abandoned first.
+local function start(fn, done)
+  local job = {}
+  job.task = coord.spawn(function()
+    if job.abandoned then return end
+    job.running = true
+    local function finish(...)
+      job.running = false
+      if done then done(...) end
+    end
+    finish(fn())
+  end)
+  return job
+end
+
+-- Runs fn() as a job and waits for its results; self:close() (or closing the waiting
+-- coroutine) abandons it and the wait returns nothing.
+local function run(self, fn)
+  local job
+  local w = sched.waiter(function() abandon(job) end)
+  job = start(fn, function(a, b) sched.wake(w, a, b) end)
+  self.job, self.w = job, w
+  local a, b = sched.wait(w)
+  self.job, self.w = nil, nil
+  return a, b
+end
+
+---------------------------------------------------------------------------------------------
+-- the poller
+
+local function poller(fetch, opts)
+  local rate, burst = opts.rate or 1, opts.burst or 5
+  return { fetch = fetch, opts = opts, index = 0, hash = nil, wait = opts.wait or 300,
+    rate = rate, burst = burst, tokens = burst, stamp = coord.now(), delay = 0, requests = 0 }
+end
+
+-- Takes a token from the bucket, sleeping until there is one.
+local function take(p)
+  local now = coord.now()
+  p.tokens = math.min(p.burst, p.tokens + (now - p.stamp) * p.rate)
+  p.stamp = now
+  if p.tokens < 1 then
+    coord.sleep((1 - p.tokens) / p.rate)
+    p.tokens, p.stamp = 1, coord.now()
+  end
+  p.tokens = p.tokens - 1
+end
+
+local function retryable(err)
+  return err.kind ~= "http" or err.status == 429 or err.status >= 500
+end
+
+-- Exponential backoff with jitter: half the delay fixed, half random.
+local function backoff(p)
+  p.delay = math.min(p.opts.max_backoff or 30, p.delay > 0 and p.delay * 2 or (p.opts.min_backoff or 0.1))
+  coord.sleep(p.delay / 2 + math.random() * p.delay / 2)
+end
+
+-- One successful read (false for an absent value) and its meta; or nil, err for an error
+-- that retrying cannot fix.
+local function poll(p)
+  while true do
+    take(p)
+    p.requests = p.requests + 1
+    local o = { wait = p.wait, retries = 0 } -- the loop backs off itself
+    if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
+    local v, meta = p.fetch(o)
+    if v == nil and errors.is(meta) then
+      if not retryable(meta) then return nil, meta end
+      backoff(p)
+    else
+      p.delay = 0
+      local index = meta and meta.index or 0
+      -- indexes are uint64: compared unsigned (event list indexes pass 2^63)
+      if math.ult(index, p.index) then p.index = 0 else p.index = index ~= 0 and index or 1 end
+      p.hash = meta and meta.content_hash
+      if v == nil then v = false end
+      return v, meta
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- the watch iterator
+
+local Watch = { __name = "coord.consul.watch" }
+Watch.__index = Watch
+
+-- Delivers v unless it equals the last value delivered.
+local function changed(self, v)
+  if self.delivered and same(v, self.last) then return false end
+  self.delivered, self.last = true, v
+  return true
+end
+
+--- The next changed value and its meta; nil when closed or failed (see watch.error).
+function Watch:next()
+  while not self.closed do
+    local v, meta = run(self, function() return poll(self.p) end)
+    if self.closed then return nil end
+    if v == nil then
+      self.error = meta
+      return nil
+    end
+    if changed(self, v) then return v, meta end
+  end
+  return nil
+end
+
+function Watch:__call()
+  return self:next()
+end
+
+--- Stops the watch: a read in progress is abandoned and the loop ends.
+function Watch:close()
+  if self.closed then return end
+  self.closed = true
+  if self.job then
+    abandon(self.job)
+    sched.wake(self.w)
+  end
+end
+Watch.__close = Watch.close
+
+--- The number of reads sent so far.
+function Watch:requests()
+  return self.p.requests
+end
+
+local function check_rate(opts)
+  for _, k in ipairs { "rate", "burst", "wait" } do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or v <= 0) then
+      error("bad option '" .. k .. "' to 'watch' (positive number expected, got " .. tostring(v) .. ")", 4)
+    end
+  end
+end
+
+local function merge(opts, o)
+  local m = {}
+  for k, v in pairs(opts) do m[k] = v end
+  for k, v in pairs(o) do m[k] = v end
+  return m
+end
+
+local function iterator(w)
+  return w, nil, nil, w
+end
+
+local function new_watch(read, opts)
+  local w = setmetatable({}, Watch)
+  w.p = poller(function(o) return read(merge(opts, o)) end, opts)
+  return iterator(w)
+end
+
+--- A watch over any blocking read: fn(opts) gets opts with index/hash/wait added.
+function M.new(_, fn, opts)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'watch' (function expected, got " .. type(fn) .. ")", 3)
+  end
+  opts = opts or {}
+  check_rate(opts)
+  return new_watch(fn, opts)
+end
+
+---------------------------------------------------------------------------------------------
+-- shared prefix queries
+
+local Sub = { __name = "coord.consul.shared_watch" }
+Sub.__index = Sub
+
+local function group_key(prefix, opts)
+  local parts = { prefix }
+  for i, k in ipairs { "token", "dc", "consistency", "stale", "consistent", "ns", "partition" } do
+    parts[i + 1] = tostring(opts[k])
+  end
+  return table.concat(parts, "\0")
+end
+
+-- The group's loop: one blocking list of the prefix after another, each answer handed to
+-- the watchers that wait.
+local function group_loop(g)
+  while true do
+    local list, meta = poll(g.p)
+    if list == nil then
+      g.error = meta
+      if g.registry[g.key] == g then g.registry[g.key] = nil end
+    else
+      local byk = {}
+      for _, e in ipairs(list) do byk[e.key] = e end
+      g.entries, g.meta = byk, meta
+      g.version = g.version + 1
+    end
+    for sub in pairs(g.subs) do
+      if sub.w then sched.wake(sub.w) end
+    end
+    if list == nil then return end
+  end
+end
+
+local function join(kv, prefix, opts)
+  local registry = kv.client._shared
+  local key = group_key(prefix, opts)
+  local g = registry[key]
+  if not g then
+    g = { subs = {}, n = 0, version = 0, registry = registry, key = key }
+    g.p = poller(function(o) return kv:list(prefix, merge(opts, o)) end, opts)
+    g.job = start(function() group_loop(g) end)
+    registry[key] = g
+  end
+  return g
+end
+
+--- The next change of this key's entry (false when absent) and the meta of the prefix read.
+function Sub:next()
+  local g = self.g
+  while not self.closed do
+    if g.version > self.seen then
+      self.seen = g.version
+      local v = g.entries[self.key] or false
+      if changed(self, v) then return v, g.meta end
+    elseif g.error then
+      self.error = g.error
+      return nil
+    else
+      self.w = sched.waiter(function(w) if self.w == w then self.w = nil end end)
+      sched.wait(self.w)
+      self.w = nil
+    end
+  end
+  return nil
+end
+
+Sub.__call = Sub.next
+
+--- Leaves the shared query (stopping it when this was its last watcher).
+function Sub:close()
+  if self.closed then return end
+  self.closed = true
+  local g = self.g
+  g.subs[self] = nil
+  g.n = g.n - 1
+  if g.n == 0 then
+    abandon(g.job)
+    if g.registry[g.key] == g then g.registry[g.key] = nil end
+  end
+  if self.w then sched.wake(self.w) end
+end
+Sub.__close = Sub.close
+
+function Sub:requests()
+  return self.g.p.requests
+end
+
+--- kv:watch(key, opts): the key's entry (false when absent), or with recurse = true the
+--- entries under the prefix; with share (a prefix of key, or true for the key's parent
+--- "directory"), the key's entry taken from a prefix query shared with other watches.
+function M.kv(kv, key, opts)
+  check_rate(opts)
+  local share = opts.share
+  if share then
+    if share == true then share = key:match("^(.*/)") or "" end
+    if type(share) ~= "string" or key:sub(1, #share) ~= share then
+      error("bad option 'share' to 'watch' (a prefix of the key expected, got " .. tostring(share) .. ")", 3)
+    end
+    local o = merge(opts, {})
+    o.share, o.recurse = nil, nil
+    local g = join(kv, share, o)
+    local sub = setmetatable({ g = g, key = key, seen = 0 }, Sub)
+    g.subs[sub] = true
+    g.n = g.n + 1
+    return iterator(sub)
+  end
+  local read = opts.recurse and kv.list or kv.get
+  return new_watch(function(o) return read(kv, key, o) end, opts)
+end
+
+return M
