@@ -161,8 +161,6 @@ local function entry(e)
 end
 M.entry = entry
 
-local call_opts = consul.call_opts
-
 local function check_ttl(v, i, fname, what)
   if v ~= nil and (type(v) ~= "number" or v < 0) then
     error(("bad argument #%d to '%s' (%s: non-negative number of seconds expected, got %s)")
@@ -186,11 +184,9 @@ function Sessions:create(opts)
     NodeChecks = opts.node_checks and array(opts.node_checks),
     ServiceChecks = opts.service_checks and array(opts.service_checks),
   }
-  local o = call_opts(opts)
-  o.body = body
-  local res, err = self.client:_call("PUT", "/v1/session/create", o)
-  if not res then return nil, err end
-  return res.body.ID, res.meta
+  local res, meta = self.client:_put("/v1/session/create", body, opts)
+  if not res then return nil, meta end
+  return res.ID, meta
 end
 
 --- Renews a session's TTL. Returns the session entry (its ttl may have been raised by the
@@ -198,7 +194,7 @@ end
 function Sessions:renew(id, opts)
   check(id, "string", 1, "renew")
   opts = check_opts(opts, "renew", 2)
-  local o = call_opts(opts)
+  local o = consul.call_opts(opts)
   o.ok, o.raw = { 404 }, true -- the 404 body is plain text
   local res, err = self.client:_call("PUT", "/v1/session/renew/" .. id, o)
   if not res then return nil, err end
@@ -215,18 +211,18 @@ end
 function Sessions:destroy(id, opts)
   check(id, "string", 1, "destroy")
   opts = check_opts(opts, "destroy", 2)
-  local res, err = self.client:_call("PUT", "/v1/session/destroy/" .. id, call_opts(opts))
-  if not res then return nil, err end
-  return true, res.meta
+  local ok, meta = self.client:_put("/v1/session/destroy/" .. id, nil, opts)
+  if not ok then return nil, meta end
+  return true, meta
 end
 
 -- GET a list of sessions, blocking when opts.index is given.
 local function query(self, path, opts)
-  local res, err = self.client:_call("GET", path, call_opts(opts))
-  if not res then return nil, err end
+  local list, meta = self.client:_get(path, opts)
+  if not list then return nil, meta end
   local out = {}
-  for i, e in ipairs(type(res.body) == "table" and res.body or {}) do out[i] = entry(e) end
-  return out, res.meta
+  for i, e in ipairs(type(list) == "table" and list or {}) do out[i] = entry(e) end -- null: none
+  return out, meta
 end
 
 --- The session's entry, or nil when it does not exist; and meta. opts: index, wait, stale,
