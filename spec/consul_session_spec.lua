@@ -89,6 +89,25 @@ describe("coord.consul.session", function()
     assert.is_nil(c.session:info(s.id))
   end))
 
+  it("retries renewal for a whole TTL when the agent is gone, then reports the session and its lock lost", run(function()
+    local other <close> = servers.consul {}
+    other:wait_node()
+    local c2 = consul_mod.new { address = other.address, retries = 0 }
+    local s = assert(c2.session:open { ttl = 10 })
+    local l = assert(c2:lock("gone/.lock", { ttl = 10 }))
+    local t0 = coord.now()
+    other:stop()
+    local err = coord.timeout(20, s.wait_lost, s)
+    local waited = coord.now() - t0
+    assert.are.equal("lost", err.kind)
+    assert.are.equal("connect", err.cause.kind)
+    assert.is_true(waited > 9 and waited < 13, "lost after " .. waited .. " s")
+    err = coord.timeout(5, l.wait_lost, l)
+    assert.are.equal("lost", err.kind)
+    s:close()
+    l:unlock()
+  end))
+
   it("reports a self-renewing session lost when it vanishes", run(function()
     local seen
     local s = assert(c.session:open { ttl = 10, on_lost = function(err, obj) seen = { err, obj } end })
