@@ -37,12 +37,13 @@ Lock.wait_lost = session.wait_lost
 local function acquire(l, timeout)
   local kv = l.client.kv
   local deadline = timeout and core.now() + timeout
-  local index, refused
+  local index, refused, tries = nil, false, 0
   while true do
     local left = session.left(deadline)
-    if left <= 0 then
+    if left <= 0 and tries > 0 then -- timeout = 0: one try
       return nil, errors.new("timeout", ("lock %s not acquired within %g s"):format(l.key, timeout))
     end
+    tries = tries + 1
     local e, meta = kv:get(l.key, { index = index, wait = index and math.min(WAIT, left) })
     if errors.is(meta) then return nil, meta end
     if e and e.flags ~= M.FLAG then

@@ -82,12 +82,13 @@ end
 -- Waits for a free slot and takes it by adding our session to the holders (CAS).
 local function take_slot(s, timeout)
   local deadline = timeout and core.now() + timeout
-  local index
+  local index, tries = nil, 0
   while true do
     local left = session.left(deadline)
-    if left <= 0 then
+    if left <= 0 and tries > 0 then -- timeout = 0: one try
       return nil, errors.new("timeout", ("no slot of %s free within %g s"):format(s.prefix, timeout))
     end
+    tries = tries + 1
     local st, meta = read_state(s, { index = index, wait = index and math.min(WAIT, left) })
     if not st then return nil, meta end
     local holders = st.lock.Holders
