@@ -348,6 +348,16 @@ function M.consul(opts)
   return self
 end
 
+--- Waits until the agent has registered its own node in the catalog: until then, creating
+--- a session fails with "500 Missing node registration".
+function Consul:wait_node()
+  M.until_true("consul node registration", function()
+    local res = http.get(self.address .. "/v1/catalog/node/coord-test", { timeout = 2,
+      headers = self.opts.acl and { ["X-Consul-Token"] = self.opts.acl } or nil, tls = self:client_tls() })
+    return res and res.status == 200 and res.body:find('"Node"', 1, true) ~= nil
+  end, 60, self.proc)
+end
+
 --- The consul CLI against this agent (CONSUL_HTTP_ADDR and the master token set).
 function Consul:cli_cmd()
   local env = "CONSUL_HTTP_ADDR=" .. sh_quote(self.address)

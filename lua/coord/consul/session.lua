@@ -1,0 +1,337 @@
+-- coord.consul.session: Consul sessions (create, renew, destroy, info, list, node) and a
+-- session that renews itself until it is closed; also the "lost" signal locks share.
+
+local sched = require "coord.sched"
+local core = require "coord.core"
+local errors = require "coord.errors"
+local consul = require "coord.consul"
+
+local M = {}
+
+local now = core.now
+
+local function check(v, want, i, fname)
+  if type(v) ~= want then
+    error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, want, type(v)), 3)
+  end
+end
+
+local check_opts = consul.check_opts
+
+---------------------------------------------------------------------------------------------
+-- durations: seconds (floats) on the Lua side, Go duration strings on the wire
+
+local units = { ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 }
+
+--- Seconds in a Go duration string ("15s", "1m30s", "150ms"); nil for "" or garbage.
+function M.parse_duration(s)
+  if type(s) ~= "string" or s == "" then return nil end
+  local total, rest = 0, s
+  while rest ~= "" do
+    local num, unit, tail = rest:match("^([%d%.]+)([^%d%.]+)(.*)$")
+    if not num or not units[unit] or not tonumber(num) then return nil end
+    total, rest = total + tonumber(num) * units[unit], tail
+  end
+  return total
+end
+
+-- "15s" for whole seconds, else milliseconds ("10500ms"), which Consul and Go both parse.
+local function duration(s)
+  if s == math.floor(s) then return ("%ds"):format(s) end
+  return ("%dms"):format(math.floor(s * 1000 + 0.5))
+end
+M.duration = duration
+
+---------------------------------------------------------------------------------------------
+-- the "lost" signal shared by self-renewing sessions, locks and semaphores (the helpers
+-- from here to "the endpoints", and hold/drop/left below, are for coord.consul.lock and
+-- coord.consul.semaphore, not a public API)
+
+--- Marks obj lost with err (once): sets obj.lost, wakes obj:wait_lost() callers and calls
+--- obj.on_lost(err, obj) if set (its errors go to the coroutine error handler).
+function M.lose(obj, err)
+  if obj.lost or obj.ended then return end
+  obj.lost = err
+  M.stop_task(obj.monitor)
+  M.finish(obj)
+  if obj.on_lost then obj.on_lost(err, obj) end
+end
+
+-- Ends obj's life (lost or released): wakes everyone in wait_lost.
+function M.finish(obj)
+  obj.ended = true
+  local ws = obj.lost_waiters or {}
+  obj.lost_waiters = nil
+  for _, w in ipairs(ws) do sched.wake(w) end
+end
+
+--- Waits until obj is lost (returns the "lost" error) or released (returns nil).
+function M.wait_lost(obj)
+  if not obj.ended then
+    local w = sched.waiter(function(w)
+      for i, x in ipairs(obj.lost_waiters or {}) do
+        if x == w then table.remove(obj.lost_waiters, i) break end
+      end
+    end)
+    obj.lost_waiters = obj.lost_waiters or {}
+    obj.lost_waiters[#obj.lost_waiters + 1] = w
+    sched.wait(w)
+  end
+  return obj.lost
+end
+
+--- Starts fn(...) in a background task that stop_task can stop, also before it started.
+function M.background(fn, ...)
+  local t
+  t = sched.spawn(function(...)
+    if t.stopped then return end
+    t.started = true
+    return fn(...)
+  end, ...)
+  return t
+end
+
+--- Stops a background task: cancels it if it is waiting, else it ends before it starts.
+--- (Canceling a task that has not started yet would leave the scheduler resuming a closed
+--- coroutine.) A task cannot cancel itself: it just returns later.
+function M.stop_task(t)
+  if not t then return end
+  t.stopped = true
+  if t.started and t:status() == "waiting" then t:cancel() end
+end
+
+--- The index for the next blocking read: reset when it went backwards, never below 1.
+function M.next_index(old, new)
+  if math.type(new) ~= "integer" then return nil end
+  if old and new < old then return nil end
+  return math.max(new, 1)
+end
+
+--- Watches that obj (a lock or semaphore slot) is still held, until it is lost. read(index)
+--- does one blocking read and returns held (boolean) and the meta table, or nil, err.
+--- Read errors are retried every second; after a whole TTL (obj.ttl) without a successful
+--- read the slot is reported lost too, as its session has likely expired by then.
+function M.monitor(obj, read)
+  local index, last = nil, now()
+  while true do
+    local held, meta = read(index)
+    if held then
+      index, last = M.next_index(index, meta.index), now()
+    elseif held == false then
+      return M.lose(obj, errors.new("lost", obj.what .. " is no longer held"))
+    elseif now() - last >= obj.ttl then
+      return M.lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(meta),
+        { cause = meta }))
+    else
+      index = nil
+      sched.sleep(1)
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- the endpoints
+
+local Sessions = { __name = "coord.consul.sessions" }
+Sessions.__index = Sessions
+
+function M.new(client)
+  return setmetatable({ client = client }, Sessions)
+end
+
+-- A Lua array for the JSON encoder, also when empty (Consul reads [] as "no checks").
+local function array(t)
+  local a = setmetatable({}, { __jsontype = "array" })
+  for i, v in ipairs(t) do a[i] = v end
+  return a
+end
+
+-- Session JSON -> plain table with seconds.
+local function entry(e)
+  if type(e) ~= "table" then return nil end
+  local delay = e.LockDelay
+  return {
+    id = e.ID, name = e.Name, node = e.Node, behavior = e.Behavior,
+    ttl = M.parse_duration(e.TTL),
+    lock_delay = math.type(delay) == "integer" and delay / 1e9 or M.parse_duration(delay),
+    checks = consul.value(e.Checks), node_checks = consul.value(e.NodeChecks),
+    service_checks = consul.value(e.ServiceChecks),
+    create_index = e.CreateIndex, modify_index = e.ModifyIndex,
+  }
+end
+M.entry = entry
+
+local function check_ttl(v, i, fname, what)
+  if v ~= nil and (type(v) ~= "number" or v < 0) then
+    error(("bad argument #%d to '%s' (%s: non-negative number of seconds expected, got %s)")
+      :format(i, fname, what, tostring(v)), 3)
+  end
+end
+
+--- Creates a session. opts: name, ttl (seconds, 10..86400), lock_delay (seconds; Consul's
+--- default 15), behavior ("release" or "delete"), checks, node_checks, service_checks
+--- (lists; an empty list means none, not even serfHealth), node, dc, token.
+--- Returns the session ID and the meta table.
+function Sessions:create(opts)
+  opts = check_opts(opts, "create", 1)
+  check_ttl(opts.ttl, 1, "create", "ttl")
+  check_ttl(opts.lock_delay, 1, "create", "lock_delay")
+  local body = {
+    Name = opts.name, Node = opts.node, Behavior = opts.behavior,
+    TTL = opts.ttl and duration(opts.ttl),
+    LockDelay = opts.lock_delay and duration(opts.lock_delay),
+    Checks = opts.checks and array(opts.checks),
+    NodeChecks = opts.node_checks and array(opts.node_checks),
+    ServiceChecks = opts.service_checks and array(opts.service_checks),
+  }
+  local res, meta = self.client:_put("/v1/session/create", body, opts)
+  if not res then return nil, meta end
+  return res.ID, meta
+end
+
+--- Renews a session's TTL. Returns the session entry (its ttl may have been raised by the
+--- server) and meta, or nil and a "lost" error (status 404) when it no longer exists.
+function Sessions:renew(id, opts)
+  check(id, "string", 1, "renew")
+  opts = check_opts(opts, "renew", 2)
+  local o = consul.call_opts(opts)
+  o.ok, o.raw = { 404 }, true -- the 404 body is plain text
+  local res, err = self.client:_call("PUT", "/v1/session/renew/" .. id, o)
+  if not res then return nil, err end
+  local list = res.status == 200 and core.json_decode(res.body or "")
+  local e = type(list) == "table" and entry(list[1])
+  if not e then
+    return nil, errors.new("lost", "session " .. id .. " expired or was destroyed", { status = res.status })
+  end
+  return e, res.meta
+end
+
+--- Destroys a session (its locks are released or deleted per its behavior). Returns true
+--- and meta; destroying an unknown session also succeeds.
+function Sessions:destroy(id, opts)
+  check(id, "string", 1, "destroy")
+  opts = check_opts(opts, "destroy", 2)
+  local ok, meta = self.client:_put("/v1/session/destroy/" .. id, nil, opts)
+  if not ok then return nil, meta end
+  return true, meta
+end
+
+-- GET a list of sessions, blocking when opts.index is given.
+local function query(self, path, opts)
+  local list, meta = self.client:_get(path, opts)
+  if not list then return nil, meta end
+  local out = {}
+  for i, e in ipairs(type(list) == "table" and list or {}) do out[i] = entry(e) end -- null: none
+  return out, meta
+end
+
+--- The session's entry, or nil when it does not exist; and meta. opts: index, wait, stale,
+--- consistent, dc, token.
+function Sessions:info(id, opts)
+  check(id, "string", 1, "info")
+  local list, meta = query(self, "/v1/session/info/" .. id, check_opts(opts, "info", 2))
+  if not list then return nil, meta end
+  return list[1], meta
+end
+
+--- All sessions (an array of entries) and meta. opts as for info.
+function Sessions:list(opts)
+  return query(self, "/v1/session/list", check_opts(opts, "list", 1))
+end
+
+--- The sessions of one node and meta. opts as for info.
+function Sessions:node(node, opts)
+  check(node, "string", 1, "node")
+  return query(self, "/v1/session/node/" .. consul.escape(node), check_opts(opts, "node", 2))
+end
+
+---------------------------------------------------------------------------------------------
+-- a session that renews itself
+
+local Session = { __name = "coord.consul.session" }
+Session.__index = Session
+Session.wait_lost = M.wait_lost
+
+-- Renews at TTL/2. After a failure it retries every second until a whole TTL has passed
+-- since the last success; then (or at once on a 404) the session is lost.
+local function keep_alive(s)
+  local last, pause = now(), s.ttl / 2
+  while true do
+    sched.sleep(pause)
+    local left = last + s.ttl - now()
+    local e, err = s.sessions:renew(s.id, { token = s.opts.token, dc = s.opts.dc, timeout = math.max(left, 1) })
+    if e then
+      s.ttl = e.ttl or s.ttl
+      last, pause = now(), s.ttl / 2
+    elseif err.kind == "lost" or now() - last >= s.ttl then
+      if err.kind ~= "lost" then
+        err = errors.new("lost", "session " .. s.id .. " not renewed for its TTL: " .. tostring(err), { cause = err })
+      end
+      return M.lose(s, err)
+    else
+      pause = math.min(1, math.max(last + s.ttl - now(), 0))
+    end
+  end
+end
+
+--- Creates a session (opts as for create; ttl defaults to 15 s) and keeps it alive in a
+--- background coroutine until :close(). opts.on_lost(err, session) is called if renewal
+--- fails. Returns the session object (id, ttl, lost, close, wait_lost) or nil, err.
+function Sessions:open(opts)
+  opts = check_opts(opts, "open", 1)
+  local o = setmetatable({ ttl = opts.ttl or 15 }, { __index = opts })
+  local id, err = self:create(o)
+  if not id then return nil, err end
+  local s = setmetatable({ id = id, ttl = o.ttl, sessions = self, opts = opts, on_lost = opts.on_lost }, Session)
+  s.task = M.background(keep_alive, s)
+  return s
+end
+
+--- Stops renewing and destroys the session. Returns true, or nil, err if the destroy
+--- request failed (the session then expires after its TTL). Closing twice does nothing.
+function Session:close()
+  if self.closed then return true end
+  self.closed = true
+  M.stop_task(self.task)
+  M.finish(self)
+  return self.sessions:destroy(self.id, { token = self.opts.token, dc = self.opts.dc })
+end
+
+function Session:__close()
+  pcall(self.close, self)
+end
+
+--- For locks and semaphores: takes opts.session (an ID the caller keeps alive) or opens a
+--- self-renewing session (opts.ttl, opts.lock_delay, opts.session_name or defaults.name,
+--- defaults.behavior) whose loss marks obj lost. Sets obj.session, obj.keeper, obj.ttl.
+function M.hold(client, obj, opts, defaults)
+  obj.ttl = opts.ttl or 15
+  if opts.session then
+    obj.session = opts.session
+    return true
+  end
+  local keeper, err = M.new(client):open {
+    name = opts.session_name or defaults.name, ttl = obj.ttl, lock_delay = opts.lock_delay,
+    behavior = defaults.behavior, token = opts.token, dc = opts.dc,
+    on_lost = function(e) M.lose(obj, e) end,
+  }
+  if not keeper then return nil, err end
+  obj.session, obj.keeper = keeper.id, keeper
+  return true
+end
+
+--- Ends obj's hold: stops its monitor, wakes wait_lost, closes its own session.
+--- Returns true or nil, err from the session's destroy.
+function M.drop(obj)
+  M.stop_task(obj.monitor)
+  M.finish(obj)
+  if obj.keeper then return obj.keeper:close() end
+  return true
+end
+
+--- The seconds left before deadline (math.huge without one).
+function M.left(deadline)
+  return deadline and deadline - now() or math.huge
+end
+
+return M
