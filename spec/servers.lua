@@ -21,9 +21,13 @@ M.bin = {
   consul = top .. "/.deps/consul-1.8/consul",
 }
 
+-- Children must not inherit the sanitizer runtime the suite may run under (make asan):
+-- LeakSanitizer would report the leaks of `ss`, etcd, etcdctl ... into their output.
+local no_preload = "unset LD_PRELOAD; "
+
 --- Runs a shell command; returns ok, output (stdout and stderr together).
 function M.sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
+  local p = assert(io.popen(no_preload .. cmd .. " 2>&1"))
   local out = p:read("a")
   local ok = p:close()
   return ok == true, out
@@ -66,7 +70,7 @@ Proc.__index = Proc
 --- Starts `cmd` (a shell command line, exec'd so its pid is the server's) with output to
 --- `log`. Returns a process with pid, stop(), kill(), alive().
 function M.spawn(cmd, log)
-  local p = assert(io.popen("echo $$; exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
+  local p = assert(io.popen("echo $$; " .. no_preload .. "exec " .. cmd .. " > " .. sh_quote(log) .. " 2>&1 < /dev/null", "r"))
   local pid = assert(tonumber(p:read("l")), "spawn: no pid")
   return setmetatable({ pid = pid, p = p, log = log }, Proc)
 end
