@@ -86,6 +86,7 @@ function M.new(opts)
     prefix = opts.prefix or "",
     token = nil,
     authing = nil, -- coroutines waiting for the authenticate in flight
+    last_error = nil, -- the last endpoint failure, told when every endpoint is failing
   }, Client)
   if type(self.timeout) ~= "number" then error("bad option 'timeout' to 'new' (number expected)", 2) end
   if type(self.prefix) ~= "string" then error("bad option 'prefix' to 'new' (string expected)", 2) end
@@ -108,7 +109,7 @@ local function pick(self)
       return eps[k]
     end
   end
-  local last = eps[self.cur].last_error
+  local last = self.last_error
   return nil, errors.new("unavailable", "all etcd endpoints are failing" .. (last and ("; last error: " .. tostring(last.message)) or ""),
     { cause = last })
 end
@@ -134,7 +135,7 @@ function Client:_failed(url, err)
       ep.fails = ep.fails + 1
       local delay = math.min(BACKOFF_MAX, BACKOFF_BASE * 2 ^ (ep.fails - 1))
       ep.down_until = now() + delay * (0.5 + math.random() / 2)
-      ep.last_error = err
+      self.last_error = err
       if self.cur == k then self.cur = k % #eps + 1 end
       return
     end

@@ -34,15 +34,10 @@ return function(Client, E)
     local guard <close> = setmetatable({}, { __close = function()
       if not held then E._now_or_later(E._drop, self, lease, keeper) end
     end })
-    local body = { name = b64(self.prefix .. name), lease = tostring(lease) }
-    local j, err
-    for _ = 1, 3 do
-      j, err = self:_post("/v3/lock/lock", body, { timeout = opts.timeout or 0 })
-      -- A lock request whose connection died leaves a handler behind that deletes our
-      -- waiting key (same lease, same key) when it notices; a request sent meanwhile then
-      -- ends with "session is expired" though the lease is alive. Asking again queues anew.
-      if j or not (err.message:find("session is expired", 1, true) and not (keeper and keeper.err)) then break end
-    end
+    -- not re-sent after a broken connection: the first request's handler deletes our
+    -- waiting key when it notices, racing with the second one
+    local j, err = self:_post("/v3/lock/lock", { name = b64(self.prefix .. name), lease = tostring(lease) },
+      { timeout = opts.timeout or 0 })
     if not j then return nil, err end
     held = true
     return setmetatable({
