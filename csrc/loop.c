@@ -83,9 +83,16 @@ void coord_loop_ready(coord_loop *lp, coord_req *r) {
   if (lp->ready_tail) lp->ready_tail->ready_next = r;
   else lp->ready_head = r;
   lp->ready_tail = r;
+  /* a poll in progress must return now rather than wait for more I/O (this can run in the
+     timer phase of uv_run, before it polls) */
+  uv_stop(&lp->uv);
 }
 
-static void on_wake(uv_timer_t *t) { (void)t; }
+/* The wake timer bounds one poll. uv_run(UV_RUN_ONCE) runs due timers before it polls and
+   then polls until the next timer or event; stopping the loop here makes that poll return
+   at once, so a wake that fires first cannot leave the poll sleeping until curl's next
+   timer (seconds away while transfers idle). */
+static void on_wake(uv_timer_t *t) { uv_stop(t->loop); }
 
 /* Applies queued cancellations. Removing an unfinished transfer makes curl close its
    connection, so the peer sees the request abandoned. */
@@ -119,6 +126,7 @@ static int l_poll(lua_State *L) {
   } else {
     if (timeout > 0) {
       double ms = timeout * 1000.0;
+      uv_update_time(&lp->uv); /* count from now, not from the end of the last poll */
       uv_timer_start(&lp->wake_timer, on_wake, ms < 1 ? 1 : ms > 86400000.0 ? 86400000 : (uint64_t)ms, 0);
     }
     uv_run(&lp->uv, UV_RUN_ONCE);

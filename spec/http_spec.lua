@@ -8,6 +8,31 @@ describe("coord.http", function()
   setup(function() peer = helpers.start_peer() end)
   teardown(function() peer.stop() end)
 
+  it("keeps sleeps on time while idle transfers are in flight", function()
+    -- idle transfers leave curl's next timer seconds away; the loop must still wake for
+    -- the coroutines' own timers
+    local late = 0
+    coord.run(function()
+      local stalls = {}
+      for i = 1, 5 do
+        stalls[i] = coord.spawn(function() return http.get(peer.url("/stall?id=late" .. i), { timeout = 0 }) end)
+      end
+      local function sleeper(i)
+        for r = 1, 10 do
+          assert(http.get(peer.url(("/id?n=%d&delay_ms=%d"):format(r, i * 7 % 50))))
+          local t0 = coord.now()
+          coord.sleep(0.3)
+          late = math.max(late, coord.now() - t0 - 0.3)
+        end
+      end
+      local fns = {}
+      for i = 1, 10 do fns[i] = function() sleeper(i) end end
+      coord.gather(table.unpack(fns))
+      for i = 1, 5 do stalls[i]:cancel() end
+    end)
+    assert.is_true(late < 1, ("a sleep was %.2f s late"):format(late))
+  end)
+
   it("GETs a reply with status, lower-cased headers and body", function()
     local res = coord.run(function() return http.get(peer.url("/hello")) end)
     assert.are.equal(200, res.status)

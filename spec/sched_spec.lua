@@ -98,6 +98,13 @@ describe("coord scheduler", function()
     assert.are.equal("timeout", err.kind)
   end)
 
+  it("timeout outside a coroutine returns as soon as fn is done", function()
+    local t = coord.spawn(function() coord.sleep(0.01) return 1 end)
+    local t0 = coord.now()
+    assert.are.same({ true, 1 }, { coord.timeout(5, t.join, t) })
+    assert.is_true(coord.now() - t0 < 2, "returned only when its own timer fired")
+  end)
+
   it("timeout propagates fn's error", function()
     assert.has_error(function()
       coord.run(function() coord.timeout(1, function() error("inner", 0) end) end)

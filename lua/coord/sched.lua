@@ -323,10 +323,11 @@ local function block_for(t)
 end
 
 -- One iteration: resume what is ready, poll I/O for at most `limit` seconds (nil: as long as
--- nothing else is due), fire due timers. Returns the number of requests in flight.
-function tick(limit, flush)
+-- nothing else is due), fire due timers. Returns the number of requests in flight. When
+-- `target` (what the loop is driven for) is done after the resumes, the poll does not block.
+function tick(limit, flush, target)
   run_ready()
-  local t = block_for(limit)
+  local t = (target and target.done) and 0 or block_for(limit)
   if t == nil and inflight() == 0 then t = 0 end
   local n, busy = poll(t, polled, flush)
   for i = 1, n do
@@ -344,7 +345,7 @@ function drive(target)
   driving = true
   local ok, err = pcall(function()
     while not (target and target.done) do
-      local busy = tick(nil, false)
+      local busy = tick(nil, false, target)
       if idle(busy) and not (target and target.done) then
         if not target then return end
         error("coord: deadlock: waiting for something that no coroutine, timer or request can deliver", 0)
