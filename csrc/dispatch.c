@@ -101,29 +101,45 @@ static int l_parse_headers(lua_State *L) {
   return 1;
 }
 
-/* header(raw, name): the value of one header (case-insensitive), repeated values joined
-   with ", ", or nil. Scans the raw block without building a table. */
+#define MAX_HEADER_NAMES 16
+
+/* header(raw, name, ...): for each name (at most 16), the value of that header
+   (case-insensitive), repeated values joined with ", ", or nil. One pass over the raw block
+   without building a table, however many names are asked for (a Consul reply's metadata is
+   six headers). */
 static int l_header(lua_State *L) {
-  size_t n, nn;
+  size_t n;
   const char *p = luaL_checklstring(L, 1, &n), *end = p + n;
-  const char *name = luaL_checklstring(L, 2, &nn);
-  int found = 0;
+  int nnames = lua_gettop(L) - 1;
+  const char *names[MAX_HEADER_NAMES];
+  size_t lens[MAX_HEADER_NAMES];
+  if (nnames < 1) luaL_checklstring(L, 2, NULL); /* raises the usual "string expected" */
+  luaL_argcheck(L, nnames <= MAX_HEADER_NAMES, MAX_HEADER_NAMES + 2, "too many header names");
+  for (int i = 0; i < nnames; i++) names[i] = luaL_checklstring(L, i + 2, &lens[i]);
+  luaL_checkstack(L, nnames + 3, "header names");
+  int first = lua_gettop(L) + 1; /* the results: nil until found */
+  for (int i = 0; i < nnames; i++) lua_pushnil(L);
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     const char *le = eol ? eol : end;
-    if ((size_t)(le - p) > nn && p[nn] == ':' && strncasecmp(p, name, nn) == 0) {
+    const char *colon = memchr(p, ':', (size_t)(le - p));
+    for (int i = 0; colon && i < nnames; i++) {
+      if (lens[i] != (size_t)(colon - p) || strncasecmp(p, names[i], lens[i]) != 0) continue;
       const char *ve = le;
-      const char *v = trim(p + nn + 1, &ve);
-      luaL_checkstack(L, 2, "repeated header");
-      if (found) lua_pushliteral(L, ", ");
-      lua_pushlstring(L, v, (size_t)(ve - v));
-      found += found ? 2 : 1;
+      const char *v = trim(colon + 1, &ve);
+      if (lua_isnil(L, first + i)) {
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      } else {
+        lua_pushvalue(L, first + i);
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      }
+      lua_replace(L, first + i);
     }
     p = eol ? eol + 1 : end;
   }
-  if (!found) return 0;
-  lua_concat(L, found);
-  return 1;
+  return nnames;
 }
 
 void coord_dispatch_register(lua_State *L) {

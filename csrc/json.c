@@ -51,10 +51,23 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
   luaL_addlstring(b, u, (size_t)n);
 }
 
+/* 1 for a byte that stands for itself inside a string; 0 for '"', '\\' and control
+   characters. One lookup per byte in the scan for the end of a string. */
+static const unsigned char plain_byte[256] = {
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    1,1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0,1,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+};
+
 /* d->p is just past the opening quote. */
 static void decode_string(decoder *d) {
   const char *s = d->p;
-  while (s < d->end && *s != '"' && *s != '\\' && (unsigned char)*s >= 0x20) s++;
+  while (s < d->end && plain_byte[(unsigned char)*s]) s++;
   if (s < d->end && *s == '"') { /* the common case: no escapes */
     lua_pushlstring(d->L, d->p, (size_t)(s - d->p));
     d->p = s + 1;
@@ -156,22 +169,54 @@ static int literal(decoder *d, const char *word, size_t n) {
 
 static void decode_value(decoder *d);
 
+/* Members wait on the stack and go into the table BATCH at a time: the usual small object or
+   array gets a table of its final size at once, instead of one that grows (and rehashes its
+   members) as they arrive. */
+#define BATCH 16
+
+/* Moves the `pending` members above the table at index t into it; creates the table (sized
+   for them) first if it does not exist yet. An object's pairs go in in document order, so the
+   last of duplicate keys wins. */
+static void flush(lua_State *L, int t, int is_object, int *created, int pending, lua_Integer *n) {
+  if (!*created) {
+    lua_createtable(L, is_object ? 0 : pending, is_object ? pending : 0);
+    lua_replace(L, t);
+    *created = 1;
+  }
+  if (is_object) {
+    for (int k = 0; k < pending; k++) {
+      lua_pushvalue(L, t + 1 + 2 * k);
+      lua_pushvalue(L, t + 2 + 2 * k);
+      lua_rawset(L, t);
+    }
+  } else {
+    for (int k = 0; k < pending; k++) {
+      lua_pushvalue(L, t + 1 + k);
+      lua_rawseti(L, t, ++*n);
+    }
+  }
+  lua_settop(L, t);
+}
+
 static void decode_container(decoder *d, char close) {
   lua_State *L = d->L;
+  int is_object = close == '}';
   if (++d->depth > MAX_DEPTH) fail(d, "nested too deeply");
-  luaL_checkstack(L, 4, "JSON nesting");
+  luaL_checkstack(L, 2 * BATCH + 4, "JSON nesting");
   d->p++;
-  lua_createtable(L, close == ']' ? 4 : 0, close == '}' ? 4 : 0);
+  lua_pushnil(L); /* the table's slot, filled by the first flush */
+  int t = lua_gettop(L), created = 0, pending = 0;
+  lua_Integer n = 0;
   skip_ws(d);
   if (d->p < d->end && *d->p == close) {
     d->p++;
+    flush(L, t, is_object, &created, 0, &n);
     d->depth--;
     return;
   }
-  lua_Integer i = 0;
   for (;;) {
     skip_ws(d);
-    if (close == '}') {
+    if (is_object) {
       if (d->p >= d->end || *d->p != '"') fail(d, "object key expected");
       d->p++;
       decode_string(d);
@@ -179,11 +224,11 @@ static void decode_container(decoder *d, char close) {
       if (d->p >= d->end || *d->p != ':') fail(d, "':' expected");
       d->p++;
       skip_ws(d);
-      decode_value(d);
-      lua_rawset(L, -3);
-    } else {
-      decode_value(d);
-      lua_rawseti(L, -2, ++i);
+    }
+    decode_value(d);
+    if (++pending == BATCH) {
+      flush(L, t, is_object, &created, pending, &n);
+      pending = 0;
     }
     skip_ws(d);
     if (d->p < d->end && *d->p == ',') {
@@ -194,8 +239,9 @@ static void decode_container(decoder *d, char close) {
       d->p++;
       break;
     }
-    fail(d, close == '}' ? "',' or '}' expected" : "',' or ']' expected");
+    fail(d, is_object ? "',' or '}' expected" : "',' or ']' expected");
   }
+  flush(L, t, is_object, &created, pending, &n);
   d->depth--;
 }
 

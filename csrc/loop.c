@@ -50,16 +50,22 @@ void coord_loop_destroy(coord_loop *lp) {
   free(lp);
 }
 
+/* A handle with the options every transfer shares already set (see coord_req_init_easy). */
 CURL *coord_loop_easy(coord_loop *lp) {
   if (lp->npool > 0) return lp->pool[--lp->npool];
-  return curl_easy_init();
+  CURL *e = curl_easy_init();
+  if (e) coord_req_init_easy(e);
+  return e;
 }
 
-/* Keeps a finished handle for the next request. A plain one (no TLS, socket or protocol
-   options) only has its per-request options cleared, which is much cheaper than a reset. */
-void coord_loop_release_easy(coord_loop *lp, CURL *e, int plain) {
+/* Keeps a finished handle for the next request. A plain one (no TLS, socket, upload or HEAD)
+   only has the options it set cleared, which is much cheaper than a reset: the etcd client
+   sets http_version on every request. */
+void coord_loop_release_easy(coord_loop *lp, CURL *e, unsigned flags) {
   if (lp->npool < COORD_POOL_MAX) {
-    if (plain) {
+    if (flags & COORD_EASY_PLAIN) {
+      if (flags & COORD_EASY_VERSION) curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_NONE);
+      if (flags & COORD_EASY_PIPEWAIT) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 0L);
       curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
       curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
@@ -69,6 +75,7 @@ void coord_loop_release_easy(coord_loop *lp, CURL *e, int plain) {
       curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
     } else {
       curl_easy_reset(e);
+      coord_req_init_easy(e);
     }
     lp->pool[lp->npool++] = e;
   } else {

@@ -39,7 +39,11 @@ typedef struct coord_holder {
 coord_loop *coord_loop_get(lua_State *L, int holder_idx);
 void coord_loop_destroy(coord_loop *lp);
 CURL *coord_loop_easy(coord_loop *lp);
-void coord_loop_release_easy(coord_loop *lp, CURL *e, int plain);
+/* How a finished transfer left its easy handle (flags for coord_loop_release_easy): PLAIN when
+   it set no option that only a full reset undoes (TLS, unix socket, upload, HEAD); VERSION and
+   PIPEWAIT when it set those two, which are undone one by one. */
+enum { COORD_EASY_PLAIN = 1, COORD_EASY_VERSION = 2, COORD_EASY_PIPEWAIT = 4 };
+void coord_loop_release_easy(coord_loop *lp, CURL *e, unsigned flags);
 void coord_loop_ready(coord_loop *lp, coord_req *r);
 void coord_loop_register(lua_State *L);
 

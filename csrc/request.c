@@ -99,7 +99,7 @@ void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
   if (status) r->status = status;
   curl_multi_remove_handle(lp->multi, r->easy);
   active_unlink(lp, r);
-  coord_loop_release_easy(lp, r->easy, r->plain);
+  coord_loop_release_easy(lp, r->easy, r->easy_flags);
   r->easy = NULL;
   r->active = 0;
   r->done = 1;
@@ -316,6 +316,23 @@ static void set_tls(CURL *e, const tls_opts *o) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->verify_host ? 2L : 0L);
 }
 
+/* The options every transfer uses, set once per easy handle: when it is created and after a
+   curl_easy_reset (coord_loop_easy / coord_loop_release_easy). A pooled handle keeps them,
+   so a request does not pay for setting them again (the protocol list is parsed each time). */
+void coord_req_init_easy(CURL *e) {
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
+}
+
 /* request(opts, owner): starts a transfer and returns its object. owner is what poll()
    hands back when the request has something for Lua. Every option is read and checked
    before a curl handle is taken, so a bad option raises without leaking anything. */
@@ -366,20 +383,9 @@ int coord_req_new(lua_State *L) {
   if (e == NULL) return luaL_error(L, "coord: cannot create a curl handle (out of memory?)");
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
   curl_easy_setopt(e, CURLOPT_URL, url);
-#if LIBCURL_VERSION_NUM >= 0x075500
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout); /* pooled handles keep options: always set */
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
   if (unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_socket);
@@ -399,7 +405,9 @@ int coord_req_new(lua_State *L) {
   if ((!is_get || body) && !is_head && strcmp(method, "POST") != 0)
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   if (has_tls) set_tls(e, &tls);
-  r->plain = !has_tls && !unix_socket && version == CURL_HTTP_VERSION_NONE && !pipewait && !r->upload && !is_head;
+  r->easy_flags = (!has_tls && !unix_socket && !r->upload && !is_head ? COORD_EASY_PLAIN : 0) |
+                  (version != CURL_HTTP_VERSION_NONE ? COORD_EASY_VERSION : 0) |
+                  (pipewait ? COORD_EASY_PIPEWAIT : 0);
 
   lua_pushvalue(L, 2);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise: done before curl holds the request */

@@ -18,7 +18,7 @@ struct coord_req {
   unsigned active : 1, in_ready : 1, in_cancel : 1, done : 1, canceled : 1;
   unsigned stream : 1, upload : 1, upload_eof : 1, waiting : 1, headers_done : 1;
   unsigned recv_paused : 1, send_paused : 1, too_large : 1, nomem : 1;
-  unsigned plain : 1;      /* only per-request options set: the handle needs no full reset */
+  unsigned easy_flags : 3; /* COORD_EASY_*: how to clean the handle for reuse */
   CURLcode result;
   long status;
   size_t max_body;       /* bound on buffered response bytes */
@@ -40,5 +40,6 @@ void coord_req_detach(coord_loop *lp, coord_req *r);
 void coord_req_settle(lua_State *L, coord_req *r);
 int coord_req_new(lua_State *L);
 void coord_req_register(lua_State *L);
+void coord_req_init_easy(CURL *e);
 
 #endif

@@ -14,6 +14,13 @@ describe("coord.consul", function()
 
   describe("_call", function()
     it("returns status, decoded body and meta", function()
+      -- the agent registers its own node shortly after electing itself: block on it until then
+      local node, meta, tries = c.catalog:node("coord-test")
+      tries = 0
+      while not node and tries < 20 do
+        tries = tries + 1
+        node, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
+      end
       local res = assert(c:_call("GET", "/v1/catalog/nodes"))
       assert.are.equal(200, res.status)
       assert.are.equal("coord-test", res.body[1].Node)

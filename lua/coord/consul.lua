@@ -35,13 +35,18 @@ local function escape_byte(c)
   return ("%%%02X"):format(c:byte())
 end
 
+-- Most keys and values need no escaping: a find is much cheaper than a gsub that builds a
+-- new string, so the gsub only runs when there is something to escape.
+
 --- Percent-encodes s for a URL path, keeping "/" (a KV key keeps its hierarchy).
 function M.escape_path(s)
+  if not s:find("[^%w%-%._~/]") then return s end
   return (s:gsub("[^%w%-%._~/]", escape_byte))
 end
 
 --- Percent-encodes s for a query value.
 function M.escape(s)
+  if not s:find("[^%w%-%._~]") then return s end
   return (s:gsub("[^%w%-%._~]", escape_byte))
 end
 
@@ -179,22 +184,23 @@ local function build_query(self, method, opts, wait)
   return q
 end
 
-local function number_header(res, name)
-  local v = res:header(name)
-  return v and core.u64(v) or nil
-end
+local header, u64 = core.header, core.u64
 
+-- The metadata of every reply. All its headers are read in one pass over the raw header
+-- block (core.header takes several names), not one pass per header.
 local function meta_of(res)
-  local lc = number_header(res, "X-Consul-LastContact")
-  local kl = res:header("X-Consul-KnownLeader")
+  local index, lc, kl, consistency, content_hash, acl = header(res.raw_headers,
+    "X-Consul-Index", "X-Consul-LastContact", "X-Consul-KnownLeader",
+    "X-Consul-Effective-Consistency", "X-Consul-ContentHash", "X-Consul-Default-ACL-Policy")
+  lc = lc and u64(lc)
   return {
     status = res.status,
-    index = number_header(res, "X-Consul-Index"),
+    index = index and u64(index) or nil,
     known_leader = kl and kl == "true" or nil,
     last_contact = lc and lc / 1000 or nil,
-    consistency = res:header("X-Consul-Effective-Consistency"),
-    content_hash = res:header("X-Consul-ContentHash"),
-    default_acl_policy = res:header("X-Consul-Default-ACL-Policy"),
+    consistency = consistency,
+    content_hash = content_hash,
+    default_acl_policy = acl,
   }
 end
 
@@ -246,11 +252,12 @@ function Client:_call(method, path, opts)
   if token == nil then token = self.token end
   local timeout = opts.timeout or self.timeout
   if wait then timeout = wait + wait / 16 + timeout end
-  local req = {
-    method = method, url = url, body = body, timeout = timeout, tls = self.tls,
-    unix_socket = self.unix_socket,
-    headers = token and token ~= "" and { ["X-Consul-Token"] = token } or nil,
-  }
+  -- only the fields that are set: a constructor sizes the table for every field it names
+  local req = { method = method, url = url, timeout = timeout }
+  if body ~= nil then req.body = body end
+  if self.tls ~= nil then req.tls = self.tls end
+  if self.unix_socket ~= nil then req.unix_socket = self.unix_socket end
+  if token and token ~= "" then req.headers = { ["X-Consul-Token"] = token } end
   local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
   local res, err
   for attempt = 0, retries do
@@ -260,18 +267,17 @@ function Client:_call(method, path, opts)
   end
   if not res then return nil, err end
   if not accepted(opts.ok, res.status) then return server_error(res, method, url) end
-  local out = { status = res.status, meta = meta_of(res) }
-  local raw = res.body
+  local raw, body_out = res.body, nil
   if opts.raw or raw == "" then
-    out.body = raw ~= "" and raw or nil
+    body_out = raw ~= "" and raw or nil
   else
     local v, jerr = core.json_decode(raw)
     if v == nil and res.status < 300 then
       return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr, { status = res.status, method = method, url = url })
     end
-    out.body = v == nil and raw or v
+    body_out = v == nil and raw or v
   end
-  return out
+  return { status = res.status, body = body_out, meta = meta_of(res) }
 end
 
 --- Copies the options every call accepts (token, dc, consistency, ns, partition, blocking,

@@ -14,10 +14,16 @@ end
 
 local call_opts, check_opts, value = consul.call_opts, consul.check_opts, consul.value
 
+-- Paths of recently used keys, so that a program reading the same keys over and over does not
+-- check and escape them on every call. Only keys that passed check_key are stored. Bounded:
+-- emptied when it reaches 1024 keys.
+local paths, npaths = {}, 0
+
 -- Consul's HTTP router redirects a path with an empty, "." or ".." segment to its cleaned
 -- form (and libcurl would squash dot segments first): such keys cannot be addressed in a
 -- URL, only in a transaction's body.
 local function check_key(key, fname)
+  if paths[key] then return end
   if type(key) ~= "string" then
     error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(key) .. ")", 3)
   end
@@ -26,8 +32,14 @@ local function check_key(key, fname)
   end
 end
 
+-- The URL path of a key that passed check_key.
 local function path(key)
-  return "/v1/kv/" .. consul.escape_path(key)
+  local p = paths[key]
+  if p then return p end
+  p = "/v1/kv/" .. consul.escape_path(key)
+  if npaths >= 1024 then paths, npaths = {}, 0 end
+  paths[key], npaths = p, npaths + 1
+  return p
 end
 
 --- An entry table from the JSON Consul sends: Value is base64, Flags a uint64 (above 2^63-1
@@ -47,16 +59,25 @@ local function flags_string(f)
   return core.u64tostring(f)
 end
 
+-- Calls without options skip call_opts (a table of thirteen fields) and share these read-only
+-- tables: _call never writes to its options.
+local NO_QUERY, NOT_FOUND_OK = {}, { 404 }
+local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK }
+
 --- The entry at key, or nil when absent; and the meta. opts.raw = true: the value alone.
 function KV:get(key, opts)
   check_key(key, "get")
-  opts = check_opts(opts, "get", 2)
-  local o = call_opts(opts, { raw = opts.raw })
-  o.ok, o.raw = { 404 }, opts.raw
+  local o, raw = PLAIN_GET, nil
+  if opts ~= nil then
+    opts = check_opts(opts, "get", 2)
+    raw = opts.raw
+    o = call_opts(opts, { raw = raw })
+    o.ok, o.raw = NOT_FOUND_OK, raw
+  end
   local res, err = self.client:_call("GET", path(key), o)
   if not res then return nil, err end
   if res.status == 404 then return nil, res.meta end
-  if opts.raw then return res.body or "", res.meta end
+  if raw then return res.body or "", res.meta end
   return M.entry(res.body[1]), res.meta
 end
 
@@ -93,10 +114,15 @@ function KV:put(key, value_, opts)
   if type(value_) ~= "string" then
     error("bad argument #2 to 'put' (string expected, got " .. type(value_) .. ")", 2)
   end
-  opts = check_opts(opts, "put", 3)
-  local o = call_opts(opts, { flags = flags_string(opts.flags), cas = opts.cas,
-    acquire = opts.acquire, release = opts.release })
-  o.body = value_
+  local o
+  if opts == nil then
+    o = { query = NO_QUERY, body = value_ }
+  else
+    opts = check_opts(opts, "put", 3)
+    o = call_opts(opts, { flags = flags_string(opts.flags), cas = opts.cas,
+      acquire = opts.acquire, release = opts.release })
+    o.body = value_
+  end
   local res, err = self.client:_call("PUT", path(key), o)
   if not res then return nil, err end
   return res.body == true, res.meta
