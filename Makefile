@@ -18,7 +18,7 @@ ASAN_RT   = $(shell $(CC) -print-file-name=libasan.so)
 VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
             --errors-for-leak-kinds=definite,indirect --suppressions=$(CURDIR)/.ci/valgrind.supp
 
-.PHONY: all deps build test asan valgrind demo bench rock clean
+.PHONY: all deps build test asan valgrind demo example bench rock clean
 
 all: build
 
@@ -60,7 +60,12 @@ valgrind: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory build
-	$(call SPEC_ENV,.,) $(LUA) examples/demo.lua
+	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(LUA) examples/demo.lua
+
+# make example NAME=game_loop: one of examples/*.lua, with its own etcd and Consul
+example: deps
+	@$(MAKE) --no-print-directory build
+	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(LUA) examples/$(NAME).lua
 
 bench: deps
 	@bash bench/run all

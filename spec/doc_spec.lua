@@ -51,6 +51,25 @@ local function public_api()
   functions(getmetatable(coord.queue()).__index, "q:", names)
   local t = coord.spawn(function() end)
   functions(getmetatable(t).__index, "task:", names)
+
+  -- the clients and the objects they return (nothing listens on port 1: no request succeeds)
+  local etcd = coord.etcd.new { endpoints = { "http://127.0.0.1:1" } }
+  functions(coord.etcd, "coord.etcd.", names)
+  functions(getmetatable(etcd).__index, "etcd:", names)
+  local w = etcd:watch("x")
+  functions(getmetatable(w).__index, "w:", names)
+  w:close()
+  local consul = coord.consul.new { address = "127.0.0.1:1" }
+  functions(coord.consul, "consul.", names)
+  functions(require("coord.consul").Client, "consul:", names)
+  for _, api in ipairs { "kv", "txn", "agent", "health", "catalog", "status", "event", "session" } do
+    local o = consul[api]
+    functions(getmetatable(o) and type(getmetatable(o).__index) == "table" and getmetatable(o).__index or o,
+      "consul." .. api .. ":", names)
+  end
+  local m = coord.mirror(etcd, "x")
+  functions(getmetatable(m).__index, "m:", names)
+  m:close()
   coord.run()
   table.sort(names)
   return names

@@ -27,6 +27,11 @@ local coord = {
 
 coord.http = require "coord.http"
 
+--- A local table of every key under prefix, kept current: see coord.mirror.
+function coord.mirror(client, prefix, opts)
+  return require("coord.mirror").new(client, prefix, opts)
+end
+
 -- The clients load on first use, so a program that only speaks to one backend never loads
 -- the other: coord.etcd, coord.consul.
 local lazy = { etcd = "coord.etcd", consul = "coord.consul" }

@@ -1,0 +1,303 @@
+-- coord.mirror: a local table of every key under a prefix, kept current from etcd or Consul,
+-- with a hook per change. One background task per mirror: a consistent snapshot first, then
+-- the changes in order.
+--
+-- etcd: the snapshot is one range read in pages at one revision; then a watch from the next
+-- revision. Events of one revision come as one batch. A compacted revision (the mirror fell
+-- too far behind) takes a fresh snapshot and reports the keys that differ as changes.
+-- Consul: a blocking list of the prefix (kv:watch with recurse, which follows the three
+-- blocking-query rules); each listing is compared with the table by ModifyIndex.
+
+local coord = require "coord"
+local sched = require "coord.sched"
+local errors = require "coord.errors"
+
+local M = {}
+
+local Mirror = { __name = "coord.mirror" }
+Mirror.__index = Mirror
+
+local function backend(client)
+  if type(client) == "table" then
+    if type(client.kv) == "table" and type(client.kv.list) == "function" then return "consul" end
+    if type(client.range) == "function" and type(client.watch) == "function" then return "etcd" end
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------------------------
+-- applying changes
+
+-- Calls a user hook; an error in it is reported like an error in a coroutine and does not
+-- stop the mirror.
+local function call_hook(self, fn, ...)
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if not ok then
+    self.last_error = errors.new("hook", tostring(err))
+    sched.report(err, coroutine.running(), err)
+  end
+end
+
+-- The value stored for raw bytes: decoded when the mirror has a decoder. A value that does
+-- not decode keeps the key's previous value and is recorded as the last error.
+local function decoded(self, key, raw)
+  if not self.decode then return true, raw end
+  local ok, v, err = pcall(self.decode, raw)
+  if ok and v ~= nil then return true, v end
+  self.last_error = errors.new("decode", ("cannot decode %q: %s"):format(key, tostring(ok and (err or "no value") or v)),
+    { key = key })
+  return false
+end
+
+-- Records that key now has raw (nil: deleted) at version ver, adding the change to batch.
+local function set(self, batch, key, raw, ver)
+  local old = self.data[key]
+  local new
+  if raw ~= nil then
+    local ok, v = decoded(self, key, raw)
+    if not ok then
+      self.version[key] = ver
+      return
+    end
+    new = v
+  elseif old == nil then
+    return
+  end
+  self.data[key], self.version[key] = new, ver
+  batch[#batch + 1] = { key = key, new = new, old = old }
+end
+
+-- Hands a batch to the hooks in order and wakes those waiting in mirror:wait.
+local function deliver(self, batch)
+  if #batch > 0 then
+    self.changes = self.changes + #batch
+    if self.on_change then
+      for _, c in ipairs(batch) do call_hook(self, self.on_change, c.key, c.new, c.old) end
+    end
+    if self.on_batch then call_hook(self, self.on_batch, batch) end
+  end
+  local ws = self.waiters
+  self.waiters = {}
+  for _, w in ipairs(ws) do sched.wake(w) end
+end
+
+-- Replaces the whole table by a listing {key, raw, ver} (a snapshot): keys whose version
+-- differs change, keys not listed are deleted.
+local function resync(self, list)
+  local batch, seen = {}, {}
+  for _, e in ipairs(list) do
+    seen[e.key] = true
+    if self.version[e.key] ~= e.ver then set(self, batch, e.key, e.raw, e.ver) end
+  end
+  local gone = {}
+  for key in pairs(self.version) do
+    if not seen[key] then gone[#gone + 1] = key end
+  end
+  table.sort(gone)
+  for _, key in ipairs(gone) do
+    set(self, batch, key, nil)
+    self.version[key] = nil
+  end
+  return batch
+end
+
+local function synced(self, position)
+  if not self.synced then self.synced, self.since = true, coord.now() end
+  self.position = position
+end
+
+local function failed(self, err)
+  self.synced, self.last_error = false, err
+end
+
+-- Sleeps before another attempt after err: exponential with jitter, at most opts.max_backoff.
+local function backoff(self, err)
+  failed(self, err)
+  self.delay = math.min(self.max_backoff, self.delay > 0 and self.delay * 2 or 0.1)
+  coord.sleep(self.delay / 2 + math.random() * self.delay / 2)
+end
+
+---------------------------------------------------------------------------------------------
+-- etcd
+
+local function etcd_snapshot(self)
+  local kvs, header = self.client:range(self.prefix, { prefix = true, page_size = self.page_size })
+  if not kvs then return nil, header end
+  local list = {}
+  for i, kv in ipairs(kvs) do list[i] = { key = kv.key, raw = kv.value, ver = kv.mod_revision } end
+  local batch = resync(self, list)
+  synced(self, header.revision)
+  deliver(self, batch)
+  return header.revision
+end
+
+-- Follows the watch from rev + 1 until it fails; returns the error.
+local function etcd_follow(self, rev)
+  local w <close> = self.client:watch(self.prefix, { prefix = true, start_revision = rev + 1 })
+  while true do
+    local ev, err = w:next()
+    if not ev then return err end
+    -- the events of one revision arrive together: take what is queued as one batch
+    local batch, r = {}, ev.kv.mod_revision
+    while true do
+      set(self, batch, ev.kv.key, ev.type == "put" and ev.kv.value or nil, ev.kv.mod_revision)
+      if ev.type ~= "put" then self.version[ev.kv.key] = nil end
+      if #w == 0 then break end
+      ev = w:next()
+      if ev.kv.mod_revision ~= r then
+        synced(self, r)
+        deliver(self, batch)
+        batch, r = {}, ev.kv.mod_revision
+      end
+    end
+    synced(self, r)
+    self.delay = 0
+    deliver(self, batch)
+  end
+end
+
+local function run_etcd(self)
+  local rev
+  while true do
+    if not rev then
+      local err
+      rev, err = etcd_snapshot(self)
+      if not rev then backoff(self, err) end
+    else
+      local err = etcd_follow(self, self.position)
+      if errors.is(err) and err.kind == "compacted" then
+        failed(self, err)
+        rev = nil
+      else
+        backoff(self, err)
+      end
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- Consul
+
+local function run_consul(self)
+  while true do
+    local w <close> = self.client.kv:watch(self.prefix, { recurse = true, wait = self.blocking_wait })
+    for entries, meta in w do
+      local list = {}
+      for i, e in ipairs(entries or {}) do list[i] = { key = e.key, raw = e.value, ver = e.modify_index } end
+      local batch = resync(self, list)
+      synced(self, meta.index)
+      self.delay = 0
+      deliver(self, batch)
+    end
+    backoff(self, w.error or errors.new("closed", "watch ended"))
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- the mirror object
+
+local function check_opts(opts)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error("bad argument #3 to 'mirror' (table or nil expected, got " .. type(opts) .. ")", 3)
+  end
+  for _, k in ipairs { "decode", "on_change", "on_batch" } do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then
+      error("bad option '" .. k .. "' to 'mirror' (function expected, got " .. type(opts[k]) .. ")", 3)
+    end
+  end
+  return opts
+end
+
+--- Starts mirroring every key under prefix from client (a coord.etcd or coord.consul
+--- client). opts: decode (function(raw) -> value, or nil, err; e.g. tonumber), on_change
+--- (function(key, new, old), per key in order), on_batch (function(changes), once per
+--- revision or listing; changes = list of {key, new, old}), page_size (etcd snapshot pages,
+--- default 1000), wait (Consul blocking wait, seconds, default 300), max_backoff (seconds,
+--- default 10). Returns the mirror at once; it fills in the background.
+function M.new(client, prefix, opts)
+  local kind = backend(client)
+  if not kind then
+    error("bad argument #1 to 'mirror' (coord.etcd or coord.consul client expected, got " .. type(client) .. ")", 2)
+  end
+  if type(prefix) ~= "string" then
+    error("bad argument #2 to 'mirror' (string expected, got " .. type(prefix) .. ")", 2)
+  end
+  opts = check_opts(opts)
+  local self = setmetatable({
+    client = client, prefix = prefix, backend = kind, data = {}, version = {}, waiters = {},
+    decode = opts.decode, on_change = opts.on_change, on_batch = opts.on_batch,
+    page_size = opts.page_size or 1000, blocking_wait = opts.wait, max_backoff = opts.max_backoff or 10,
+    synced = false, since = nil, position = nil, last_error = nil, changes = 0, delay = 0,
+  }, Mirror)
+  self.task = coord.spawn(kind == "etcd" and run_etcd or run_consul, self)
+  return self
+end
+
+--- The current value of key (decoded), or nil.
+function Mirror:get(key)
+  return self.data[key]
+end
+
+--- Iterates over key, value pairs in no particular order: for k, v in m:pairs() do.
+function Mirror:pairs()
+  return next, self.data, nil
+end
+Mirror.__pairs = Mirror.pairs
+
+--- The state: {synced (a snapshot is applied and the mirror is following), since (when it
+--- last became synced, coord.now() seconds), revision or index (the last applied), changes
+--- (applied so far), error (the last error, or nil), closed}.
+function Mirror:status()
+  local s = { synced = self.synced, since = self.since, changes = self.changes, error = self.last_error,
+    closed = self.closed == true }
+  s[self.backend == "etcd" and "revision" or "index"] = self.position
+  return s
+end
+
+local function cancel_wait(self)
+  return function(w)
+    for i, x in ipairs(self.waiters) do
+      if x == w then table.remove(self.waiters, i) return end
+    end
+  end
+end
+
+local function holds(self, cond)
+  if type(cond) == "string" then return self.data[cond] ~= nil end
+  return cond(self)
+end
+
+--- Waits until cond holds: a key (until it has a value) or a function(mirror) -> true.
+--- timeout in seconds (default: none). Returns true, or nil and a "timeout" or "closed" error.
+function Mirror:wait(cond, timeout)
+  if type(cond) ~= "string" and type(cond) ~= "function" then
+    error("bad argument #1 to 'wait' (string or function expected, got " .. type(cond) .. ")", 2)
+  end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #2 to 'wait' (non-negative number expected, got " .. tostring(timeout) .. ")", 2)
+  end
+  local function until_true()
+    while not holds(self, cond) do
+      if self.closed then return nil, errors.new("closed", "mirror is closed") end
+      local w = sched.waiter(cancel_wait(self))
+      self.waiters[#self.waiters + 1] = w
+      sched.wait(w)
+    end
+    return true
+  end
+  if timeout then return coord.timeout(timeout, until_true) end
+  return until_true()
+end
+
+--- Stops following: the background task and its watch end; the table keeps its last
+--- contents. Waiters get a "closed" error. Closing twice does nothing.
+function Mirror:close()
+  if self.closed then return end
+  self.closed, self.synced = true, false
+  self.task:cancel()
+  deliver(self, {})
+end
+Mirror.__close = Mirror.close
+
+return M
