@@ -2,9 +2,8 @@
 -- examples/with_servers.lua) and prints what the README says it does.
 
 -- Under make asan the examples run without leak detection (ASan still checks every access):
--- LeakSanitizer's own thread tracer crashes (signal 11, "LeakSanitizer has encountered a fatal
--- error") at the exit of
--- service.lua on this toolchain. make valgrind checks the examples for leaks instead.
+-- LeakSanitizer's own thread tracer crashes with signal 11 ("LeakSanitizer has encountered a
+-- fatal error") at the exit of service.lua. make valgrind checks the examples for leaks.
 local no_leak_check = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=detect_leaks=0 " or ""
 
 local function run(name)
