@@ -126,6 +126,18 @@ local function target(self, ep)
   }
 end
 
+-- post's target for ep, built once per endpoint and token (send only reads it, so one
+-- table serves every call until the token or the TLS options change).
+local function cached_target(self, ep, with_token)
+  local token = with_token and self.token or false
+  local t = ep.target
+  if t and ep.target_token == token and t.tls == self.tls then return t end
+  t = target(self, ep)
+  if not with_token then t.headers, t.token = {}, nil end
+  ep.target, ep.target_token = t, token
+  return t
+end
+
 --- Marks the endpoint with this URL as failing: calls move on to the next healthy one, and
 --- it is tried again after a jittered exponential backoff.
 function Client:_failed(url, err)
@@ -214,8 +226,7 @@ local function post(self, path, body, opts, with_token)
     end
     local ep, err = pick(self)
     if not ep then return nil, err end
-    local t = target(self, ep)
-    if not with_token then t.headers = {} end
+    local t = cached_target(self, ep, with_token)
     local j, e = send(self, t, path, data, opts)
     if j then
       succeeded(ep)
@@ -385,13 +396,22 @@ local function range_result(self, j)
 end
 M._range_result = range_result
 
+local IDEMPOTENT = { idempotent = true }
+
 --- The kv at key, or nil when absent; the response header second. opts: revision,
 --- serializable.
 function Client:get(key, opts)
   check(key, "string", 1, "get")
-  opts = opt_table(opts, 2, "get")
-  local body = range_request(self, key, { revision = opts.revision, serializable = opts.serializable })
-  local j, err = self:_post("/v3/kv/range", body, { idempotent = true })
+  local revision, serializable
+  if opts ~= nil then
+    check(opts, "table", 2, "get")
+    revision, serializable = option(opts, "revision", "integer"), opts.serializable
+  end
+  -- the RangeRequest of range_request for one key, without the options get does not take
+  local k = self.prefix .. key
+  if k == "" then k = "\0" end
+  local body = { key = b64(k), revision = i64(revision), serializable = serializable or nil }
+  local j, err = self:_post("/v3/kv/range", body, IDEMPOTENT)
   if not j then return nil, err end
   local kv = j.kvs and j.kvs[1]
   return kv and kv_of(kv, #self.prefix) or nil, header_of(j.header)

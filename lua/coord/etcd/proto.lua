@@ -6,6 +6,7 @@ local core = require "coord.core"
 local M = {}
 
 local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64, core.u64
+local math_type = math.type
 
 M.b64 = b64encode
 
@@ -19,7 +20,7 @@ end
 --- integer; an absent field is 0.
 function M.int(v)
   if v == nil then return 0 end
-  if math.type(v) == "integer" then return v end
+  if math_type(v) == "integer" then return v end
   return (assert(i64(v)))
 end
 
@@ -27,7 +28,7 @@ end
 --- (negative above 2^63-1); an absent field is 0.
 function M.uint(v)
   if v == nil then return 0 end
-  if math.type(v) == "integer" then return v end
+  if math_type(v) == "integer" then return v end
   return (assert(u64(v)))
 end
 
@@ -44,27 +45,31 @@ end
 
 --- A kv table from the gateway's JSON kv, with `strip` bytes of namespace prefix removed
 --- from the key.
+local bytes, int, uint = M.bytes, M.int, M.uint
+
 function M.kv(j, strip)
-  local key = M.bytes(j.key)
+  local key = bytes(j.key)
   if strip and strip > 0 then key = key:sub(strip + 1) end
   return {
     key = key,
-    value = M.bytes(j.value),
-    create_revision = M.int(j.create_revision),
-    mod_revision = M.int(j.mod_revision),
-    version = M.int(j.version),
-    lease = M.int(j.lease),
+    value = bytes(j.value),
+    create_revision = int(j.create_revision),
+    mod_revision = int(j.mod_revision),
+    version = int(j.version),
+    lease = int(j.lease),
   }
 end
 
 --- The response header as {cluster_id, member_id, revision, raft_term} integers.
+local EMPTY = {}
+
 function M.header(j)
-  j = j or {}
+  j = j or EMPTY
   return {
-    cluster_id = M.uint(j.cluster_id),
-    member_id = M.uint(j.member_id),
-    revision = M.int(j.revision),
-    raft_term = M.int(j.raft_term),
+    cluster_id = uint(j.cluster_id),
+    member_id = uint(j.member_id),
+    revision = int(j.revision),
+    raft_term = int(j.raft_term),
   }
 end
 
