@@ -12,15 +12,20 @@ describe("coord.consul", function()
   end)
   teardown(function() server:stop() end)
 
+  -- The agent registers its own node shortly after electing itself: block on the catalog
+  -- (blocking queries, at most 20 reads) until it is there.
+  local function await_node()
+    local node, meta = c.catalog:node("coord-test")
+    for _ = 1, 20 do
+      if node then return end
+      node, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
+    end
+    assert(node, "the agent did not register its node")
+  end
+
   describe("_call", function()
     it("returns status, decoded body and meta", function()
-      -- the agent registers its own node shortly after electing itself: block on it until then
-      local node, meta, tries = c.catalog:node("coord-test")
-      tries = 0
-      while not node and tries < 20 do
-        tries = tries + 1
-        node, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
-      end
+      await_node()
       local res = assert(c:_call("GET", "/v1/catalog/nodes"))
       assert.are.equal(200, res.status)
       assert.are.equal("coord-test", res.body[1].Node)
@@ -148,13 +153,7 @@ describe("coord.consul", function()
     end)
 
     it("acquires and releases a key with a session", function()
-      -- sessions need the agent's own node in the catalog: block on it until it is there
-      local node, meta, tries = c.catalog:node("coord-test")
-      tries = 0
-      while not node and tries < 20 do
-        tries = tries + 1
-        node, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
-      end
+      await_node() -- sessions need the agent's own node in the catalog
       local res = assert(c:_call("PUT", "/v1/session/create", { body = { TTL = "30s" } }))
       local id = res.body.ID
       assert.is_true((c.kv:put("held", "me", { acquire = id })))
