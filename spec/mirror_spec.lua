@@ -155,6 +155,25 @@ for _, name in ipairs { "etcd", "consul" } do
       end)
     end)
 
+    it("can be closed from its own hook", function()
+      coord.run(function()
+        local p = prefix()
+        local calls = 0
+        local m
+        m = coord.mirror(client, p, { on_change = function()
+          calls = calls + 1
+          m:close()
+        end })
+        b.put(client, p .. "a", "1")
+        local ok, err = m:wait(p .. "never", 10)
+        assert.is_nil(ok)
+        assert.are.equal("closed", err.kind)
+        b.put(client, p .. "b", "2")
+        assert.are.equal(1, calls)
+        assert.is_true(m:status().closed)
+      end)
+    end)
+
     it("can be driven from a host loop calling coord.step()", function()
       local p = prefix()
       local writer = b.client(srv)

@@ -153,12 +153,13 @@ local function etcd_follow(self, rev)
     synced(self, r)
     self.delay = 0
     deliver(self, batch)
+    if self.closed then return end -- a hook closed the mirror
   end
 end
 
 local function run_etcd(self)
   local rev
-  while true do
+  while not self.closed do
     if not rev then
       local err
       rev, err = etcd_snapshot(self)
@@ -179,7 +180,7 @@ end
 -- Consul
 
 local function run_consul(self)
-  while true do
+  while not self.closed do
     local w <close> = self.client.kv:watch(self.prefix, { recurse = true, wait = self.blocking_wait })
     for entries, meta in w do
       local list = {}
@@ -188,7 +189,9 @@ local function run_consul(self)
       synced(self, meta.index)
       self.delay = 0
       deliver(self, batch)
+      if self.closed then return end -- a hook closed the mirror
     end
+    if self.closed then return end
     backoff(self, w.error or errors.new("closed", "watch ended"))
   end
 end
@@ -295,7 +298,8 @@ end
 function Mirror:close()
   if self.closed then return end
   self.closed, self.synced = true, false
-  self.task:cancel()
+  -- from one of its own hooks the task is running: it stops by itself after the hook
+  if self.task:status() ~= "running" then self.task:cancel() end
   deliver(self, {})
 end
 Mirror.__close = Mirror.close
