@@ -5,11 +5,11 @@
 //                                               have their first value; "ready" once all saw "1"; hold until stdin ends
 "use strict";
 const Consul = require("consul");
+const { now, kvBench, watchDone, key } = require("./common");
 
 const [mode, address, countArg, concArg] = process.argv.slice(2);
-let count = Number(countArg);
+const count = Number(countArg);
 const conc = Number(concArg);
-const warmup = Number(process.env.BENCH_WARMUP || 500);
 if (!["get", "put", "watch"].includes(mode) || !address || !(count > 0) || !(conc > 0)) {
   console.error("usage: consul_node.js get|put|watch ADDRESS N C");
   process.exit(2);
@@ -17,42 +17,15 @@ if (!["get", "put", "watch"].includes(mode) || !address || !(count > 0) || !(con
 const [host, port] = address.split(":");
 const consul = new Consul({ host, port: Number(port) });
 const value = "v".repeat(100);
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 const bound = Number(process.env.BENCH_WATCH_BOUND || 240) * 1000;
 
-async function kvBench() {
-  let done = 0, errors = 0, next = 0, firstErr;
-  async function worker() {
-    while (next < count) {
-      next++;
-      try {
-        if (mode === "get") {
-          const entry = await consul.kv.get("bench-key");
-          if (!entry || entry.Value.length !== 100) throw new Error("bench-key missing or wrong size");
-        } else {
-          if ((await consul.kv.set("bench-key", value)) !== true) throw new Error("put answered false");
-        }
-      } catch (err) {
-        errors++;
-        firstErr = firstErr || err;
-      }
-      done++;
-    }
+async function kvOp() {
+  if (mode === "get") {
+    const entry = await consul.kv.get("bench-key");
+    if (!entry || entry.Value.length !== 100) throw new Error("bench-key missing or wrong size");
+  } else {
+    if ((await consul.kv.set("bench-key", value)) !== true) throw new Error("put answered false");
   }
-  // Warm-up (connections, JIT), left out of the figures: cpu_before is the CPU spent up to t0.
-  const total = count;
-  count = warmup;
-  await Promise.all(Array.from({ length: conc }, worker));
-  if (errors) console.error(`warm-up: ${errors} errors`);
-  count = total; done = 0; errors = 0; next = 0;
-  const u = process.cpuUsage();
-  const before = (u.user + u.system) / 1e6;
-  const t0 = now();
-  await Promise.all(Array.from({ length: conc }, worker));
-  const secs = now() - t0;
-  if (firstErr) console.error("first error:", firstErr.message);
-  console.log(`requests=${done} errors=${errors} seconds=${secs.toFixed(3)} cpu_before=${before.toFixed(3)}`);
-  consul.destroy();
 }
 
 function waitCount(getter, target, what) {
@@ -71,7 +44,6 @@ async function watchBench() {
   const w = count;
   let firsts = 0, events = 0, errors = 0, started = 0, firstErr;
   const fail = (err) => { errors++; firstErr = firstErr || err; };
-  const key = (i) => `bw/${String(i).padStart(6, "0")}`;
   const t0 = now();
   for (let i = 1; i <= w; i++) {
     const watch = consul.watch({ method: consul.kv.get, options: { key: key(i) } });
@@ -96,15 +68,10 @@ async function watchBench() {
     fail(err);
   }
   const t2 = now();
-  if (firstErr) console.error("first error:", firstErr.message || firstErr);
-  console.log(`watches=${w} created=${started} events=${events} errors=${errors} ` +
-    `create_seconds=${(t1 - t0).toFixed(3)} events_seconds=${(t2 - t1).toFixed(3)}`);
-  console.log("ready");
-  process.stdin.resume();
-  process.stdin.on("end", () => process.exit(errors === 0 ? 0 : 1));
+  watchDone(w, started, events, errors, firstErr, t0, t1, t2);
 }
 
-(mode === "watch" ? watchBench() : kvBench()).catch((err) => {
+(mode === "watch" ? watchBench() : kvBench(count, conc, kvOp).then(() => consul.destroy())).catch((err) => {
   console.error(err);
   process.exit(1);
 });

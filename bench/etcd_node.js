@@ -9,10 +9,10 @@
 const fs = require("fs");
 const path = require("path");
 const { Etcd3 } = require("etcd3");
+const { now, kvBench, watchDone, key } = require("./common");
 
 const [mode, endpoint, countArg, concArg] = process.argv.slice(2);
-let count = Number(countArg);
-const warmup = Number(process.env.BENCH_WARMUP || 500);
+const count = Number(countArg);
 const conc = Number(concArg);
 if (!["get", "put", "watch"].includes(mode) || !endpoint || !(count > 0) || !(conc > 0)) {
   console.error("usage: etcd_node.js get|put|watch ENDPOINT N C");
@@ -30,7 +30,6 @@ if (dir) {
 }
 const client = new Etcd3(opts);
 const value = "v".repeat(100);
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 const bound = Number(process.env.BENCH_WATCH_BOUND || 240) * 1000;
 
 function withBound(promise, what) {
@@ -41,46 +40,19 @@ function withBound(promise, what) {
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
-async function kvBench() {
-  let done = 0, errors = 0, next = 0, firstErr;
-  async function worker() {
-    while (next < count) {
-      next++;
-      try {
-        if (mode === "get") {
-          const v = await client.get("bench-key").string();
-          if (v === null || v.length !== 100) throw new Error("bench-key missing or wrong size");
-        } else {
-          await client.put("bench-key").value(value);
-        }
-      } catch (err) {
-        errors++;
-        firstErr = firstErr || err;
-      }
-      done++;
-    }
+async function kvOp() {
+  if (mode === "get") {
+    const v = await client.get("bench-key").string();
+    if (v === null || v.length !== 100) throw new Error("bench-key missing or wrong size");
+  } else {
+    await client.put("bench-key").value(value);
   }
-  // Warm-up (connection, JIT), left out of the figures: cpu_before is the CPU spent up to t0.
-  const total = count;
-  count = warmup;
-  await Promise.all(Array.from({ length: conc }, worker));
-  if (errors) console.error(`warm-up: ${errors} errors`);
-  count = total; done = 0; errors = 0; next = 0;
-  const u = process.cpuUsage();
-  const before = (u.user + u.system) / 1e6;
-  const t0 = now();
-  await Promise.all(Array.from({ length: conc }, worker));
-  const secs = now() - t0;
-  if (firstErr) console.error("first error:", firstErr.message);
-  console.log(`requests=${done} errors=${errors} seconds=${secs.toFixed(3)} cpu_before=${before.toFixed(3)}`);
-  client.close();
 }
 
 async function watchBench() {
   const w = count;
   let created = 0, events = 0, errors = 0, firstErr;
   const fail = (err) => { errors++; firstErr = firstErr || err; };
-  const key = (i) => `bw/${String(i).padStart(6, "0")}`;
   const watchers = [];
   let allSeen;
   const seenAll = new Promise((resolve) => { allSeen = resolve; });
@@ -121,16 +93,11 @@ async function watchBench() {
     fail(new Error(`only ${events} of ${w} watches saw their put: ${err.message}`));
   }
   const t2 = now();
-  if (firstErr) console.error("first error:", firstErr.message || firstErr);
-  console.log(`watches=${w} created=${created} events=${events} errors=${errors} ` +
-    `create_seconds=${(t1 - t0).toFixed(3)} events_seconds=${(t2 - t1).toFixed(3)}`);
-  console.log("ready");
-  process.stdin.resume();
-  // Exit without cancelling one by one: the server drops the watches with the connection.
-  process.stdin.on("end", () => process.exit(errors === 0 ? 0 : 1));
+  // Exits once stdin ends, without cancelling one by one: the server drops the watches with the connection.
+  watchDone(w, created, events, errors, firstErr, t0, t1, t2);
 }
 
-(mode === "watch" ? watchBench() : kvBench()).catch((err) => {
+(mode === "watch" ? watchBench() : kvBench(count, conc, kvOp).then(() => client.close())).catch((err) => {
   console.error(err);
   process.exit(1);
 });

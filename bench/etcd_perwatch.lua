@@ -8,29 +8,20 @@
 -- stream does). It shows what the server pays for that. BENCH_TLS_DIR as in etcd_coord.lua.
 local coord = require "coord"
 local core = require "coord.core"
+package.path = (arg[0]:match("^(.*)[/\\]") or ".") .. "/?.lua;" .. package.path
+local common = require "common"
 
 local mode, endpoint, w_count, conc = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4])
 assert(mode == "watch" and endpoint and w_count and conc, "usage: etcd_perwatch.lua watch ENDPOINT W C")
 
-local tls
-local dir = os.getenv("BENCH_TLS_DIR")
-if dir and dir ~= "" then
-  tls = { ca_file = dir .. "/ca.pem", cert_file = dir .. "/client.pem", key_file = dir .. "/client.key" }
-end
-local bound = tonumber(os.getenv("BENCH_WATCH_BOUND")) or 240
+local tls = common.tls_from_env()
+local bound = common.watch_bound()
 
-local function say(...)
-  io.stdout:write(string.format(...), "\n")
-  io.stdout:flush()
-end
+local created, events = 0, 0
+local tally = common.tally()
+local function fail(err) tally:fail(err) end
 
-local created, events, errors, first_err = 0, 0, 0, nil
-local function fail(err)
-  errors = errors + 1
-  first_err = first_err or err
-end
-
-coord.run(function()
+common.watch_main(tally, function()
   local res = coord.http.request { url = endpoint .. "/v3/kv/range", body = '{"key":"YncvAA=="}', tls = tls,
     expect = 200, timeout = 10 }
   local head = res and core.json_decode(res.body)
@@ -44,7 +35,7 @@ coord.run(function()
     coord.spawn(function()
       local permit = sem:acquire()
       local body = core.json_encode { create_request = {
-        key = core.b64encode(("bw/%06d"):format(i)), start_revision = tostring(start) } }
+        key = core.b64encode(common.key(i)), start_revision = tostring(start) } }
       local s = coord.http.stream { url = endpoint .. "/v3/watch", body = body, tls = tls, http_version = "1.1" }
       local line, err = s:read_line()
       permit:release()
@@ -68,21 +59,13 @@ coord.run(function()
       s:read_line()
     end)
   end
-  local ok = coord.timeout(bound, function()
-    for _ = 1, w_count do ready:get() end
-    return true
-  end)
+  local ok = common.wait_all(ready, w_count, bound)
   local t1 = coord.now()
   if not ok then fail("creating the watches took longer than " .. bound .. " s") end
-  say("watching")
+  common.say("watching")
   if events < w_count and not coord.timeout(bound, all_seen.get, all_seen) then
     fail(("only %d of %d watches saw their put within %d s"):format(events, w_count, bound))
   end
   local t2 = coord.now()
-  if first_err then io.stderr:write("first error: ", tostring(first_err), "\n") end
-  say("watches=%d created=%d events=%d errors=%d create_seconds=%.3f events_seconds=%.3f",
-    w_count, created, events, errors, t1 - t0, t2 - t1)
-  say("ready")
-  io.stdin:read("a")
+  common.watch_done(w_count, created, events, tally, t1 - t0, t2 - t1)
 end)
-os.exit(errors == 0 and 0 or 1)

@@ -8,19 +8,17 @@
 -- Prints "writes=<n> errors=<e> seconds=<wall>"; exits 1 when a write failed.
 local coord = require "coord"
 local core = require "coord.core"
+package.path = (arg[0]:match("^(.*)[/\\]") or ".") .. "/?.lua;" .. package.path
+local common = require "common"
 
 local kind, base, w, conc, value = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4]), arg[5]
 assert((kind == "etcd" or kind == "consul") and base and w and conc and value,
   "usage: writer.lua etcd|consul BASE-URL W C VALUE")
 
-local tls
-local dir = os.getenv("BENCH_TLS_DIR")
-if dir and dir ~= "" then
-  tls = { ca_file = dir .. "/ca.pem", cert_file = dir .. "/client.pem", key_file = dir .. "/client.key" }
-end
+local tls = common.tls_from_env()
 
 local function request(i)
-  local key = ("bw/%06d"):format(i)
+  local key = common.key(i)
   if kind == "etcd" then
     return coord.http.request { url = base .. "/v3/kv/put", tls = tls, expect = 200, timeout = 30,
       body = core.json_encode { key = core.b64encode(key), value = core.b64encode(value) } }
@@ -31,25 +29,8 @@ local function request(i)
   return res, err
 end
 
-local done, errors, next_i, first_err = 0, 0, 0, nil
-local function worker()
-  while next_i < w do
-    next_i = next_i + 1
-    local ok, err = request(next_i)
-    if not ok then
-      errors = errors + 1
-      first_err = first_err or err
-    end
-    done = done + 1
-  end
-end
-
 local t0 = coord.now()
-coord.run(function()
-  local fns = {}
-  for i = 1, conc do fns[i] = worker end
-  coord.gather(table.unpack(fns))
-end)
+local done, errors, first_err = common.pool(w, conc, request)
 if first_err then io.stderr:write("first error: ", tostring(first_err), "\n") end
 print(("writes=%d errors=%d seconds=%.3f"):format(done, errors, coord.now() - t0))
 os.exit(errors == 0 and 0 or 1)
