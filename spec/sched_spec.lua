@@ -127,6 +127,14 @@ describe("coord scheduler", function()
     assert.are.same({ n = 2, "b", "c" }, b)
   end)
 
+  it("gather in a coroutine returns when every function finishes without waiting", function()
+    local a, b = coord.run(function()
+      local x, y = coord.gather(function() return 1 end, function() return 2 end)
+      return x[1], y[1]
+    end)
+    assert.are.same({ 1, 2 }, { a, b })
+  end)
+
   it("gather cancels the others when one fails and raises its error", function()
     local finished = false
     assert.has_error(function()

@@ -91,7 +91,9 @@ local function wait(w)
   if not main and isyieldable() then
     w.co = co
     local guard <close> = w
-    repeat yield(SUSPEND) until w.done
+    -- w may be done already (a gather whose functions all finished without waiting): its
+    -- wake found no coroutine to queue, so yielding now would never be resumed
+    while not w.done do yield(SUSPEND) end
     w.taken = true
     return w.a, w.b
   end
