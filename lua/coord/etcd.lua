@@ -145,8 +145,7 @@ function Client:_failed(url, err)
   for k, ep in ipairs(eps) do
     if ep.url == url then
       ep.fails = ep.fails + 1
-      local delay = math.min(BACKOFF_MAX, BACKOFF_BASE * 2 ^ (ep.fails - 1))
-      ep.down_until = now() + delay * (0.5 + math.random() / 2)
+      ep.down_until = now() + sched.jitter(math.min(BACKOFF_MAX, BACKOFF_BASE * 2 ^ (ep.fails - 1)))
       self.last_error = err
       if self.cur == k then self.cur = k % #eps + 1 end
       return

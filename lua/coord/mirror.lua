@@ -114,7 +114,7 @@ end
 local function backoff(self, err)
   failed(self, err)
   self.delay = math.min(self.max_backoff, self.delay > 0 and self.delay * 2 or 0.1)
-  coord.sleep(self.delay / 2 + math.random() * self.delay / 2)
+  coord.sleep(sched.jitter(self.delay))
 end
 
 ---------------------------------------------------------------------------------------------

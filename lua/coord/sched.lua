@@ -405,6 +405,12 @@ local function check_seconds(s, fname)
   end
 end
 
+--- A retry delay for a nominal backoff d: between d/2 and d, half fixed and half random, so
+--- that clients failing together do not retry together.
+function M.jitter(d)
+  return d / 2 + math.random() * d / 2
+end
+
 --- Suspends the running coroutine for s seconds.
 function M.sleep(s)
   check_seconds(s, "sleep")

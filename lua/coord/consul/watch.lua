@@ -97,7 +97,7 @@ end
 -- Exponential backoff with jitter: half the delay fixed, half random.
 local function backoff(p)
   p.delay = math.min(p.opts.max_backoff or 30, p.delay > 0 and p.delay * 2 or (p.opts.min_backoff or 0.1))
-  coord.sleep(p.delay / 2 + math.random() * p.delay / 2)
+  coord.sleep(sched.jitter(p.delay))
 end
 
 -- One successful read (false for an absent value) and its meta; or nil, err for an error

@@ -36,8 +36,7 @@ function M.of(client)
 end
 
 local function jittered(failures)
-  local d = math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ^ (failures - 1))
-  return d / 2 + math.random() * d / 2
+  return sched.jitter(math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ^ (failures - 1)))
 end
 
 --- Counters for monitoring: watches, connected (endpoint URL or nil), streams opened,
