@@ -40,18 +40,12 @@ static const char *kind_of(CURLcode c) {
   }
 }
 
-/* Pushes nil, kind, message and returns 3 if the transfer failed; returns 0 otherwise. */
-int coord_push_failure(lua_State *L, coord_req *r) {
-  if (r->canceled) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "canceled");
-    lua_pushliteral(L, "request canceled");
-    return 3;
-  }
-  if (r->result == CURLE_OK) return 0;
-  luaL_pushfail(L);
-  lua_pushstring(L, kind_of(r->result));
-  if (r->too_large)
+/* The message of a failed transfer, in words. */
+static void push_message(lua_State *L, coord_req *r) {
+  if (r->resend_refused)
+    lua_pushliteral(L, "the connection closed before any reply after the request was sent; "
+                       "it was not sent again (its outcome is unknown)");
+  else if (r->too_large)
     lua_pushfstring(L, "reply exceeds the limit of %I bytes (option max_body)", (lua_Integer)r->max_body);
   else if (r->nomem)
     lua_pushliteral(L, "out of memory while receiving the reply");
@@ -59,7 +53,34 @@ int coord_push_failure(lua_State *L, coord_req *r) {
     lua_pushfstring(L, "malformed URL: %s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
   else
     lua_pushstring(L, r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
-  return 3;
+}
+
+/* Pushes nil, kind, message, maybe_applied, cause and returns 5 if the transfer failed;
+   returns 0 otherwise. maybe_applied: some attempt's request may have left this process, so
+   "connect" and "resolve" only ever mean that nothing was sent. A request that must not be
+   sent twice (resend off) and failed after sending has the kind "unknown", its transport
+   kind in cause; a timeout stays "timeout". */
+int coord_push_failure(lua_State *L, coord_req *r) {
+  int maybe = r->sent > 0;
+  const char *kind, *cause = NULL;
+  if (r->canceled) kind = "canceled";
+  else if (r->result == CURLE_OK) return 0;
+  else kind = r->resend_refused ? "closed" : kind_of(r->result);
+  if (maybe && !r->canceled && strcmp(kind, "timeout") != 0) {
+    int unsent_kind = strcmp(kind, "connect") == 0 || strcmp(kind, "resolve") == 0;
+    if (!r->resend || unsent_kind) {
+      cause = kind;
+      kind = r->resend ? "closed" : "unknown"; /* a read's retry that failed to connect */
+    }
+  }
+  luaL_pushfail(L);
+  lua_pushstring(L, kind);
+  if (r->canceled) lua_pushliteral(L, "request canceled");
+  else push_message(L, r);
+  lua_pushboolean(L, maybe);
+  if (cause) lua_pushstring(L, cause);
+  else lua_pushnil(L);
+  return 5;
 }
 
 /* Pushes { name = value } for the header lines in hdrs: names lower-cased, values trimmed,

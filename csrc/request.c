@@ -2,6 +2,7 @@
    both directions with backpressure, and cancellation. */
 #include <ctype.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "dispatch.h"
@@ -11,6 +12,10 @@
 #define DEFAULT_HIGH_WATER ((size_t)1 << 20)
 #define DEFAULT_TIMEOUT_MS 30000L        /* whole exchange; streams have none by default */
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000L
+
+#if LIBCURL_VERSION_NUM < 0x075000
+#error "coord needs libcurl 7.80 or later (CURLOPT_PREREQFUNCTION tells whether a request was sent)"
+#endif
 
 /* ---- curl callbacks: they only touch the request's own buffers and flags ---- */
 
@@ -80,6 +85,21 @@ static size_t on_read(char *p, size_t size, size_t nmemb, void *ud) {
   return n;
 }
 
+/* Called by libcurl right before each attempt sends its request, on a new or a reused
+   connection. A request on a reused connection that died before any reply byte is sent
+   again by libcurl itself: this is the only place that sees that second attempt, so it is
+   counted here, and refused for a request that must not be sent twice. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
+  coord_req *r = ud;
+  (void)ip, (void)local_ip, (void)port, (void)local_port;
+  if (r->sent && !r->resend) {
+    r->resend_refused = 1;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  if (r->sent < 255) r->sent++;
+  return CURL_PREREQFUNC_OK;
+}
+
 /* ---- life cycle ---- */
 
 static void active_unlink(coord_loop *lp, coord_req *r) {
@@ -99,7 +119,9 @@ void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
   if (status) r->status = status;
   curl_multi_remove_handle(lp->multi, r->easy);
   active_unlink(lp, r);
-  coord_loop_release_easy(lp, r->easy, r->easy_flags);
+  /* libcurl counts its own re-sends per handle, for the handle's whole life (five, then it
+     gives up at once): only a reset clears that count */
+  coord_loop_release_easy(lp, r->easy, r->sent > 1 || r->resend_refused ? 0 : r->easy_flags);
   r->easy = NULL;
   r->active = 0;
   r->done = 1;
@@ -216,6 +238,20 @@ static int opt_bool(lua_State *L, int t, const char *name, int dflt) {
   return b;
 }
 
+/* A method is an RFC 9110 token: it goes into the request line as it is. */
+static void check_method(lua_State *L, const char *m, size_t n) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  if (n == 0) luaL_error(L, "bad request option 'method' (empty)");
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)m[i];
+    if (!isalnum(c) && (c == '\0' || !strchr(extra, c))) {
+      char hex[8];
+      snprintf(hex, sizeof hex, "0x%02x", (unsigned)c);
+      luaL_error(L, "bad request option 'method' (an HTTP token expected, got character %s)", hex);
+    }
+  }
+}
+
 static void check_header_text(lua_State *L, const char *s, size_t n, int is_name) {
   for (size_t i = 0; i < n; i++) {
     if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0' || (is_name && (s[i] == ':' || s[i] == ' ')))
@@ -328,6 +364,7 @@ void coord_req_init_easy(CURL *e) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
@@ -355,6 +392,7 @@ int coord_req_new(lua_State *L) {
   const char *url = opt_string(L, 1, "url");
   if (url == NULL) return luaL_error(L, "bad request option 'url' (string expected, got nil)");
   const char *method = opt_string(L, 1, "method");
+  if (method) check_method(L, method, lua_rawlen(L, -1));
   size_t bodylen = 0;
   const char *body = NULL;
   if (opt(L, 1, "body", LUA_TSTRING)) {
@@ -378,6 +416,7 @@ int coord_req_new(lua_State *L) {
   if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
   if (!method) method = body || r->upload ? "POST" : "GET";
   int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
+  r->resend = opt_bool(L, 1, "resend", is_get || is_head);
 
   CURL *e = coord_loop_easy(lp);
   if (e == NULL) return luaL_error(L, "coord: cannot create a curl handle (out of memory?)");
@@ -386,6 +425,7 @@ int coord_req_new(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout); /* pooled handles keep options: always set */
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
   if (unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_socket);

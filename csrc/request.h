@@ -19,6 +19,9 @@ struct coord_req {
   unsigned stream : 1, upload : 1, upload_eof : 1, waiting : 1, headers_done : 1;
   unsigned recv_paused : 1, send_paused : 1, too_large : 1, nomem : 1;
   unsigned easy_flags : 3; /* COORD_EASY_*: how to clean the handle for reuse */
+  unsigned resend : 1;   /* libcurl may send the request again on a fresh connection */
+  unsigned resend_refused : 1; /* it wanted to, and was stopped (on_prereq) */
+  unsigned char sent;    /* attempts whose request may have left this process (saturates) */
   CURLcode result;
   long status;
   size_t max_body;       /* bound on buffered response bytes */

@@ -37,8 +37,11 @@ local function method_of(opts)
   return opts.method or ((opts.body or opts.upload) and "POST" or "GET")
 end
 
-local function fail(kind, message, opts)
-  return nil, errors.new(kind, message, { method = method_of(opts), url = opts.url })
+-- The error of a failed transfer. maybe_applied: the request may have reached the server
+-- (cause: the transport kind, when the kind became "unknown" because of that).
+local function fail(kind, message, opts, maybe_applied, cause)
+  return nil, errors.new(kind, message, { method = method_of(opts), url = opts.url,
+    maybe_applied = maybe_applied or nil, cause = cause })
 end
 
 local function expected(expect, status)
@@ -61,7 +64,9 @@ end
 --- opts: url (required), method, headers, body, timeout (30 s; 0 = none), connect_timeout
 --- (10 s), tls = {ca_file, ca_path, cert_file, key_file, key_password, verify = true,
 --- verify_host}, unix_socket, http_version ("1.1", "2", "2tls", ...), pipewait, max_body,
---- expect (a status or list of statuses; any other is an "http" error).
+--- expect (a status or list of statuses; any other is an "http" error), resend (libcurl may
+--- send the request again when a reused connection died before any reply; default true
+--- for GET and HEAD only).
 function M.request(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'request' (table expected, got " .. type(opts) .. ")", 2)
@@ -70,8 +75,8 @@ function M.request(opts)
   local w = setmetatable({ cancel = cancel_request, ud = false, co = false, done = false, taken = false }, waiter)
   w.ud = request(opts, w)
   wait(w)
-  local status, raw, body = w.ud:result()
-  if not status then return fail(raw, body, opts) end
+  local status, raw, body, maybe_applied, cause = w.ud:result()
+  if not status then return fail(raw, body, opts, maybe_applied, cause) end
   local res = setmetatable({ status = status, raw_headers = raw, body = body }, Response)
   if opts.expect and not expected(opts.expect, status) then return http_error(res, opts) end
   return res
@@ -135,8 +140,9 @@ function M.stream(opts)
   return self
 end
 
-function Stream:_fail(kind, message)
-  local e = errors.new(kind, message, { method = self.method, url = self.url })
+function Stream:_fail(kind, message, maybe_applied, cause)
+  local e = errors.new(kind, message, { method = self.method, url = self.url,
+    maybe_applied = maybe_applied or nil, cause = cause })
   self.error = e
   return nil, e
 end
@@ -144,12 +150,12 @@ end
 --- Waits for the status line and headers: returns status, headers or nil, err.
 function Stream:response()
   while true do
-    local status, headers, message = self.ud:response()
+    local status, headers, message, maybe_applied, cause = self.ud:response()
     if status then
       self.status, self.headers = status, headers
       return status, headers
     end
-    if status == nil then return self:_fail(headers, message) end
+    if status == nil then return self:_fail(headers, message, maybe_applied, cause) end
     await(self)
   end
 end
@@ -157,11 +163,11 @@ end
 local function reader(method)
   return function(self)
     while true do
-      local data, kind, message = self.ud[method](self.ud)
+      local data, kind, message, maybe_applied, cause = self.ud[method](self.ud)
       if data then return data end
       if data == nil then
         if kind == "eof" then return nil end
-        return self:_fail(kind, message)
+        return self:_fail(kind, message, maybe_applied, cause)
       end
       await(self)
     end
