@@ -6,11 +6,13 @@
  * garbage replies, resets, stalls, chunked lines split across segments,
  * floods against slow readers and full-duplex chunked streams.
  *
- *   peer [--port N] [--max-seconds S]
+ *   peer [--port N] [--max-seconds S] [--upstream PORT]
  *
  * Listens on 127.0.0.1 (an ephemeral port unless --port N), prints one line
  * "PORT <n>" on stdout once listening, and exits on SIGTERM/SIGINT, when
  * stdin reaches EOF (the parent died) or after S seconds (default 600).
+ * With --upstream, it is a proxy in front of 127.0.0.1:PORT that can drop the
+ * connection after the upstream has answered, and counts arrivals by path.
  *
  * Build: gcc -std=gnu11 -O1 -g -Wall -Wextra -Werror -pthread -o peer peer.c
  */
@@ -76,13 +78,15 @@ struct conn {
     char head[HEAD_MAX];         /* request line and header lines */
 };
 
-struct event { struct event *next; unsigned flags; char id[]; };
+/* Keyed by an id, or by a request path in proxy mode (arrivals, armed drops). */
+struct event { struct event *next; unsigned flags; long arrivals, armed; char id[]; };
 
 static atomic_long stat_requests, stat_connections, stat_open;
 static int wake_pipe[2];
 static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ev_cond;   /* initialised in main (monotonic clock) */
 static struct event *events;
+static int upstream_port;       /* --upstream: proxy mode, forward to 127.0.0.1:port */
 
 /* ---------------------------------------------------------------- utils */
 
@@ -352,18 +356,11 @@ static int interpret_headers(struct request *rq)
     return 0;
 }
 
-/* Reads a request head into c->rq. Returns 0, -1 to close silently, or an
- * HTTP error status to reply with before closing. */
-static int parse_head(struct conn *c)
+/* Reads header lines (after the first line, which used bytes of c->head) into rq, up
+ * to the empty line. Returns 0, -1 on EOF, or an HTTP error status. */
+static int parse_header_lines(struct conn *c, struct request *rq, size_t used)
 {
-    struct request *rq = &c->rq;
     long n;
-    do n = read_line(c, c->head, HEAD_MAX);  /* skip empty lines between requests */
-    while (n == 0);
-    if (n < 0) return n == -1 ? -1 : 431;
-    size_t used = (size_t)n + 1;
-    int st = parse_request_line(rq, c->head);
-    if (st) return st;
     for (;;) {
         char *h = c->head + used;
         if ((n = read_line(c, h, HEAD_MAX - used)) < 0) return n == -1 ? -1 : 431;
@@ -376,6 +373,20 @@ static int parse_head(struct conn *c)
         rq->hdr[rq->nhdr++] = (struct header){ h, trim(colon + 1) };
     }
     return interpret_headers(rq);
+}
+
+/* Reads a request head into c->rq. Returns 0, -1 to close silently, or an
+ * HTTP error status to reply with before closing. */
+static int parse_head(struct conn *c)
+{
+    struct request *rq = &c->rq;
+    long n;
+    do n = read_line(c, c->head, HEAD_MAX);  /* skip empty lines between requests */
+    while (n == 0);
+    if (n < 0) return n == -1 ? -1 : 431;
+    int st = parse_request_line(rq, c->head);
+    if (st) return st;
+    return parse_header_lines(c, rq, (size_t)n + 1);
 }
 
 /* Finds query parameter key; returns its value (not NUL-terminated). */
@@ -701,6 +712,124 @@ static int route_stats(struct conn *c)
     return send_response(c, 200, "application/json", NULL, body, strlen(body));
 }
 
+/* ---------------------------------------------------------- proxy mode */
+
+/* Hop-by-hop and framing headers: the proxy sets its own. */
+static bool hop_header(const char *name)
+{
+    static const char *const names[] = { "Connection", "Keep-Alive", "Proxy-Connection",
+        "Content-Length", "Transfer-Encoding", "Expect", "TE", "Upgrade" };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (strcasecmp(name, names[i]) == 0) return true;
+    return false;
+}
+
+static int connect_upstream(void)
+{
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)upstream_port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/* Reads the upstream's whole reply on u (one request per connection): the status line
+ * stays in u->head, headers in u->rq, the body (de-chunked) in u->rq.body. */
+static int read_upstream(struct conn *u, bool head_only)
+{
+    long n = read_line(u, u->head, HEAD_MAX);
+    if (n < 12 || strncmp(u->head, "HTTP/1.", 7) != 0) return -1;
+    u->rq.length = -1;
+    if (parse_header_lines(u, &u->rq, (size_t)n + 1) != 0) return -1;
+    int status = atoi(u->head + 9);
+    if (head_only || status == 204 || status == 304 || status < 200) return 0;
+    if (u->rq.chunked) return read_chunked(u, sink_store, NULL) == BODY_OK ? 0 : -1;
+    if (u->rq.length >= 0)
+        return read_fixed(u, (unsigned long long)u->rq.length, sink_store, NULL) == BODY_OK ? 0 : -1;
+    for (;;) {   /* no framing: the body ends with the connection */
+        if (u->rpos < u->rlen && sink_store(u, u->rbuf + u->rpos, u->rlen - u->rpos, NULL) < 0)
+            return -1;
+        u->rpos = u->rlen;
+        if (conn_fill(u) < 0) return 0;
+    }
+}
+
+/* Any request in proxy mode: counted by path, forwarded to the upstream on a connection of
+ * its own, and its reply relayed on the client's keep-alive connection; unless a drop is
+ * armed for the path: then the client's connection is closed once the upstream has
+ * answered, without a byte of the reply ("applied, then the connection died"). */
+static int route_proxy(struct conn *c)
+{
+    struct request *rq = &c->rq;
+    pthread_mutex_lock(&ev_lock);
+    struct event *e = ev_get(rq->path);
+    e->arrivals++;
+    bool drop = e->armed > 0;
+    if (drop) e->armed--;
+    pthread_mutex_unlock(&ev_lock);
+
+    struct buf out = { 0 };
+    buf_printf(&out, "%s %s%s%s HTTP/1.1\r\n", rq->method, rq->path, *rq->query ? "?" : "", rq->query);
+    for (int i = 0; i < rq->nhdr; i++)
+        if (!hop_header(rq->hdr[i].name))
+            buf_printf(&out, "%s: %s\r\n", rq->hdr[i].name, rq->hdr[i].value);
+    buf_printf(&out, "Content-Length: %zu\r\nConnection: close\r\n\r\n", rq->body.len);
+    buf_add(&out, rq->body.p, rq->body.len);
+    int fd = connect_upstream();
+    if (fd < 0) {
+        free(out.p);
+        return reply_text(c, 502, "upstream unreachable");
+    }
+    struct conn *u = calloc(1, sizeof *u);
+    if (!u) abort();
+    u->fd = fd;
+    int r = send_buf(fd, &out) == 0 ? read_upstream(u, rq->head_only) : -1;
+    close(fd);
+    int keep = 0;
+    if (r < 0) {
+        keep = reply_text(c, 502, "bad upstream reply");
+    } else if (!drop) {
+        buf_printf(&out, "%s\r\n", u->head);
+        for (int i = 0; i < u->rq.nhdr; i++)
+            if (!hop_header(u->rq.hdr[i].name))
+                buf_printf(&out, "%s: %s\r\n", u->rq.hdr[i].name, u->rq.hdr[i].value);
+        buf_printf(&out, "Content-Length: %zu\r\nConnection: %s\r\n\r\n", u->rq.body.len,
+                   rq->keep_alive ? "keep-alive" : "close");
+        if (!rq->head_only) buf_add(&out, u->rq.body.p, u->rq.body.len);
+        keep = send_buf(c->fd, &out) == 0 && rq->keep_alive;
+    }
+    free(u->rq.body.p);
+    free(u);
+    return keep;
+}
+
+/* /_peer/arm?path=P&times=N: the next N requests for path P get the drop (default 1). */
+static int route_arm(struct conn *c)
+{
+    char path[ID_MAX];
+    query_str(c->rq.query, "path", path, sizeof path);
+    pthread_mutex_lock(&ev_lock);
+    ev_get(path)->armed = clamp(query_num(c->rq.query, "times", 1), 0, 1000000);
+    pthread_mutex_unlock(&ev_lock);
+    return reply_text(c, 200, "armed");
+}
+
+/* /_peer/count?path=P: how many requests for path P have arrived. */
+static int route_count(struct conn *c)
+{
+    char path[ID_MAX], body[32];
+    query_str(c->rq.query, "path", path, sizeof path);
+    pthread_mutex_lock(&ev_lock);
+    snprintf(body, sizeof body, "%ld", ev_get(path)->arrivals);
+    pthread_mutex_unlock(&ev_lock);
+    return reply_text(c, 200, body);
+}
+
 struct route {
     const char *path;
     int (*fn)(struct conn *c);   /* returns 1 to keep the connection open */
@@ -717,6 +846,7 @@ static const struct route routes[] = {
     { "/flood", route_flood, false },     { "/blocked", route_blocked, false },
     { "/duplex", route_duplex, true },    { "/stats", route_stats, false },
     { "/seen", route_seen, false },
+    { "/_peer/arm", route_arm, false },   { "/_peer/count", route_count, false },
 };
 
 /* ----------------------------------------------------------- connection */
@@ -724,8 +854,9 @@ static const struct route routes[] = {
 static int handle_request(struct conn *c)
 {
     const struct route *rt = NULL;
+    bool control = strncmp(c->rq.path, "/_peer/", 7) == 0;
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-        if (strcmp(routes[i].path, c->rq.path) == 0) rt = &routes[i];
+        if (strcmp(routes[i].path, c->rq.path) == 0 && (control || !upstream_port)) rt = &routes[i];
     if (!rt || !rt->streams_body) {
         int r = read_body(c, sink_store, NULL);
         if (r == BODY_BIG || r == BODY_BAD) {
@@ -734,6 +865,7 @@ static int handle_request(struct conn *c)
         }
         if (r < 0) return 0;
     }
+    if (!rt && upstream_port && !control) return route_proxy(c);
     return rt ? rt->fn(c) : reply_text(c, 404, "no route");
 }
 
@@ -896,7 +1028,7 @@ static const char *run(int lfd, long long max_seconds)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: peer [--port N] [--max-seconds S]\n");
+    fprintf(stderr, "usage: peer [--port N] [--max-seconds S] [--upstream PORT]\n");
     exit(2);
 }
 
@@ -915,6 +1047,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--port") == 0)
             port = parse_arg(argv[++i], 0, 65535);
+        else if (strcmp(argv[i], "--upstream") == 0)
+            upstream_port = (int)parse_arg(argv[++i], 1, 65535);
         else if (strcmp(argv[i], "--max-seconds") == 0)
             max_seconds = parse_arg(argv[++i], 1, 86400LL * 365);
         else
