@@ -252,7 +252,9 @@ describe("coord.etcd retries", function()
     local etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
     local h, err = etcd:put("retry/a", "1")
     assert.is_nil(h)
-    assert.equal("closed", err.kind)
+    assert.equal("unknown", err.kind) -- it was sent: the outcome is unknown
+    assert.equal("closed", err.cause)
+    assert.is_true(err.maybe_applied)
     assert.is_nil(assert(etcd_mod.new { endpoints = { server.endpoint } }:range("retry/", { prefix = true }))[1])
     etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
     local kv, h2 = etcd:get("retry/a")

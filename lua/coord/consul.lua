@@ -228,8 +228,13 @@ local function send(self, req, blocking)
   return http.request(req)
 end
 
--- Failures worth a retry for a plain read: the connection failed, or the server said so.
-local function transient(res, err)
+-- Failures worth another attempt. A read: the connection failed, or the server said so. A
+-- write: only a request that certainly never left this process (connect, resolve); one that
+-- may have been applied (err.maybe_applied) is never sent again.
+local function transient(method, res, err)
+  if method ~= "GET" then
+    return err ~= nil and (err.kind == "connect" or err.kind == "resolve") and not err.maybe_applied
+  end
   if err then return err.kind == "connect" or err.kind == "closed" end
   return res.status == 429 or res.status == 500 or res.status == 503
 end
@@ -239,7 +244,8 @@ end
 --- non-2xx statuses to accept), token, dc, consistency/stale/consistent, ns, partition,
 --- index/hash + wait (a blocking query; the deadline becomes wait + wait/16 + timeout),
 --- timeout, raw (keep the body as a string), retries (default 2 for a GET that does not
---- block, else 0). Returns {status, body, meta} or nil, err.
+--- block, else 0; a write is only retried when it was certainly not sent). Returns
+--- {status, body, meta} or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
@@ -262,7 +268,7 @@ function Client:_call(method, path, opts)
   local res, err
   for attempt = 0, retries do
     res, err = send(self, req, blocking)
-    if attempt == retries or not transient(res, err) or (res and accepted(opts.ok, res.status)) then break end
+    if attempt == retries or not transient(method, res, err) or (res and accepted(opts.ok, res.status)) then break end
     sched.sleep(0.05 * 2 ^ attempt * (1 + math.random()))
   end
   if not res then return nil, err end

@@ -162,10 +162,14 @@ function Client:_auth_expired(token)
   if self.token == token then self.token = nil end
 end
 
--- Kinds of transport failure that say the endpoint itself is in trouble.
-local endpoint_failure = { connect = true, resolve = true, timeout = true, closed = true, unavailable = true }
--- Failures where the request certainly never reached the server: safe to send elsewhere.
-local never_sent = { connect = true, resolve = true }
+-- Kinds of transport failure that say the endpoint itself is in trouble ("unknown": the
+-- connection died after the request was sent).
+local endpoint_failure = { connect = true, resolve = true, timeout = true, closed = true, unavailable = true,
+  unknown = true }
+-- Failures where the request certainly never left this process: safe to send elsewhere.
+local function never_sent(e)
+  return (e.kind == "connect" or e.kind == "resolve") and not e.maybe_applied
+end
 
 local auth_messages = { "invalid auth token", "user name is empty", "authentication failed", "revision of auth store is old" }
 local kind_by_status = { [400] = "invalid", [401] = "auth", [403] = "permission", [404] = "not_found",
@@ -180,6 +184,9 @@ local function server_error(res, j, path)
   if type(msg) ~= "string" then msg = res.body ~= "" and res.body:sub(1, 200) or ("HTTP " .. res.status) end
   local kind = kind_by_code[code] or kind_by_status[res.status] or "http"
   if msg:find("compacted", 1, true) then kind = "compacted" end
+  -- a value over the gateway's 2 MiB gRPC limit: code 8 like "too many requests", but it
+  -- can never succeed
+  if msg:find("larger than max", 1, true) then kind = "invalid" end
   for _, m in ipairs(auth_messages) do
     if msg:find(m, 1, true) then kind = "auth" end
   end
@@ -193,12 +200,14 @@ local function stale_token(err)
 end
 
 -- One POST (a GET when data is nil) to one endpoint. Returns the decoded reply, or nil and
--- an error.
+-- an error. Only an idempotent call may be sent again by libcurl when its connection dies
+-- before the reply (see coord.http's resend).
 local function send(self, t, path, data, opts)
   local res, err = http.request {
     url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
     timeout = opts and opts.timeout or self.timeout, tls = t.tls,
     http_version = t.http_version, pipewait = t.pipewait,
+    resend = opts and opts.idempotent or nil,
   }
   if not res then
     err.path = path
@@ -213,7 +222,8 @@ local function send(self, t, path, data, opts)
 end
 
 -- Posts to the healthy endpoints in turn: a failure that means the endpoint is in trouble
--- moves on to the next one when the call may be repeated (idempotent, or never sent).
+-- moves on to the next one when the call may be repeated: idempotent, or certainly never
+-- sent (a write whose outcome is unknown is returned as it is, with err.maybe_applied).
 local function post(self, path, body, opts, with_token)
   local data = json_encode(body)
   local idempotent = opts and opts.idempotent
@@ -238,7 +248,7 @@ local function post(self, path, body, opts, with_token)
       self:_auth_expired(t.token)
     elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
       self:_failed(ep.url, e)
-      if not (idempotent or never_sent[e.kind]) or tries >= #self.endpoints then return nil, e end
+      if not (idempotent or never_sent(e)) or tries >= #self.endpoints then return nil, e end
     else
       return nil, e
     end
