@@ -100,6 +100,77 @@ describe("coord.http", function()
     assert.are.same({ "connect", "resolve", "protocol", "timeout" }, kinds)
   end)
 
+  it("says whether a failed request may have left this process (maybe_applied)", function()
+    local e = coord.run(function()
+      local out = {}
+      _, out.refused = http.post("http://127.0.0.1:1/", "x")
+      _, out.timeout = http.post(peer.url("/stall?id=ma1"), "x", { timeout = 0.2 })
+      _, out.garbage = http.post(peer.url("/garbage"), "x")
+      _, out.get_garbage = http.get(peer.url("/garbage"))
+      return out
+    end)
+    assert.are.equal("connect", e.refused.kind)
+    assert.is_nil(e.refused.maybe_applied)
+    assert.are.equal("timeout", e.timeout.kind) -- a timeout stays one, but it was sent
+    assert.is_true(e.timeout.maybe_applied)
+    assert.are.equal("unknown", e.garbage.kind) -- a POST is not sent again: outcome unknown
+    assert.is_true(e.garbage.maybe_applied)
+    assert.are.equal("protocol", e.garbage.cause)
+    assert.are.equal("protocol", e.get_garbage.kind) -- a GET keeps its kind
+    assert.is_true(e.get_garbage.maybe_applied)
+  end)
+
+  describe("through a proxy that drops the connection once the upstream has answered", function()
+    local proxy
+    setup(function() proxy = helpers.start_peer { upstream = peer.port } end)
+    teardown(function() proxy.stop() end)
+
+    -- Arms a drop for path, then leaves an idle keep-alive connection for the next request
+    -- (the control calls close theirs). Returns how often path has arrived so far.
+    local function armed(path)
+      proxy.arm(path)
+      local n = proxy.count(path)
+      assert.are.equal("hello", assert(http.get(proxy.url("/hello"))).body)
+      return n
+    end
+
+    it("never sends a POST again: outcome unknown, and it arrived once", function()
+      coord.run(function()
+        local before = armed("/echo")
+        local res, err = http.post(proxy.url("/echo"), "once")
+        assert.is_nil(res)
+        assert.are.equal("unknown", err.kind)
+        assert.is_true(err.maybe_applied)
+        assert.are.equal("closed", err.cause)
+        assert.are.equal(before + 1, proxy.count("/echo"))
+      end)
+    end)
+
+    it("lets libcurl send a GET, or a request with resend = true, again", function()
+      coord.run(function()
+        local before = armed("/echo")
+        local res = assert(http.request { url = proxy.url("/echo"), method = "PUT", body = "twice", resend = true })
+        assert.are.equal("twice", res.body)
+        assert.are.equal(before + 2, proxy.count("/echo"))
+        before = armed("/id")
+        assert.are.equal("7", assert(http.get(proxy.url("/id?n=7"))).body)
+        assert.are.equal(before + 2, proxy.count("/id"))
+      end)
+    end)
+
+    it("keeps working after many drops on the same pooled handles", function()
+      -- libcurl counts its re-sends per easy handle for the handle's whole life
+      coord.run(function()
+        for i = 1, 8 do
+          armed("/id")
+          local res, err = http.get(proxy.url("/id?n=" .. i))
+          assert.is_truthy(res, tostring(err))
+          assert.are.equal(tostring(i), res.body)
+        end
+      end)
+    end)
+  end)
+
   it("reports truncated, garbage and reset replies as errors", function()
     local e = coord.run(function()
       local out = {}
@@ -153,6 +224,12 @@ describe("coord.http", function()
     assert.has_error(function() http.request({ url = "http://x", timeout = "soon" }) end)
     assert.has_error(function() http.request({ url = "http://x", headers = { ["Bad\r\nName"] = "v" } }) end)
     assert.has_error(function() http.request({ url = "http://x", http_version = "3" }) end)
+    for _, m in ipairs({ "GET\r\nX-Injected: 1", "GE T", "PUT\n", "", "G\0T", "P\127" }) do
+      assert.has_error(function() http.request({ url = "http://x", method = m }) end)
+    end
+    assert.has_error(function() http.request({ url = "http://x", method = "GET /x HTTP/1.1" }) end,
+      "bad request option 'method' (an HTTP token expected, got character 0x20)")
+    assert.has_error(function() http.request({ url = "http://x", resend = "yes" }) end)
     assert.has_error(function() http.post("http://x", 42) end)
     assert.are.equal(0, require("coord.core").inflight())
   end)
