@@ -120,8 +120,10 @@ void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
   curl_multi_remove_handle(lp->multi, r->easy);
   active_unlink(lp, r);
   /* libcurl counts its own re-sends per handle, for the handle's whole life (five, then it
-     gives up at once): only a reset clears that count */
-  coord_loop_release_easy(lp, r->easy, r->sent > 1 || r->resend_refused ? 0 : r->easy_flags);
+     gives up at once): only a reset clears that count, so a handle that may have re-sent
+     (a second attempt, or a failure) is reset */
+  int resent = r->sent > 1 || r->resend_refused || code != CURLE_OK;
+  coord_loop_release_easy(lp, r->easy, resent ? 0 : r->easy_flags);
   r->easy = NULL;
   r->active = 0;
   r->done = 1;
