@@ -28,6 +28,7 @@ typedef struct coord_loop {
   CURL *pool[COORD_POOL_MAX];
   int npool;
   int polling;           /* re-entry guard for coord_loop_poll */
+  int stalled;           /* some request has recv_over set (see coord_req_unpolled) */
 } coord_loop;
 
 /* The full userdata holding the loop pointer: created closed (NULL), opened on first use. */

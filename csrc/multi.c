@@ -57,6 +57,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   int running;
   curl_multi_socket_action(lp->multi, s->fd, flags, &running);
   drain(lp);
+  if (lp->stalled) coord_req_unstall(lp);
 }
 
 static void on_curl_timer(uv_timer_t *t) {
@@ -64,6 +65,7 @@ static void on_curl_timer(uv_timer_t *t) {
   int running;
   curl_multi_socket_action(lp->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   drain(lp);
+  if (lp->stalled) coord_req_unstall(lp);
 }
 
 /* CURLMOPT_SOCKETFUNCTION: start, change or stop watching one socket. Returning -1 makes
@@ -73,6 +75,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
   coord_loop *lp = userp;
   coord_sock *s = socketp;
   if (what == CURL_POLL_REMOVE) {
+    coord_req_unpolled(lp, e);
     if (s) {
       curl_multi_assign(lp->multi, fd, NULL);
       uv_poll_stop(&s->poll); /* at once: the socket is closed right after this callback */

@@ -73,6 +73,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud) {
 
 static size_t on_read(char *p, size_t size, size_t nmemb, void *ud) {
   coord_req *r = ud;
+  if (r->recv_over) return 0; /* the reply has ended: so does the body */
   size_t avail = coord_buf_unread(&r->send);
   if (avail == 0) {
     if (r->upload_eof) return 0;
@@ -98,6 +99,20 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
   }
   if (r->sent < 255) r->sent++;
   return CURL_PREREQFUNC_OK;
+}
+
+/* A streamed upload whose body is paused (nothing to send) and whose reply has ended (the
+   server closed the connection, or finished its reply): curl 7.88 stops polling the socket
+   but keeps the transfer until the body goes on, so a dead peer would sit in CLOSE-WAIT
+   until the next write. Called from the socket callback when curl stops watching a socket
+   (only records); coord_req_unstall then lets the body end, which ends the transfer. */
+void coord_req_unpolled(coord_loop *lp, CURL *e) {
+  coord_req *r = NULL;
+  curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+  if (r == NULL || !r->active || r->easy != e || !r->upload || r->upload_eof) return;
+  if (!r->send_paused || r->recv_paused) return; /* curl is sending, or we hold the reply */
+  r->recv_over = 1;
+  lp->stalled = 1;
 }
 
 /* ---- life cycle ---- */
@@ -483,6 +498,15 @@ static void resume_send(coord_req *r) {
   if (r->send_paused && r->active) {
     r->send_paused = 0;
     curl_easy_pause(r->easy, r->recv_paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+  }
+}
+
+/* Called after curl_multi_socket_action has returned: resumes the paused body of every
+   request marked by coord_req_unpolled; its read callback then ends the body. */
+void coord_req_unstall(coord_loop *lp) {
+  lp->stalled = 0;
+  for (coord_req *r = lp->active; r != NULL; r = r->next) {
+    if (r->recv_over) resume_send(r);
   }
 }
 

@@ -18,6 +18,7 @@ struct coord_req {
   unsigned active : 1, in_ready : 1, in_cancel : 1, done : 1, canceled : 1;
   unsigned stream : 1, upload : 1, upload_eof : 1, waiting : 1, headers_done : 1;
   unsigned recv_paused : 1, send_paused : 1, too_large : 1, nomem : 1;
+  unsigned recv_over : 1;  /* uploads: curl stopped reading while the body was paused */
   unsigned easy_flags : 3; /* COORD_EASY_*: how to clean the handle for reuse */
   unsigned resend : 1;   /* libcurl may send the request again on a fresh connection */
   unsigned resend_refused : 1; /* it wanted to, and was stopped (on_prereq) */
@@ -44,5 +45,7 @@ void coord_req_settle(lua_State *L, coord_req *r);
 int coord_req_new(lua_State *L);
 void coord_req_register(lua_State *L);
 void coord_req_init_easy(CURL *e);
+void coord_req_unpolled(coord_loop *lp, CURL *e);
+void coord_req_unstall(coord_loop *lp);
 
 #endif

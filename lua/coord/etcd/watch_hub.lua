@@ -29,7 +29,7 @@ function M.of(client)
   local hub = rawget(client, "_watch_hub")
   if not hub then
     hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
-      counts = { streams = 0, results = 0, fragments = 0, pauses = 0 } }, Hub)
+      counts = { streams = 0, results = 0, fragments = 0, pauses = 0, probes = 0, progress = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
   end
   return hub
@@ -40,12 +40,13 @@ local function jittered(failures)
 end
 
 --- Counters for monitoring: watches, connected (endpoint URL or nil), streams opened,
---- results read, fragments reassembled, pauses of slow watches.
+--- results read, fragments reassembled, pauses of slow watches, probes sent, progress
+--- replies read.
 function Hub:stats()
   local c = self.counts
   return { watches = self.count, connected = self.stream and self.target.url or nil,
     streams = c.streams, results = c.results, fragments = c.fragments, pauses = c.pauses,
-    last_error = self.last_error }
+    probes = c.probes, progress = c.progress, last_error = self.last_error }
 end
 
 ---------------------------------------------------------------------------------------------
@@ -58,11 +59,13 @@ local function send(hub, msg)
 end
 
 -- Sends a create_request for w under a fresh id (ids are never reused: etcd refuses a
--- duplicate with watch_id -1, which could not be told apart), from w.next_rev when known.
+-- duplicate with watch_id -1, which could not be told apart), from w.next_rev when known,
+-- or from the revision progress replies have vouched for (w.safe), if that is later.
 local function create(hub, w)
   local id = hub.next_id
   hub.next_id = id + 1
-  w.id, w.frag = id, nil
+  w.id, w.frag, w.cand = id, nil, nil
+  if w.safe and w.safe > (w.next_rev or 0) then w.next_rev = w.safe end
   hub.byid[id] = w
   w.state = "creating"
   local req = w.req
@@ -79,7 +82,7 @@ local function cancel(hub, w)
   local id = w.id
   if id then
     hub.byid[id] = nil
-    w.id, w.frag = nil, nil
+    w.id, w.frag, w.cand = nil, nil, nil
     send(hub, { cancel_request = { watch_id = id } })
   end
 end
@@ -204,6 +207,26 @@ local function answered(hub, id)
   return w
 end
 
+-- A reply to the hub's progress_request: no watch id (-1), a header, nothing else. It says
+-- that the stream has carried every event up to rev, but not always before the reply
+-- itself: etcd 3.5 sends it only once all the stream's watchers have caught up, behind their
+-- events, while etcd 3.4 answers at once with its current revision, so the reply can
+-- overtake events that are still queued (or not yet read from history) for a watch. So rev
+-- is only a candidate, one per live watch: it becomes the watch's resume revision (w.safe,
+-- used when the watch is created again on another stream) at the next reply, unless an
+-- event for the watch came in between. Watches whose create is still unanswered get no
+-- candidate: the reply may predate them. Delivery on this stream never depends on it.
+local function progress_all(hub, rev)
+  hub.counts.progress = hub.counts.progress + 1
+  for _, w in pairs(hub.byid) do
+    if w.state == "active" then
+      local cand = w.cand
+      if cand and cand + 1 > (w.safe or 0) then w.safe = cand + 1 end
+      w.cand = rev
+    end
+  end
+end
+
 local function dispatch(hub, r)
   local id = int(r.watch_id)
   if r.created then
@@ -215,11 +238,17 @@ local function dispatch(hub, r)
     if not w.next_rev then w.next_rev = rev + 1 end
     return w:_created(rev)
   end
-  local w = hub.byid[id]
-  if not w then return end -- canceled meanwhile (closed or paused), or a broadcast (-1)
-  if r.canceled then return canceled(hub, w, r) end
   local evs = r.events
+  if id == -1 then
+    local rev = int(r.header and r.header.revision)
+    if not evs and not r.canceled and rev > 0 then progress_all(hub, rev) end
+    return
+  end
+  local w = hub.byid[id]
+  if not w then return end -- canceled meanwhile (closed or paused)
+  if r.canceled then return canceled(hub, w, r) end
   if evs then
+    w.cand = nil
     local strip = #hub.client.prefix
     local frag = w.frag
     if r.fragment then hub.counts.fragments = hub.counts.fragments + 1 end
@@ -288,6 +317,7 @@ local function read_loop(hub, s)
     if not line then
       return rerr or errors.new("closed", "watch stream ended by the server"), got
     end
+    hub.last_rx = core.now()
     if line ~= "" then
       local j = json_decode(line)
       if type(j) ~= "table" then
@@ -304,22 +334,29 @@ local function read_loop(hub, s)
   end
 end
 
--- Probes the stream every hub.keepalive seconds with a progress_request (answered with a
--- header-only result). A stream that has carried nothing for two intervals is closed, so
--- that the task reconnects. The write also matters on its own: when the server has gone,
--- curl only notices the closed connection once it has something to send while the body
--- is still open.
+-- Probes the stream every hub.keepalive seconds with a progress_request, answered with a
+-- header-only result; every line read refreshes hub.last_rx. A stream on which a probe has
+-- stayed unanswered (nothing read since it was sent) for two intervals is closed, so that
+-- the task reconnects elsewhere. etcd 3.5 does not answer a probe while none of the
+-- stream's watches is live on the server (all paused for slow readers), so a probe only
+-- waits for an answer while one is; nor is the stream silent while lines wait unread in its
+-- buffer (the loop was busy elsewhere).
 local function keepalive(hub, s)
+  local asked -- when the oldest probe that nothing has been read after was sent
   while hub.stream == s do
     local iv = hub.keepalive
     sched.sleep(iv)
     if hub.stream ~= s then return end
-    if core.now() - hub.last_rx > 2 * iv then
-      hub.dead = errors.new("timeout", ("watch stream silent for %g s"):format(2 * iv))
+    local now = core.now()
+    if asked and (hub.last_rx >= asked or next(hub.byid) == nil or s:stats().buffered > 0) then asked = nil end
+    if asked and now - asked > 2 * iv then
+      hub.dead = errors.new("timeout", ("watch stream silent for %g s"):format(now - asked))
       s:close()
       return
     end
+    hub.counts.probes = hub.counts.probes + 1
     send(hub, { progress_request = {} })
+    asked = asked or now
   end
 end
 
@@ -337,7 +374,7 @@ end
 local function orphan(hub)
   hub.byid, hub.pending = {}, { head = 1, tail = 1 }
   for w in pairs(hub.watches) do
-    w.id, w.frag = nil, nil
+    w.id, w.frag, w.cand = nil, nil, nil
     if w.state ~= "paused" then w.state = "pending" end
   end
 end
