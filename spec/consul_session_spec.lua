@@ -120,4 +120,57 @@ describe("coord.consul.session", function()
     assert.are.equal(err, s:wait_lost())
     assert.is_true(s:close())
   end))
+
+  it("creates a session at once on a freshly started agent", run(function()
+    -- no wait_node: the agent has a leader but may not have registered its node yet
+    local fresh <close> = servers.consul {}
+    local c2 = consul_mod.new { address = fresh.address }
+    local id = assert(c2.session:create { ttl = 10 })
+    assert.is_truthy(c2.session:info(id))
+    local s <close> = assert(c2.session:open { ttl = 10 })
+    assert.is_true(c2.session:destroy(id))
+  end))
+
+  it("destroys a self-renewing session whose task is canceled or whose coroutine is closed", run(function()
+    local function count()
+      return #assert(c.session:list())
+    end
+    local before = count()
+    local got = coord.queue()
+    local t = coord.spawn(function()
+      local s <close> = assert(c.session:open { ttl = 10 })
+      got:put(s)
+      coord.sleep(60)
+    end)
+    local s = got:get()
+    assert.are.equal(before + 1, count())
+    assert.is_true(t:cancel())
+    servers.until_true("session destroyed", function() return c.session:info(s.id) == nil end, 20)
+    assert.is_true(s.renewal.task.done)
+    -- canceled while its create request is in flight: destroyed once it exists
+    for k = 0, 3 do
+      local t2 = coord.spawn(function()
+        local s2 <close> = assert(c.session:open { ttl = 10 })
+        coord.sleep(60)
+      end)
+      for _ = 1, k do coord.sleep(0) end
+      t2:cancel()
+    end
+    servers.until_true("no session left", function() return count() == before end, 20)
+  end))
+
+  it("lets an on_lost hook close its session without raising", run(function()
+    local reported = {}
+    local old = coord.on_error(function(err) reported[#reported + 1] = err end)
+    local seen = coord.queue()
+    local s = assert(c.session:open { ttl = 10, on_lost = function(err, obj)
+      assert.is_true(obj:close())
+      seen:put(err)
+    end })
+    assert(c.session:destroy(s.id))
+    assert.are.equal("lost", assert(coord.timeout(10, seen.get, seen)).kind)
+    assert.is_true(s.task.done)
+    coord.on_error(old)
+    assert.are.same({}, reported)
+  end))
 end)
