@@ -455,10 +455,15 @@ describe("coord.consul locks", function()
       local old = coord.on_error(function(err) reported[#reported + 1] = err end)
       local seen = coord.queue()
       local l
-      l = assert(c:lock("give/hook", { on_lost = function(err) seen:put(err); assert(l:unlock()) end }))
+      l = assert(c:lock("give/hook", { on_lost = function(err)
+        assert(l:unlock())
+        assert(c.kv:put("give/hook-after", "done")) -- the hook can still wait after unlocking
+        seen:put(err)
+      end }))
       assert(c.session:destroy(l.session))
       assert.are.equal("lost", assert(coord.timeout(10, seen.get, seen)).kind)
       assert.is_true(l.released)
+      assert.are.equal("done", assert(c.kv:get("give/hook-after")).value)
       await_sessions {}
       coord.on_error(old)
       assert.are.same({}, reported)

@@ -146,7 +146,7 @@ describe("coord.consul.session", function()
     assert.are.equal(before + 1, count())
     assert.is_true(t:cancel())
     servers.until_true("session destroyed", function() return c.session:info(s.id) == nil end, 20)
-    assert.is_true(s.renewal.task.done)
+    assert.is_true(s.task.done)
     -- canceled while its create request is in flight: destroyed once it exists
     for k = 0, 3 do
       local t2 = coord.spawn(function()

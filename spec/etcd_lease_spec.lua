@@ -279,9 +279,9 @@ for _, version in ipairs { "3.4", "3.5" } do
       end)
       local k = got:get()
       assert.is_true(t:cancel())
-      assert.is_true(k.task.done)
-      assert.is_true((k:wait()))
       eventually("lease not kept alive", function() return not_kept(lease.id, 4) end)
+      assert.is_true((k:wait()))
+      assert.is_true(k.task.done)
 
       local lease2 = assert(etcd:grant(4))
       local k2 = etcd:keepalive(lease2.id, { ttl = lease2.ttl })

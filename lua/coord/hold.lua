@@ -31,6 +31,13 @@ function M.cleanup(fn, ...)
   return true
 end
 
+--- Stops a background task (t may be nil) from any context: cancels it, unless the caller
+--- runs inside it (a hook the task called, such as on_lost), where cancelling would cut the
+--- hook's own requests short: the task then ends by itself once the hook returns.
+function M.stop(t)
+  if t and coroutine.status(t.co) == "suspended" then t:cancel() end
+end
+
 local Guard = { __name = "coord.hold.guard" }
 Guard.__index = Guard
 
@@ -137,7 +144,7 @@ end
 --- Stops renewing, from any context (also from the lost hook, which runs in the loop's task).
 function Renewal:stop()
   self.stopped = true
-  self.task:cancel()
+  M.stop(self.task)
 end
 
 return M

@@ -124,7 +124,7 @@ end
 function Lock:unlock()
   if self.released then return true end
   self.released = true
-  if self.monitor then self.monitor:cancel() end
+  hold.stop(self.monitor)
   session.finish(self)
   return hold.cleanup(give_back, self)
 end

@@ -170,7 +170,7 @@ end
 function Semaphore:release()
   if not self.held then return true end
   self.held = false
-  if self.monitor then self.monitor:cancel() end
+  hold.stop(self.monitor)
   session.finish(self)
   return hold.cleanup(give_back, self, { session = self.session, contender = self.contender, keeper = self.keeper })
 end

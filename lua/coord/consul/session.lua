@@ -53,7 +53,7 @@ M.duration = duration
 function M.lose(obj, err)
   if obj.lost or obj.ended then return end
   obj.lost = err
-  if obj.monitor then obj.monitor:cancel() end
+  hold.stop(obj.monitor)
   M.finish(obj)
   if obj.on_lost then obj.on_lost(err, obj) end
 end
