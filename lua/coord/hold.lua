@@ -16,7 +16,7 @@ local function protected(fn, ...)
   local r = pack(xpcall(fn, debug.traceback, ...))
   if not r[1] then
     sched.report(r[2], coroutine.running(), r[2])
-    return nil, errors.new("failed", "cleanup raised: " .. tostring(r[2]))
+    return nil, errors.new("cleanup", "cleanup raised: " .. tostring(r[2]))
   end
   return unpack(r, 2, r.n)
 end
