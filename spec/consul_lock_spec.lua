@@ -291,4 +291,182 @@ describe("coord.consul locks", function()
       assert.is_false(e1:leader())
     end))
   end)
+
+  describe("giving back", function()
+    -- Waits (blocking queries on the session list) until exactly the sessions in `held`
+    -- exist: what a canceled or timed-out acquisition gives back is released in a task of
+    -- its own, after the cancel returns.
+    local function await_sessions(held, limit)
+      local deadline, index = coord.now() + (limit or 20), nil
+      while true do
+        local list, meta = assert(c.session:list { index = index, wait = 2 })
+        local ids, n, want = {}, 0, 0
+        for _, e in ipairs(list) do ids[e.id], n = true, n + 1 end
+        local same = true
+        for id in pairs(held) do
+          want = want + 1
+          if not ids[id] then same = false end
+        end
+        if same and n == want then return end
+        assert(coord.now() < deadline, ("%d sessions left, %d expected"):format(n, want))
+        index = meta.index
+      end
+    end
+
+    -- The live holders of a semaphore (holders whose contender key still exists).
+    local function live_holders(prefix)
+      local e = c.kv:get(prefix .. "/.lock")
+      local n = 0
+      if not e then return 0 end
+      for id in pairs(core.json_decode(e.value).Holders) do
+        if c.kv:get(prefix .. "/" .. id) then n = n + 1 end
+      end
+      return n
+    end
+
+    it("leaves no session behind when a contended lock times out under coord.timeout", run(function()
+      local l <close> = assert(c:lock("give/contended"))
+      for _ = 1, 3 do
+        local none, err = coord.timeout(0.5, c.lock, c, "give/contended")
+        assert.is_nil(none)
+        assert.are.equal("timeout", err.kind)
+      end
+      local none, err = c:lock("give/contended", { timeout = 0.3 })
+      assert.is_nil(none)
+      assert.are.equal("timeout", err.kind)
+      await_sessions { [l.session] = true }
+      assert.are.equal(l.session, assert(c.kv:get("give/contended")).session)
+    end))
+
+    it("destroys the session of a lock held by a canceled task or a closed coroutine", run(function()
+      local got = coord.queue()
+      local t = coord.spawn(function()
+        local l <close> = assert(c:lock("give/task"))
+        got:put(l)
+        coord.sleep(60)
+      end)
+      local l = got:get()
+      assert.are.equal(l.session, assert(c.kv:get("give/task")).session)
+      assert.is_true(t:cancel())
+      await_sessions {}
+      assert.is_nil(c.kv:get("give/task"))
+      assert.is_true(l.released)
+
+      local co = coroutine.create(function()
+        local l2 <close> = assert(c:lock("give/co"))
+        got:put(l2)
+        coord.sleep(60)
+      end)
+      coroutine.resume(co)
+      l = got:get()
+      assert.are.equal(l.session, assert(c.kv:get("give/co")).session)
+      assert.is_true(coroutine.close(co))
+      await_sessions {}
+      local e = c.kv:get("give/co")
+      assert.is_nil(e and e.session)
+    end))
+
+    it("releases the slot of a semaphore held by a canceled task or a closed coroutine", run(function()
+      local got = coord.queue()
+      local t = coord.spawn(function()
+        local s <close> = assert(c:semaphore("give/sem", 1):acquire())
+        got:put(s)
+        coord.sleep(60)
+      end)
+      local s = got:get()
+      assert.are.equal(1, live_holders("give/sem"))
+      assert.is_true(t:cancel())
+      await_sessions {}
+      assert.are.equal(0, live_holders("give/sem"))
+      assert.are.same({ "give/sem/.lock" }, assert(c.kv:keys("give/sem/")))
+
+      local co = coroutine.create(function()
+        local s2 <close> = assert(c:semaphore("give/sem", 1):acquire())
+        got:put(s2)
+        coord.sleep(60)
+      end)
+      coroutine.resume(co)
+      s = got:get()
+      assert.is_truthy(c.kv:get("give/sem/" .. s.session))
+      assert.is_true(coroutine.close(co))
+      await_sessions {}
+      assert.are.equal(0, live_holders("give/sem"))
+      local again <close> = assert(c:semaphore("give/sem", 1):acquire { timeout = 0 })
+    end))
+
+    -- Cancels the acquiring task `k` loop iterations after its acquire PUT starts (observed
+    -- by wrapping the client's kv:put), so some cancels land while the PUT is in flight.
+    local function cancel_during_acquire(n, acquire)
+      local c2 = consul_mod.new { address = server.address }
+      local kv = c2.kv
+      local put, armed, inflight = kv.put, nil, 0
+      kv.put = function(self, key, value, o)
+        local t
+        if o and o.acquire and armed then
+          local k = armed.k
+          t, armed = armed.task, nil
+          coord.spawn(function()
+            for _ = 1, k do coord.sleep(0) end
+            t:cancel()
+          end)
+        end
+        local ok, err = put(self, key, value, o)
+        if t and t.done then inflight = inflight + 1 end -- canceled before the reply was seen
+        return ok, err
+      end
+      local outcomes = {}
+      for i = 1, n do
+        local t = coord.spawn(function()
+          local h <close> = acquire(c2)
+          coord.sleep(60)
+        end)
+        armed = { k = i % 6, task = t }
+        local _, err = t:join()
+        assert.are.equal("canceled", err.kind)
+        outcomes[#outcomes + 1] = armed == nil
+      end
+      for _, fired in ipairs(outcomes) do assert.is_true(fired) end
+      -- k = 0 cancels before the acquiring task sees the reply, whatever the timing
+      assert.is_true(inflight >= n // 6, inflight .. " of " .. n .. " canceled in flight")
+      return inflight
+    end
+
+    it("gives a lock back when canceled at varied points around its acquire PUT", run(function()
+      cancel_during_acquire(30, function(c2)
+        return assert(c2:lock("give/inflight", { lock_delay = 0, timeout = 20 }))
+      end)
+      await_sessions({}, 30)
+      local e = c.kv:get("give/inflight")
+      assert.is_nil(e and e.session)
+      local l <close> = assert(c:lock("give/inflight", { timeout = 0 }))
+    end))
+
+    it("gives a semaphore slot back when canceled at varied points around its acquire PUT", run(function()
+      cancel_during_acquire(30, function(c2)
+        return assert(c2:semaphore("give/seminflight", 1, { lock_delay = 0 }):acquire { timeout = 20 })
+      end)
+      await_sessions({}, 30)
+      assert.are.equal(0, live_holders("give/seminflight"))
+      local s <close> = assert(c:semaphore("give/seminflight", 1):acquire { timeout = 0 })
+    end))
+
+    it("lets an on_lost hook unlock without raising", run(function()
+      local reported = {}
+      local old = coord.on_error(function(err) reported[#reported + 1] = err end)
+      local seen = coord.queue()
+      local l
+      l = assert(c:lock("give/hook", { on_lost = function(err)
+        assert(l:unlock())
+        assert(c.kv:put("give/hook-after", "done")) -- the hook can still wait after unlocking
+        seen:put(err)
+      end }))
+      assert(c.session:destroy(l.session))
+      assert.are.equal("lost", assert(coord.timeout(10, seen.get, seen)).kind)
+      assert.is_true(l.released)
+      assert.are.equal("done", assert(c.kv:get("give/hook-after")).value)
+      await_sessions {}
+      coord.on_error(old)
+      assert.are.same({}, reported)
+    end))
+  end)
 end)

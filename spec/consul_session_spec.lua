@@ -120,4 +120,100 @@ describe("coord.consul.session", function()
     assert.are.equal(err, s:wait_lost())
     assert.is_true(s:close())
   end))
+
+  it("creates a session at once on a freshly started agent", run(function()
+    -- no wait_node: the agent has a leader but may not have registered its node yet
+    local fresh <close> = servers.consul {}
+    local c2 = consul_mod.new { address = fresh.address }
+    local id = assert(c2.session:create { ttl = 10 })
+    assert.is_truthy(c2.session:info(id))
+    local s <close> = assert(c2.session:open { ttl = 10 })
+    assert.is_true(c2.session:destroy(id))
+  end))
+
+  it("retries create while the session's node and its serfHealth check are not registered yet", run(function()
+    -- the two 500s of a fresh agent, made deterministic: a node that registers (first the
+    -- node, then its check) only after create was refused for it
+    local c3 = consul_mod.new { address = server.address }
+    local put, refused = c3._put, {}
+    local steps = {
+      { Node = "late-node", Address = "127.0.0.2" },
+      { Node = "late-node", Address = "127.0.0.2",
+        Check = { CheckID = "serfHealth", Name = "Serf Health Status", Status = "passing" } },
+    }
+    c3._put = function(self, path, ...)
+      local res, meta = put(self, path, ...)
+      if path == "/v1/session/create" and not res then
+        refused[#refused + 1] = meta.message
+        local step = table.remove(steps, 1)
+        if step then assert(c.catalog:register(step)) end
+      end
+      return res, meta
+    end
+    local id = assert(c3.session:create { node = "late-node", ttl = 10 })
+    assert.are.same({ "late-node" }, { assert(c.session:info(id)).node })
+    assert.are.equal(2, #refused)
+    assert.matches("Missing node registration", refused[1], 1, true)
+    assert.matches("Missing check 'serfHealth' registration", refused[2], 1, true)
+    assert(c.session:destroy(id))
+    assert(c.catalog:deregister { Node = "late-node" })
+  end))
+
+  it("destroys a self-renewing session whose task is canceled or whose coroutine is closed", run(function()
+    local function count()
+      return #assert(c.session:list())
+    end
+    local before = count()
+    local got = coord.queue()
+    local t = coord.spawn(function()
+      local s <close> = assert(c.session:open { ttl = 10 })
+      got:put(s)
+      coord.sleep(60)
+    end)
+    local s = got:get()
+    assert.are.equal(before + 1, count())
+    assert.is_true(t:cancel())
+    servers.until_true("session destroyed", function() return c.session:info(s.id) == nil end, 20)
+    assert.is_true(s.task.done)
+    -- canceled 0 to 3 loop iterations after its create request starts (observed by wrapping
+    -- the client's _put), mostly while it is in flight: destroyed once it exists
+    local c2 = consul_mod.new { address = server.address }
+    local put, armed = c2._put, nil
+    c2._put = function(self, path, ...)
+      if armed and path == "/v1/session/create" then
+        local k, victim = armed.k, armed.task
+        armed = nil
+        coord.spawn(function()
+          for _ = 1, k do coord.sleep(0) end
+          victim:cancel()
+        end)
+      end
+      return put(self, path, ...)
+    end
+    for i = 1, 20 do
+      local t2 = coord.spawn(function()
+        local s2 <close> = assert(c2.session:open { ttl = 10 })
+        coord.sleep(60)
+      end)
+      armed = { k = i % 4, task = t2 }
+      local _, err = t2:join()
+      assert.are.equal("canceled", err.kind)
+    end
+    servers.until_true("no session left", function() return count() == before end, 20)
+  end))
+
+  it("lets an on_lost hook close its session without raising", run(function()
+    local reported = {}
+    local old = coord.on_error(function(err) reported[#reported + 1] = err end)
+    local seen = coord.queue()
+    local s = assert(c.session:open { ttl = 10, on_lost = function(err, obj)
+      assert.is_true(obj:close())
+      seen:put(err)
+    end })
+    assert(c.session:destroy(s.id))
+    assert.are.equal("lost", assert(coord.timeout(10, seen.get, seen)).kind)
+    assert.is_true(s.task.done)
+    coord.on_error(old)
+    assert.are.same({}, reported)
+  end))
 end)

@@ -249,3 +249,62 @@ for _, version in ipairs { "3.4", "3.5" } do
     end))
   end)
 end
+
+for _, version in ipairs { "3.4", "3.5" } do
+  describe("coord.etcd lease keepers given back on etcd " .. version, function()
+    local server, etcd
+
+    setup(function()
+      server = servers.etcd { version = version }
+      etcd = etcd_mod.new { endpoints = { server.endpoint } }
+    end)
+
+    teardown(function()
+      if server then server:stop() end
+    end)
+
+    -- True once the lease is gone or its TTL has fallen below what a live keeper keeps.
+    local function not_kept(id, ttl)
+      local info = assert(etcd:time_to_live(id))
+      return info.ttl == -1 or info.ttl < ttl - 1
+    end
+
+    it("stops keeping a lease whose owning task is canceled or whose own task is", co(function()
+      local lease = assert(etcd:grant(4))
+      local got = coord.queue()
+      local t = coord.spawn(function()
+        local k <close> = etcd:keepalive(lease.id, { ttl = lease.ttl })
+        got:put(k)
+        coord.sleep(60)
+      end)
+      local k = got:get()
+      assert.is_true(t:cancel())
+      eventually("lease not kept alive", function() return not_kept(lease.id, 4) end)
+      assert.is_true((k:wait()))
+      assert.is_true(k.task.done)
+
+      local lease2 = assert(etcd:grant(4))
+      local k2 = etcd:keepalive(lease2.id, { ttl = lease2.ttl })
+      assert.is_true(k2.task:cancel())
+      assert.is_true((k2:wait()))
+      k2:stop()
+      eventually("lease not kept alive", function() return not_kept(lease2.id, 4) end)
+      assert(etcd:revoke(lease.id))
+      assert(etcd:revoke(lease2.id))
+    end))
+
+    it("lets an on_lost hook stop its keeper without raising", co(function()
+      local reported = {}
+      local old = coord.on_error(function(err) reported[#reported + 1] = err end)
+      local lease = assert(etcd:grant(3))
+      local k = etcd:keepalive(lease.id, { on_lost = function(_, keeper) keeper:stop() end })
+      assert(etcd:revoke(lease.id))
+      local res, err = coord.timeout(5, k.wait, k)
+      assert.is_nil(res)
+      assert.equal("lost", err.kind)
+      assert.equal(lease.id, err.lease)
+      coord.on_error(old)
+      assert.same({}, reported)
+    end))
+  end)
+end

@@ -190,6 +190,59 @@ describe("coord scheduler", function()
     assert.are.same({}, reported)
   end)
 
+  it("task:cancel is safe from the task itself and from code it runs: it stops at its next wait", function()
+    local reported = {}
+    coord.on_error(function(err) reported[#reported + 1] = err end)
+    coord.run(function()
+      local closed, after = false, false
+      local self_t
+      self_t = coord.spawn(function()
+        local g <close> = setmetatable({}, { __close = function() closed = true end })
+        assert.is_true(self_t:cancel()) -- the task cancels itself while running
+        assert.is_false(self_t:cancel())
+        assert.are.equal("running", self_t:status())
+        coord.sleep(10) -- closed here
+        after = true
+      end)
+      local ok, err = self_t:join()
+      assert.are.same({ false, "canceled", true, false }, { ok, err.kind, closed, after })
+      assert.are.equal("canceled", self_t:status())
+
+      -- a hook running inside the task (as on_lost runs inside a renewal loop) cancels it
+      local hooked
+      local function hook() return hooked:cancel() end
+      hooked = coord.spawn(function()
+        coord.sleep(0)
+        assert.is_true(hook())
+        return "returned before waiting"
+      end)
+      local ok2, err2 = hooked:join()
+      assert.are.same({ false, "canceled" }, { ok2, err2.kind })
+
+      -- a child started by timeout() cancels the task that runs it
+      local parent
+      parent = coord.spawn(function()
+        coord.timeout(10, function() parent:cancel() coord.sleep(10) end)
+        after = true
+      end)
+      assert.is_false((parent:join()))
+      assert.are.equal("canceled", parent:status())
+      assert.is_false(after)
+
+      -- a guard of a task being closed cancels that same task
+      local closing
+      closing = coord.spawn(function()
+        local g <close> = setmetatable({}, { __close = function() assert.is_false(closing:cancel()) end })
+        coord.sleep(10)
+      end)
+      coord.sleep(0)
+      assert.is_true(closing:cancel())
+      assert.are.equal("canceled", closing:status())
+    end)
+    coord.on_error(nil)
+    assert.are.same({}, reported)
+  end)
+
   it("coroutine.close cancels a sleep, so the timer no longer keeps the loop busy", function()
     local co = coroutine.create(function() coord.sleep(10) end)
     coroutine.resume(co)

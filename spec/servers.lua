@@ -351,10 +351,21 @@ end
 --- Waits until the agent has registered its own node in the catalog: until then, creating
 --- a session fails with "500 Missing node registration".
 function Consul:wait_node()
+  local opts = { timeout = 2, headers = self.opts.acl and { ["X-Consul-Token"] = self.opts.acl } or nil,
+    tls = self:client_tls() }
   M.until_true("consul node registration", function()
-    local res = http.get(self.address .. "/v1/catalog/node/coord-test", { timeout = 2,
-      headers = self.opts.acl and { ["X-Consul-Token"] = self.opts.acl } or nil, tls = self:client_tls() })
+    local res = http.get(self.address .. "/v1/catalog/node/coord-test", opts)
     return res and res.status == 200 and res.body:find('"Node"', 1, true) ~= nil
+  end, 60, self.proc)
+  -- sessions need the node's serfHealth check too ("Missing check 'serfHealth' registration")
+  M.until_true("consul serfHealth check passing", function()
+    local res = http.get(self.address .. "/v1/health/node/coord-test", opts)
+    local checks = res and res.status == 200 and require("coord.core").json_decode(res.body)
+    if type(checks) ~= "table" then return false end
+    for _, c in ipairs(checks) do
+      if c.CheckID == "serfHealth" and c.Status == "passing" then return true end
+    end
+    return false
   end, 60, self.proc)
 end
 

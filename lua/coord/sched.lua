@@ -205,18 +205,33 @@ local function finish(t, ok, ...)
   t.joiners = nil
 end
 
+-- Closes a suspended (or not yet started) task's coroutine: its pending <close> guards run,
+-- cancelling whatever it waits on; joiners get a "canceled" error.
+local function close_task(t)
+  t.done, t.canceled = true, true
+  t.err = errors.new("canceled", "task canceled")
+  close(t.co) -- its guards still see the task as canceling (M.canceling)
+  tasks[t.co] = nil
+  for i = 1, #t.joiners do wake(t.joiners[i]) end
+  t.joiners = nil
+end
+
 local function after(co, ok, ...)
   if status(co) == "dead" then
     local t = tasks[co]
     if t then
       tasks[co] = nil
+      if ok and t.canceling then return close_task(t) end
       finish(t, ok, ...)
     elseif not ok then
       local trace = traceback(co, tostring((...)))
       close(co)
       report((...), co, trace)
     end
-  elseif (...) ~= SUSPEND then
+  elseif (...) == SUSPEND then
+    local t = tasks[co]
+    if t and t.canceling then close_task(t) end -- canceled while it ran: it stops at this wait
+  else
     report("coroutine yielded a value to the coord scheduler", co,
       "coroutine yielded a value that is not a coord wait; it will not be resumed")
   end
@@ -253,18 +268,26 @@ function Task:join()
   return true, unpack(self.results, 1, self.results.n)
 end
 
---- Stops the task: closes its coroutine, which cancels whatever it is waiting on.
+--- Stops the task, from any context. A waiting (or not yet started) task is closed at once,
+--- which cancels whatever it waits on. A task that is running (cancel called by the task
+--- itself, or by code it runs such as an on_lost hook) is closed at its next wait instead;
+--- if it returns before waiting again it still ends as canceled. Returns true, or false
+--- when the task had already ended or was already being canceled.
 function Task:cancel()
-  if self.done then return false end
-  local s = status(self.co)
-  if s ~= "suspended" then error("coord: cannot cancel a task that is " .. s, 2) end
-  tasks[self.co] = nil
-  close(self.co)
-  self.done, self.canceled = true, true
-  self.err = errors.new("canceled", "task canceled")
-  for i = 1, #self.joiners do wake(self.joiners[i]) end
-  self.joiners = nil
+  if self.done or self.canceling then return false end
+  self.canceling = true
+  if status(self.co) == "suspended" then close_task(self) end
   return true
+end
+
+--- True when the running code can wait for something to complete: a coroutine that can
+--- yield and whose task is not being canceled (a canceled task is closed at its next
+--- wait), or the main chunk while the loop is not running.
+function M.can_wait()
+  local co, main = running()
+  if main then return not driving end
+  local t = tasks[co]
+  return isyieldable() and not (t and t.canceling)
 end
 
 function Task:status()

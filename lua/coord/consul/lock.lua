@@ -5,6 +5,7 @@ local sched = require "coord.sched"
 local core = require "coord.core"
 local errors = require "coord.errors"
 local session = require "coord.consul.session"
+local hold = require "coord.hold"
 
 local M = {}
 
@@ -56,7 +57,10 @@ local function acquire(l, timeout)
       sched.sleep(math.min(RETRY, left))
       index, refused = nil, false
     else
-      local ok, err = kv:put(l.key, l.value, { acquire = l.session, flags = M.FLAG })
+      -- a caller canceled while the PUT is in flight gives back what it may have taken
+      local ok, err = hold.shield(kv.put, function(took)
+        if took then kv:put(l.key, l.value, { release = l.session, flags = M.FLAG }) end
+      end, kv, l.key, l.value, { acquire = l.session, flags = M.FLAG })
       if ok then return true end
       if ok == nil then return nil, err end
       index, refused = nil, true -- another contender won, or a lock-delay: read again to know
@@ -84,41 +88,49 @@ function M.lock(client, key, opts)
     what = "lock " .. key }, Lock)
   local ok, err = session.hold(client, l, opts, { name = "Consul API Lock" })
   if not ok then return nil, err end
+  -- failed, timed out, canceled or closed before the lock is held: unlock (destroying our
+  -- own session releases the key even if an acquire was applied unseen)
+  local guard <close> = hold.guard(l.unlock, l)
   ok, err = acquire(l, opts.timeout)
-  if not ok then
-    session.drop(l)
-    return nil, err
-  end
-  l.monitor = session.background(session.monitor, l, still_held(l))
+  if not ok then return nil, err end
+  guard:commit()
+  l.monitor = sched.spawn(session.monitor, l, still_held(l))
   return l
 end
 
---- Releases the lock (and deletes its key unless another session took it meanwhile, as
---- `consul lock` does), then destroys the lock's own session. Returns true or nil, err;
---- unlocking again does nothing.
-function Lock:unlock()
-  if self.released then return true end
-  self.released = true
-  local lost = self.lost
-  session.stop_task(self.monitor)
-  session.finish(self)
+-- The network part of unlock: release the key, delete it if free, destroy our session.
+local function give_back(l)
   local ok, err = true, nil
-  if not lost then
-    local kv = self.client.kv
-    ok, err = kv:put(self.key, self.value, { release = self.session, flags = M.FLAG })
+  if not l.lost then
+    local kv = l.client.kv
+    ok, err = kv:put(l.key, l.value, { release = l.session, flags = M.FLAG })
     if ok then
-      local e = kv:get(self.key)
-      if e and not e.session and e.flags == M.FLAG then kv:delete(self.key, { cas = e.modify_index }) end
+      local e = kv:get(l.key)
+      if e and not e.session and e.flags == M.FLAG then kv:delete(l.key, { cas = e.modify_index }) end
     end
   end
-  local dok, derr = session.drop(self)
+  local dok, derr = true, nil
+  if l.keeper then dok, derr = l.keeper:close() end
   if ok == nil then return nil, err end
   if not dok then return nil, derr end
   return true
 end
 
+--- Releases the lock (and deletes its key unless another session took it meanwhile, as
+--- `consul lock` does), then destroys the lock's own session. Works from any context (an
+--- on_lost hook, <close>, a canceled or closed coroutine): where the caller cannot wait, the
+--- requests run in a task of their own and unlock returns true at once. Returns true or
+--- nil, err; unlocking again does nothing.
+function Lock:unlock()
+  if self.released then return true end
+  self.released = true
+  hold.stop(self.monitor)
+  session.finish(self)
+  return hold.cleanup(give_back, self)
+end
+
 function Lock:__close()
-  pcall(self.unlock, self)
+  self:unlock()
 end
 
 ---------------------------------------------------------------------------------------------

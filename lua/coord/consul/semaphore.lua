@@ -4,6 +4,8 @@
 local core = require "coord.core"
 local errors = require "coord.errors"
 local session = require "coord.consul.session"
+local hold = require "coord.hold"
+local sched = require "coord.sched"
 
 local M = {}
 
@@ -115,7 +117,8 @@ end
 
 --- Waits for a slot and takes it. opts: timeout (overrides the semaphore's). Returns the
 --- semaphore (held: use :release() or <close>) or nil, err (kinds: "timeout", "conflict"
---- for other flags or another limit, or the request's error). Acquiring twice raises.
+--- for other flags or another limit, or the request's error). Acquiring twice raises. A
+--- failure, timeout, cancel or close before the slot is held gives everything back.
 function Semaphore:acquire(opts)
   if self.held then error("acquire: semaphore slot already held (release first)", 2) end
   local timeout = (opts and opts.timeout) or self.opts.timeout
@@ -123,49 +126,57 @@ function Semaphore:acquire(opts)
   self.on_lost = self.opts.on_lost
   local ok, err = session.hold(self.client, self, self.opts, { name = "Consul API Semaphore", behavior = "delete" })
   if not ok then return nil, err end
-  local kv = self.client.kv
+  self.held = true
   self.contender = self.prefix .. "/" .. self.session
-  ok, err = kv:put(self.contender, self.opts.value or "", { acquire = self.session, flags = M.FLAG })
+  local guard <close> = hold.guard(self.release, self)
+  local kv = self.client.kv
+  local contender = self.contender
+  ok, err = hold.shield(kv.put, function(took) if took then kv:delete(contender) end end,
+    kv, contender, self.opts.value or "", { acquire = self.session, flags = M.FLAG })
   if ok == false then err = errors.new("conflict", "could not take contender key " .. self.contender) end
   if ok then ok, err = take_slot(self, timeout) end
-  if not ok then
-    kv:delete(self.contender)
-    session.drop(self)
-    return nil, err
-  end
-  self.held = true
-  self.monitor = session.background(session.monitor, self, still_holder(self))
+  if not ok then return nil, err end
+  guard:commit()
+  self.monitor = sched.spawn(session.monitor, self, still_holder(self))
   return self
 end
 
---- Gives the slot back: removes our session from the holders (CAS, retried), deletes our
---- contender key and destroys our own session. Returns true or nil, err; releasing a
---- semaphore not held does nothing.
-function Semaphore:release()
-  if not self.held then return true end
-  self.held = false
-  session.stop_task(self.monitor)
-  session.finish(self)
+-- The network part of release: remove `slot.session` from the holders (CAS, retried),
+-- delete its contender key, destroy its own session.
+local function give_back(s, slot)
   local ok, err = true, nil
   for _ = 1, CAS_TRIES do
-    local st, rerr = read_state(self)
+    local st, rerr = read_state(s)
     if not st then ok, err = nil, rerr break end
-    if not st.lock.Holders[self.session] then break end
-    st.lock.Holders[self.session] = nil
-    local done, perr = swap(self, st)
+    if not st.lock.Holders[slot.session] then break end
+    st.lock.Holders[slot.session] = nil
+    local done, perr = swap(s, st)
     if done then break end
     if done == nil then ok, err = nil, perr break end
   end
-  local dok, derr = self.client.kv:delete(self.contender)
+  local dok, derr = s.client.kv:delete(slot.contender)
   if ok and not dok then ok, err = nil, derr end
-  local sok, serr = session.drop(self)
-  if ok and not sok then ok, err = nil, serr end
+  if slot.keeper then
+    local sok, serr = slot.keeper:close()
+    if ok and not sok then ok, err = nil, serr end
+  end
   if not ok then return nil, err end
   return true
 end
 
+--- Gives the slot back: removes our session from the holders (CAS, retried), deletes our
+--- contender key and destroys our own session. Works from any context, as lock:unlock().
+--- Returns true or nil, err; releasing a semaphore not held does nothing.
+function Semaphore:release()
+  if not self.held then return true end
+  self.held = false
+  hold.stop(self.monitor)
+  session.finish(self)
+  return hold.cleanup(give_back, self, { session = self.session, contender = self.contender, keeper = self.keeper })
+end
+
 function Semaphore:__close()
-  pcall(self.release, self)
+  self:release()
 end
 
 return M

@@ -5,6 +5,7 @@ local sched = require "coord.sched"
 local core = require "coord.core"
 local errors = require "coord.errors"
 local consul = require "coord.consul"
+local hold = require "coord.hold"
 
 local M = {}
 
@@ -44,7 +45,7 @@ M.duration = duration
 
 ---------------------------------------------------------------------------------------------
 -- the "lost" signal shared by self-renewing sessions, locks and semaphores (the helpers
--- from here to "the endpoints", and hold/drop/left below, are for coord.consul.lock and
+-- from here to "the endpoints", and hold/left below, are for coord.consul.lock and
 -- coord.consul.semaphore, not a public API)
 
 --- Marks obj lost with err (once): sets obj.lost, wakes obj:wait_lost() callers and calls
@@ -52,7 +53,7 @@ M.duration = duration
 function M.lose(obj, err)
   if obj.lost or obj.ended then return end
   obj.lost = err
-  M.stop_task(obj.monitor)
+  hold.stop(obj.monitor)
   M.finish(obj)
   if obj.on_lost then obj.on_lost(err, obj) end
 end
@@ -78,26 +79,6 @@ function M.wait_lost(obj)
     sched.wait(w)
   end
   return obj.lost
-end
-
---- Starts fn(...) in a background task that stop_task can stop, also before it started.
-function M.background(fn, ...)
-  local t
-  t = sched.spawn(function(...)
-    if t.stopped then return end
-    t.started = true
-    return fn(...)
-  end, ...)
-  return t
-end
-
---- Stops a background task: cancels it if it is waiting, else it ends before it starts.
---- (Canceling a task that has not started yet would leave the scheduler resuming a closed
---- coroutine.) A task cannot cancel itself: it just returns later.
-function M.stop_task(t)
-  if not t then return end
-  t.stopped = true
-  if t.started and t:status() == "waiting" then t:cancel() end
 end
 
 --- The index for the next blocking read: reset when it went backwards, never below 1.
@@ -168,10 +149,22 @@ local function check_ttl(v, i, fname, what)
   end
 end
 
+local CREATE_RETRY = 5 -- seconds create retries the 500s of an agent not yet registered
+
+-- The two 500s of a freshly started agent whose node (or its serfHealth check) is not in
+-- the catalog yet.
+local function unregistered(err)
+  local text = err.status == 500 and tostring(err.body or err.message) or ""
+  return text:find("Missing node registration", 1, true) ~= nil
+    or text:find("Missing check 'serfHealth' registration", 1, true) ~= nil
+end
+
 --- Creates a session. opts: name, ttl (seconds, 10..86400), lock_delay (seconds; Consul's
 --- default 15), behavior ("release" or "delete"), checks, node_checks, service_checks
 --- (lists; an empty list means none, not even serfHealth), node, dc, token.
---- Returns the session ID and the meta table.
+--- Returns the session ID and the meta table. The 500s of an agent whose node is not
+--- registered yet ("Missing node registration", "Missing check 'serfHealth' registration")
+--- are retried for up to 5 s.
 function Sessions:create(opts)
   opts = check_opts(opts, "create", 1)
   check_ttl(opts.ttl, 1, "create", "ttl")
@@ -184,9 +177,15 @@ function Sessions:create(opts)
     NodeChecks = opts.node_checks and array(opts.node_checks),
     ServiceChecks = opts.service_checks and array(opts.service_checks),
   }
-  local res, meta = self.client:_put("/v1/session/create", body, opts)
-  if not res then return nil, meta end
-  return res.ID, meta
+  local deadline, backoff = now() + CREATE_RETRY, 0.1
+  while true do
+    local res, meta = self.client:_put("/v1/session/create", body, opts)
+    if res then return res.ID, meta end
+    -- refused, not applied: a new agent has a leader before its node is registered
+    if not (unregistered(meta) and now() < deadline) then return nil, meta end
+    sched.sleep(math.min(sched.jitter(backoff), math.max(deadline - now(), 0)))
+    backoff = math.min(backoff * 2, 1)
+  end
 end
 
 --- Renews a session's TTL. Returns the session entry (its ttl may have been raised by the
@@ -252,53 +251,48 @@ local Session = { __name = "coord.consul.session" }
 Session.__index = Session
 Session.wait_lost = M.wait_lost
 
--- Renews at TTL/2. After a failure it retries every second until a whole TTL has passed
--- since the last success; then (or at once on a 404) the session is lost.
-local function keep_alive(s)
-  local last, pause = now(), s.ttl / 2
-  while true do
-    sched.sleep(pause)
-    local left = last + s.ttl - now()
-    local e, err = s.sessions:renew(s.id, { token = s.opts.token, dc = s.opts.dc, timeout = math.max(left, 1) })
-    if e then
-      s.ttl = e.ttl or s.ttl
-      last, pause = now(), s.ttl / 2
-    elseif err.kind == "lost" or now() - last >= s.ttl then
-      if err.kind ~= "lost" then
-        err = errors.new("lost", "session " .. s.id .. " not renewed for its TTL: " .. tostring(err), { cause = err })
-      end
-      return M.lose(s, err)
-    else
-      pause = math.min(1, math.max(last + s.ttl - now(), 0))
-    end
-  end
-end
-
 --- Creates a session (opts as for create; ttl defaults to 15 s) and keeps it alive in a
---- background coroutine until :close(). opts.on_lost(err, session) is called if renewal
---- fails. Returns the session object (id, ttl, lost, close, wait_lost) or nil, err.
+--- background task (renewed every TTL/2, retried until a whole TTL has passed since the
+--- last success) until :close(). opts.on_lost(err, session) is called if renewal fails.
+--- Returns the session object (id, ttl, lost, close, wait_lost) or nil, err. A caller
+--- canceled while the create request is in flight destroys the session once it exists.
 function Sessions:open(opts)
   opts = check_opts(opts, "open", 1)
   local o = setmetatable({ ttl = opts.ttl or 15 }, { __index = opts })
-  local id, err = self:create(o)
+  local dopts = { token = opts.token, dc = opts.dc }
+  local id, err = hold.shield(self.create, function(gone)
+    if gone then self:destroy(gone, dopts) end
+  end, self, o)
   if not id then return nil, err end
   local s = setmetatable({ id = id, ttl = o.ttl, sessions = self, opts = opts, on_lost = opts.on_lost }, Session)
-  s.task = M.background(keep_alive, s)
+  s.renewal = hold.renewal {
+    ttl = s.ttl, every = 2, what = "session " .. id,
+    renew = function(left)
+      local e, rerr = self:renew(id, { token = opts.token, dc = opts.dc, timeout = left })
+      if not e then return nil, rerr end
+      s.ttl = e.ttl or s.ttl
+      return s.ttl
+    end,
+    lost = function(lerr) M.lose(s, lerr) end,
+  }
+  s.task = s.renewal.task
   return s
 end
 
---- Stops renewing and destroys the session. Returns true, or nil, err if the destroy
---- request failed (the session then expires after its TTL). Closing twice does nothing.
+--- Stops renewing and destroys the session, from any context. Returns true, or nil, err if
+--- the destroy request failed (the session then expires after its TTL). Where the caller
+--- cannot wait (a coroutine being closed, a task being canceled), the destroy runs in a task
+--- of its own and close returns true. Closing twice does nothing.
 function Session:close()
   if self.closed then return true end
   self.closed = true
-  M.stop_task(self.task)
+  self.renewal:stop()
   M.finish(self)
-  return self.sessions:destroy(self.id, { token = self.opts.token, dc = self.opts.dc })
+  return hold.cleanup(self.sessions.destroy, self.sessions, self.id, { token = self.opts.token, dc = self.opts.dc })
 end
 
 function Session:__close()
-  pcall(self.close, self)
+  self:close()
 end
 
 --- For locks and semaphores: takes opts.session (an ID the caller keeps alive) or opens a
@@ -317,15 +311,6 @@ function M.hold(client, obj, opts, defaults)
   }
   if not keeper then return nil, err end
   obj.session, obj.keeper = keeper.id, keeper
-  return true
-end
-
---- Ends obj's hold: stops its monitor, wakes wait_lost, closes its own session.
---- Returns true or nil, err from the session's destroy.
-function M.drop(obj)
-  M.stop_task(obj.monitor)
-  M.finish(obj)
-  if obj.keeper then return obj.keeper:close() end
   return true
 end
 

@@ -1,9 +1,8 @@
 -- coord.etcd.lease: leases (grant, revoke, time to live, list) and keepalives, including a
 -- keeper that refreshes a lease on its own until stopped or lost.
 
-local sched = require "coord.sched"
 local errors = require "coord.errors"
-local core = require "coord.core"
+local hold = require "coord.hold"
 local proto = require "coord.etcd.proto"
 
 local header_of, int = proto.header, proto.int
@@ -11,20 +10,20 @@ local header_of, int = proto.header, proto.int
 local Keeper = { __name = "coord.etcd.keeper" }
 Keeper.__index = Keeper
 
---- Stops refreshing the lease (it is not revoked: it expires after its TTL).
+--- Stops refreshing the lease (it is not revoked: it expires after its TTL). Safe from any
+--- context: its own on_lost hook, a <close> scope, a canceled or closed coroutine.
 function Keeper:stop()
-  if self.task then
+  if not self.stopped then
     self.stopped = true
-    self.task:cancel()
-    self.task = nil
+    self.renewal:stop()
   end
 end
 Keeper.__close = Keeper.stop
 
 --- Waits until the keeper ends: nil and the "lost" error when the lease was lost, true
---- when it was stopped.
+--- when it was stopped (also when its task was canceled).
 function Keeper:wait()
-  if self.task then self.task:join() end
+  self.task:join()
   if self.err then return nil, self.err end
   return true
 end
@@ -103,38 +102,30 @@ return function(Client, E)
     return ttl, header_of(r.header)
   end
 
-  -- The keeper's loop: refresh every TTL/3; after failures, retry sooner until a whole TTL
-  -- has passed since the last success; then (or when the server says so) the lease is lost.
-  local function keep(self, k, on_lost)
-    local last_ok = core.now()
-    while true do
-      local ttl, err = self:keepalive_once(k.id)
-      if ttl then
-        k.ttl, last_ok = ttl, core.now()
-        sched.sleep(ttl / 3)
-      elseif err.kind == "lost" or core.now() - last_ok > (k.ttl or 0) then
-        if err.kind ~= "lost" then
-          err = errors.new("lost", "lease " .. k.id .. " could not be kept alive: " .. tostring(err.message),
-            { lease = k.id, cause = err })
-        end
-        k.err = err
-        if on_lost then on_lost(err, k) end
-        return
-      else
-        sched.sleep(math.max(0.2, math.min(1, (k.ttl or 3) / 6)))
-      end
-    end
-  end
-
-  --- Keeps a lease alive from a coroutine of its own, every TTL/3, until stopped (with
-  --- keeper:stop() or <close>) or lost. opts: ttl (the lease's TTL if known), on_lost(err,
-  --- keeper) called once when the lease is lost. Returns the keeper {id, ttl, err}.
+  --- Keeps a lease alive from a task of its own (keeper.task), every TTL/3, until stopped
+  --- (with keeper:stop(), <close>, or by canceling keeper.task) or lost. After a failed
+  --- refresh it retries with a jittered backoff until a whole TTL has passed since the last
+  --- success. opts: ttl (the lease's TTL if known), on_lost(err, keeper) called once when
+  --- the lease is lost. Returns the keeper {id, ttl, err, task}.
   function Client:keepalive(id, opts)
     check_int(id, 1, "keepalive")
     opts = check(opts, "table", 2, "keepalive", true) or {}
     option(opts, "on_lost", "function")
     local k = setmetatable({ id = id, ttl = opts.ttl }, Keeper)
-    k.task = sched.spawn(keep, self, k, opts.on_lost)
+    local on_lost = opts.on_lost
+    k.renewal = hold.renewal {
+      ttl = opts.ttl, every = 3, first = 0, what = "lease " .. id, fields = { lease = id },
+      renew = function()
+        local ttl, err = self:keepalive_once(id)
+        if ttl then k.ttl = ttl end
+        return ttl, err
+      end,
+      lost = function(err)
+        k.err = err
+        if on_lost then on_lost(err, k) end
+      end,
+    }
+    k.task = k.renewal.task
     return k
   end
 
@@ -147,7 +138,10 @@ return function(Client, E)
     option(opts, "on_lost", "function")
     option(opts, "timeout", "number")
     if opts.lease then return opts.lease end
-    local g, err = self:grant(opts.ttl or 60)
+    -- a caller canceled while the grant is in flight revokes the lease once granted
+    local g, err = hold.shield(self.grant, function(got)
+      if got then self:revoke(got.id) end
+    end, self, opts.ttl or 60)
     if not g then return nil, err end
     return g.id, self:keepalive(g.id, { ttl = g.ttl, on_lost = opts.on_lost })
   end
@@ -161,12 +155,6 @@ return function(Client, E)
     return true
   end
 
-  --- Runs fn(...) now if the running code can wait, else (a coroutine being closed, as when
-  --- a <close> variable is cleaned up by a cancel) in a coroutine of its own.
-  function E._now_or_later(fn, ...)
-    local _, main = coroutine.running()
-    if main or coroutine.isyieldable() then return fn(...) end
-    sched.spawn(fn, ...)
-    return true
-  end
+  -- Runs a cleanup now, or in a task of its own where the caller cannot wait (see coord.hold).
+  E._now_or_later = hold.cleanup
 end
