@@ -147,7 +147,7 @@ for _, version in ipairs { "3.4", "3.5" } do
           holding = holding + 1
           max_holding = math.max(max_holding, holding)
           order[#order + 1], revs[#revs + 1] = i, lock.rev
-          local first = assert(etcd:range("fifo/l/", { prefix = true, sort_target = "create", limit = 1 }))
+          local first = assert(etcd:range("fifo/l/", { prefix = true, sort_target = "create", sort_order = "ascend", limit = 1 }))
           assert.equal(lock.key, first[1].key)
           coord.sleep(0.02) -- the holder's work
           holding = holding - 1

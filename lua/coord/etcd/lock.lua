@@ -15,17 +15,27 @@ end
 -- Failures after which a write may have been applied: the transport says so when it knows
 -- (err.maybe_applied), else the kinds that leave it open (a broken or timed out exchange, a
 -- 503 or 5xx answer, a garbled reply).
-local uncertain_kinds = { timeout = true, closed = true, unavailable = true, protocol = true, http = true }
+local uncertain_kinds = { timeout = true, closed = true, unavailable = true, protocol = true }
 
 local function uncertain(err)
   if err.maybe_applied ~= nil then return err.maybe_applied end
-  return uncertain_kinds[err.kind] == true
+  return uncertain_kinds[err.kind] == true or (err.kind == "http" and (err.status or 500) >= 500)
 end
 
--- How often the create-if-absent txn is sent when every try ends uncertain and the re-read
--- finds no key: each re-send is of a txn proved unapplied (a late apply of an earlier one
--- only makes the next take its read branch).
+-- How often the lease grant and the create-if-absent txn are sent when every try ends
+-- uncertain and the re-read finds nothing: each re-send is of a write proved unapplied (a
+-- late apply of an earlier one only makes the next fail as "exists", which is then ours).
 local CREATE_TRIES = 3
+
+-- A lease ID of our own choosing: known before the grant is sent, so that a grant canceled
+-- or failed in flight can still be revoked or looked up.
+local function new_lease_id()
+  return math.random(1, math.maxinteger)
+end
+
+local function lease_exists(err)
+  return err.code == 9 and tostring(err.message):find("lease already exists", 1, true) ~= nil
+end
 
 return function(Client, E)
   local check, option = E._check, E._option
@@ -39,8 +49,8 @@ return function(Client, E)
   -- or deletes its key from the caller's lease. A lost lease is not an error. Never stops
   -- the keeper from inside the keeper itself (on_lost runs there, and it is ending anyway).
   local function release(self, c)
-    if c.keeper then
-      if not c.lost then c.keeper:stop() end
+    if c.own then
+      if c.keeper and not c.lost then c.keeper:stop() end
       local h, err = self:revoke(c.lease)
       if h then return h end
       if err.kind == "not_found" then return true end
@@ -127,6 +137,47 @@ return function(Client, E)
     return wait_turn(self, c)
   end
 
+  -- Gives c its lease: the caller's (opts.lease, left alone), or a new one of opts.ttl seconds
+  -- (default 60, as etcdctl) with an ID chosen here, kept alive until released. The keeper's
+  -- loss ends a waiting attempt and tells a holder (c.lost, opts.on_lost). Returns true or
+  -- nil, err.
+  local function hold(self, c, opts)
+    local ttl = option(opts, "ttl", "integer") or 60
+    if option(opts, "lease", "integer") then
+      c.lease = opts.lease
+      return true
+    end
+    c.own = true
+    local granted, maybe
+    for _ = 1, CREATE_TRIES do
+      c.lease = c.lease or new_lease_id()
+      local g, err = self:grant(ttl, { id = c.lease })
+      if g then
+        granted = g.ttl
+      elseif lease_exists(err) and maybe then
+        granted = ttl -- an earlier, uncertain grant was applied after all
+      elseif lease_exists(err) then
+        c.lease = nil -- someone else's ID: pick another
+      elseif uncertain(err) then
+        local info, ierr = self:time_to_live(c.lease)
+        if not info then return nil, ierr end
+        if info.ttl > 0 then granted = info.granted_ttl end
+        maybe = true
+      else
+        return nil, err
+      end
+      if granted then break end
+    end
+    if not granted then return nil, errors.new("unavailable", "could not grant a lease after " .. CREATE_TRIES .. " tries") end
+    local user_lost = opts.on_lost
+    c.keeper = self:keepalive(c.lease, { ttl = granted, on_lost = function(err)
+      c.lost = err
+      if c.watch then c.watch:close() end
+      if c.held and user_lost then user_lost(err, c) end
+    end })
+    return true
+  end
+
   --- Takes a place among the contenders of `name` (lock or election, `what`, for messages),
   --- with `value` in its key, and waits for its turn. opts: ttl, lease, timeout (0: try once),
   --- on_lost(err, c). Returns the contender (its own table, made a lock or leadership by the
@@ -136,18 +187,13 @@ return function(Client, E)
     local timeout = option(opts, "timeout", "number")
     if timeout and not (timeout >= 0) then error("bad option 'timeout' (non-negative number expected)", 0) end
     local c = { client = self, what = what, name = name, prefix = name .. "/", try = timeout == 0 }
-    local user_lost = opts.on_lost
-    local lease, keeper = E._hold(self, { lease = opts.lease, ttl = opts.ttl, on_lost = function(err)
-      c.lost = err
-      if c.watch then c.watch:close() end
-      if c.held and user_lost then user_lost(err, c) end
-    end })
-    if not lease then return nil, keeper end
-    c.lease, c.keeper, c.key = lease, keeper, ("%s/%x"):format(name, lease)
     local guard <close> = setmetatable({}, { __close = function()
-      if not c.held then E._now_or_later(release, self, c) end
+      if not c.held and c.lease then E._now_or_later(release, self, c) end
     end })
-    local h, err
+    local ok, err = hold(self, c, opts)
+    if not ok then return nil, err end
+    c.key = ("%s/%x"):format(name, c.lease)
+    local h
     if timeout and timeout > 0 then
       h, err = sched.timeout(timeout, acquire, self, c, value)
     else
