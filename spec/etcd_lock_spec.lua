@@ -204,6 +204,29 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.same({}, reported)
     end))
 
+    it("ends a waiting attempt with a lost error when its lease is revoked", co(function()
+      local base = lease_count(etcd)
+      local holder = assert(etcd:lock("lostw/l"))
+      local waiter = coord.spawn(function() return etcd:lock("lostw/l", { ttl = 3 }) end)
+      local theirs
+      eventually("the waiter queues", function()
+        local kvs = assert(etcd:range("lostw/l/", { prefix = true }))
+        for _, kv in ipairs(kvs) do
+          if kv.key ~= holder.key then theirs = kv.lease end
+        end
+        return #kvs == 2
+      end)
+      local ok, out = server:ctl(("lease revoke %x"):format(theirs))
+      assert.is_true(ok, out)
+      local jok, res, err = coord.timeout(15, waiter.join, waiter)
+      assert.is_true(jok)
+      assert.is_nil(res)
+      assert.equal("lost", err.kind)
+      assert.equal(1, keys(etcd, "lostw/l/"))
+      assert(holder:unlock())
+      assert.equal(base, lease_count(etcd))
+    end))
+
     it("reads its key instead of re-sending the create txn after an uncertain failure", co(function()
       local faulty = etcd_mod.new { endpoints = { server.endpoint } }
       local sent, mode = 0, nil

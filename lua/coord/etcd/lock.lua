@@ -114,8 +114,9 @@ return function(Client, E)
       repeat
         local ev, err = w:next()
         if c.lost then return nil, c.lost end
-        if not ev then return nil, err end
-      until ev.type == "delete"
+        -- compacted since the read: read again (the predecessor may be gone already)
+        if not ev and err.kind ~= "compacted" then return nil, err end
+      until not ev or ev.type == "delete"
       c.watch = nil
     end
     if c.lost then return nil, c.lost end
