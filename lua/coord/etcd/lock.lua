@@ -95,12 +95,13 @@ return function(Client, E)
     return nil, errors.new("unavailable", "could not create " .. c.key .. " after " .. CREATE_TRIES .. " tries")
   end
 
-  -- Waits until the key deleted next before c's (the newest one created before it) is gone,
-  -- again until none is left. Returns the header of the check that c's key still exists.
+  -- The answer of a try (timeout = 0) that found another contender first.
   local function busy(c)
     return nil, errors.new("timeout", ("%s %s is held by another contender"):format(c.what, c.name))
   end
 
+  -- Waits until the key just before c's (the newest one created before it) is deleted, again
+  -- until none is left; then checks that c's key still exists and returns that read's header.
   local function wait_turn(self, c)
     while true do
       if c.lost then return nil, c.lost end
