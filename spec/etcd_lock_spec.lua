@@ -120,7 +120,21 @@ for _, version in ipairs { "3.4", "3.5" } do
       -- the try's key and lease are gone before it returns
       assert.equal(1, keys(etcd, "try/l/"))
       assert.equal(base + 1, lease_count(etcd))
+      -- with the caller's lease, the try deletes its key and leaves the lease alone
+      local mine = assert(etcd:grant(30))
+      lock, err = coord.timeout(10, etcd.lock, etcd, "try/l", { timeout = 0, lease = mine.id })
+      assert.is_nil(lock)
+      assert.equal("timeout", err.kind)
+      assert.equal(1, keys(etcd, "try/l/"))
+      assert.is_true(etcd:time_to_live(mine.id).ttl > 0)
       assert(held:unlock())
+      lock = assert(etcd:lock("try/l", { timeout = 0, lease = mine.id }))
+      assert.is_nil(lock.keeper)
+      assert.equal(("try/l/%x"):format(mine.id), lock.key)
+      assert(lock:unlock())
+      assert.equal(0, keys(etcd, "try/l/"))
+      assert.is_true(etcd:time_to_live(mine.id).ttl > 0)
+      assert(etcd:revoke(mine.id))
       lock = assert(etcd:lock("try/l", { timeout = 0 }))
       assert(lock:unlock())
 

@@ -1,6 +1,7 @@
 -- coord.etcd.lock: distributed locks on the client-side recipe of `etcdctl lock` (Go's
 -- concurrency.Mutex), and the contender machinery elections share (coord/etcd/election.lua).
 
+local core = require "coord.core"
 local sched = require "coord.sched"
 local errors = require "coord.errors"
 
@@ -28,9 +29,11 @@ end
 local CREATE_TRIES = 3
 
 -- A lease ID of our own choosing: known before the grant is sent, so that a grant canceled
--- or failed in flight can still be revoked or looked up.
+-- or failed in flight can still be revoked or looked up. Random, with the clock mixed in so
+-- that programs seeding math.random alike still pick apart.
 local function new_lease_id()
-  return math.random(1, math.maxinteger)
+  local id = (math.random(0, math.maxinteger) ~ math.floor(core.now() * 1e6)) & math.maxinteger
+  return id ~= 0 and id or 1
 end
 
 local function lease_exists(err)
