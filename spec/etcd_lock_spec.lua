@@ -8,8 +8,8 @@ local etcd_mod = require "coord.etcd"
 local errors = require "coord.errors"
 local watch_mod = require "coord.etcd.watch"
 
--- Waits (bounded) for a condition no event of ours reports (the server's state after cleanup
--- done by spawned tasks, another process's progress).
+-- Waits (bounded) for a condition no event reports (the count of leases, the client's own
+-- watch count).
 local function eventually(what, check)
   servers.until_true(what, check, 30)
 end
@@ -26,13 +26,29 @@ local function lease_count(etcd)
   return #assert(etcd:leases())
 end
 
+-- Waits (bounded) until `prefix` has n keys, reading again after each change a watch (on a
+-- client of its own, apart from the watches counted) reports.
+local function await_keys(seer, what, prefix, n)
+  local w <close> = seer:watch(prefix, { prefix = true })
+  assert(w:ready())
+  local ok, err = coord.timeout(30, function()
+    while keys(seer, prefix) ~= n do
+      local ev, werr = w:next()
+      if not ev then return nil, werr end
+    end
+    return true
+  end)
+  assert(ok, what .. ": " .. tostring(err) .. " (" .. keys(seer, prefix) .. " keys)")
+end
+
 for _, version in ipairs { "3.4", "3.5" } do
   describe("coord.etcd locks and elections (client-side recipe) on etcd " .. version, function()
-    local server, etcd
+    local server, etcd, seer
 
     setup(function()
       server = servers.etcd { version = version }
       etcd = etcd_mod.new { endpoints = { server.endpoint } }
+      seer = etcd_mod.new { endpoints = { server.endpoint } }
     end)
 
     teardown(function()
@@ -59,27 +75,25 @@ for _, version in ipairs { "3.4", "3.5" } do
         tasks[i] = coord.spawn(function() return etcd:lock("mass/l") end)
       end
       -- every contender has its key and watches its predecessor
-      eventually("40 contenders wait", function()
-        return keys(etcd, "mass/l/") == 41 and watch_mod.stats(etcd).watches == 40
-      end)
+      await_keys(seer, "40 contenders queue", "mass/l/", 41)
+      eventually("40 contenders watch", function() return watch_mod.stats(etcd).watches == 40 end)
       for _, t in ipairs(tasks) do assert.is_true(t:cancel()) end
-      eventually("contenders cleaned up", function()
-        return keys(etcd, "mass/l/") == 1 and lease_count(etcd) == base + 1
-      end)
+      await_keys(seer, "contender keys gone", "mass/l/", 1)
+      eventually("contender leases gone", function() return lease_count(etcd) == base + 1 end)
       assert.equal(0, watch_mod.stats(etcd).watches)
       assert(holder:unlock())
 
       -- a fresh contended lock, and a contended campaign, still complete
       local a = assert(etcd:lock("mass/fresh"))
       local b = coord.spawn(function() return assert(etcd:lock("mass/fresh", { timeout = 20 })) end)
-      eventually("b waits", function() return keys(etcd, "mass/fresh/") == 2 end)
+      await_keys(seer, "b waits", "mass/fresh/", 2)
       assert(a:unlock())
       local ok, lb = b:join()
       assert.is_true(ok, tostring(lb))
       assert(lb:unlock())
       local l1 = assert(etcd:campaign("mass/e", "one"))
       local c2 = coord.spawn(function() return assert(etcd:campaign("mass/e", "two", { timeout = 20 })) end)
-      eventually("second candidate waits", function() return keys(etcd, "mass/e/") == 2 end)
+      await_keys(seer, "second candidate waits", "mass/e/", 2)
       assert(l1:resign())
       local ok2, l2 = c2:join()
       assert.is_true(ok2, tostring(l2))
@@ -101,12 +115,27 @@ for _, version in ipairs { "3.4", "3.5" } do
         coord.sleep(0.003 * i)
         t:cancel()
       end
-      eventually("contenders cleaned up", function()
-        return keys(etcd, "any/l/") == 1 and lease_count(etcd) == base + 1
-      end)
+      await_keys(seer, "contender keys gone", "any/l/", 1)
+      eventually("contender leases gone", function() return lease_count(etcd) == base + 1 end)
       assert(holder:unlock())
       assert.equal(0, keys(etcd, "any/"))
       eventually("leases back", function() return lease_count(etcd) == base end)
+    end))
+
+    it("releases a held lock and a leadership whose task is canceled (<close>)", co(function()
+      local base = lease_count(etcd)
+      local held = coord.queue()
+      local t = coord.spawn(function()
+        local l <close> = assert(etcd:lock("held/l"))
+        local e <close> = assert(etcd:campaign("held/e", "v"))
+        held:put(true)
+        coord.sleep(600) -- until canceled
+      end)
+      assert.is_true(coord.timeout(20, held.get, held))
+      assert.is_true(t:cancel())
+      await_keys(seer, "both keys gone", "held/", 0)
+      eventually("both leases gone", function() return lease_count(etcd) == base end)
+      assert(etcd:lock("held/l", { timeout = 0 })):unlock()
     end))
 
     it("try-locks with timeout = 0: at once when held, taken when free", co(function()
@@ -168,7 +197,7 @@ for _, version in ipairs { "3.4", "3.5" } do
           assert(lock:unlock())
         end)
         -- queue them one after the other: contender i's key exists before i + 1 starts
-        eventually("contender " .. i .. " queued", function() return keys(etcd, "fifo/l/") == i + 1 end)
+        await_keys(seer, "contender " .. i .. " queued", "fifo/l/", i + 1)
       end
       assert(holder:unlock())
       for i, t in ipairs(tasks) do
@@ -222,14 +251,11 @@ for _, version in ipairs { "3.4", "3.5" } do
       local base = lease_count(etcd)
       local holder = assert(etcd:lock("lostw/l"))
       local waiter = coord.spawn(function() return etcd:lock("lostw/l", { ttl = 3 }) end)
+      await_keys(seer, "the waiter queues", "lostw/l/", 2)
       local theirs
-      eventually("the waiter queues", function()
-        local kvs = assert(etcd:range("lostw/l/", { prefix = true }))
-        for _, kv in ipairs(kvs) do
-          if kv.key ~= holder.key then theirs = kv.lease end
-        end
-        return #kvs == 2
-      end)
+      for _, kv in ipairs(assert(etcd:range("lostw/l/", { prefix = true }))) do
+        if kv.key ~= holder.key then theirs = kv.lease end
+      end
       local ok, out = server:ctl(("lease revoke %x"):format(theirs))
       assert.is_true(ok, out)
       local jok, res, err = coord.timeout(15, waiter.join, waiter)
@@ -296,7 +322,7 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.equal(a.key, kv.key)
       assert.is_true(h.revision >= a.rev)
       local b = coord.spawn(function() return assert(etcd:campaign("obs/e", "b")) end)
-      eventually("b waits", function() return keys(etcd, "obs/e/") == 2 end)
+      await_keys(seer, "b waits", "obs/e/", 2)
       assert(etcd:proclaim(a, "a2"))
       assert.equal("a2", assert(coord.timeout(10, obs.next, obs)).value)
       assert(a:resign())
