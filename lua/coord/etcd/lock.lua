@@ -204,6 +204,7 @@ return function(Client, E)
     else
       h, err = acquire(self, c, value)
     end
+    if h and c.lost then h, err = nil, c.lost end -- lost while its txn was in flight
     if not h then return nil, err end
     c.held, c.header, c.watch, c.try = true, h, nil, nil
     return c
