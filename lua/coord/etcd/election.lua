@@ -1,12 +1,9 @@
--- coord.etcd.election: leader elections on the gateway's election service (v3election), the
--- same recipe as `etcdctl elect`: campaign, proclaim, leader, observe, resign.
+-- coord.etcd.election: leader elections on the client-side recipe of `etcdctl elect` (Go's
+-- concurrency.Election): campaign, proclaim, leader, observe, resign. The contenders are
+-- the ones locks use (coord/etcd/lock.lua), with the proclaimed value in the key.
 
-local core = require "coord.core"
-local http = require "coord.http"
 local errors = require "coord.errors"
 local proto = require "coord.etcd.proto"
-
-local b64, bytes, header_of, int = proto.b64, proto.bytes, proto.header, proto.int
 
 local Leadership = { __name = "coord.etcd.leadership" }
 Leadership.__index = Leadership
@@ -14,27 +11,38 @@ Leadership.__index = Leadership
 local Observer = { __name = "coord.etcd.observer" }
 Observer.__index = Observer
 
---- The next leader (a kv: its key and proclaimed value), waiting for a change; nil, err when
---- the stream fails or was closed.
+-- The contender with the lowest create revision among o.kvs, or nil.
+local function first_of(o)
+  local best
+  for _, kv in pairs(o.kvs) do
+    if not best or kv.create_revision < best.create_revision then best = kv end
+  end
+  return best
+end
+
+--- The next leader (a kv: its key and proclaimed value) and a header whose revision is the
+--- one it was seen at, waiting for a change; nil, err when the watch fails or was closed.
 function Observer:next()
   while true do
-    local line, err = self.stream:read_line()
-    if not line then
-      err = err or errors.new("closed", "election observe stream ended")
-      self.error = err
-      return nil, err
+    if self.error then return nil, self.error end
+    local kv = first_of(self)
+    local last = self.last
+    if kv and (not last or last.key ~= kv.key or last.mod_revision ~= kv.mod_revision) then
+      self.last = kv
+      local h = proto.header(nil)
+      h.revision = math.max(self.revision, kv.mod_revision)
+      return kv, h
     end
-    local j = core.json_decode(line)
-    local r = type(j) == "table" and j.result
-    if type(r) == "table" and r.kv then return proto.kv(r.kv, self.strip), header_of(r.header) end
-    if type(j) == "table" and (j.error ~= nil or j.code ~= nil) then
-      -- a refused call ({error, code, message}) or an error inside the stream ({error = {...}})
-      local e = type(j.error) == "table" and j.error or j
-      err = self.server_error({ status = math.tointeger(e.http_code) or self.stream.status or 500, body = "" },
-        { message = e.message or e.error, code = e.grpc_code or e.code }, "/v3/election/observe")
-      self.error = err
-      return nil, err
-    end
+    local w = self.watch
+    repeat -- every event of a revision before looking again: a txn is seen whole
+      local ev, err = w:next()
+      if not ev then
+        self.error = err
+        return nil, err
+      end
+      self.kvs[ev.kv.key] = ev.type == "put" and ev.kv or nil
+      self.revision = ev.kv.mod_revision
+    until #w == 0
   end
 end
 
@@ -46,42 +54,63 @@ end
 
 --- Stops observing.
 function Observer:close()
-  self.stream:close()
+  self.watch:close()
 end
 Observer.__close = Observer.close
 
 return function(Client, E)
   local check = E._check
 
-  local function leader_json(self, l)
-    if getmetatable(l) ~= Leadership then error("bad argument #1 (leadership from campaign expected)", 3) end
-    return { name = b64(self.prefix .. l.name), key = b64(self.prefix .. l.key), rev = tostring(l.rev),
-      lease = tostring(l.lease) }
+  local function leadership_arg(l, fname)
+    if getmetatable(l) ~= Leadership then
+      error("bad argument #1 to '" .. fname .. "' (leadership from campaign expected)", 3)
+    end
+  end
+
+  local function not_leader(l)
+    return errors.new("not_found", ("leadership of election %s is lost"):format(l.name), { key = l.key })
+  end
+
+  -- Puts value in the leader's key while it is still the one of this leadership (same create
+  -- revision). After an uncertain failure, reads the key rather than writing again.
+  local function put_value(self, l, value)
+    local r, h = self:txn {
+      compare = { { key = l.key, create_revision = l.rev } },
+      success = { { put = l.key, value = value, lease = l.lease } },
+    }
+    if r then
+      if not r.succeeded then return nil, not_leader(l) end
+      return h
+    end
+    if not E._uncertain(h) then return nil, h end
+    local kv, gh = self:get(l.key)
+    if not kv and errors.is(gh) then return nil, h end
+    if not kv or kv.create_revision ~= l.rev then return nil, not_leader(l) end
+    if kv.value == value then return gh end
+    return nil, h
   end
 
   --- Waits until this client is the leader of election `name`, proclaiming `value`, and
-  --- returns the leadership {name, key, rev, lease, header}. opts: as etcd:lock (ttl, lease,
-  --- timeout, on_lost).
+  --- returns the leadership {name, key, rev, lease, keeper, header, lost}. opts: as
+  --- etcd:lock (ttl, lease, timeout, on_lost).
   function Client:campaign(name, value, opts)
     check(name, "string", 1, "campaign")
     check(value, "string", 2, "campaign")
     opts = check(opts, "table", 3, "campaign", true) or {}
-    local lease, keeper = E._hold(self, opts)
-    if not lease then return nil, keeper end
-    local won = false
-    local guard <close> = setmetatable({}, { __close = function()
-      if not won then E._now_or_later(E._drop, self, lease, keeper) end
-    end })
-    local j, err = self:_post("/v3/election/campaign",
-      { name = b64(self.prefix .. name), lease = tostring(lease), value = b64(value) },
-      { timeout = opts.timeout or 0 })
-    if not j then return nil, err end
-    won = true
-    local l = j.leader or {}
-    return setmetatable({
-      client = self, name = name, key = bytes(l.key):sub(#self.prefix + 1), rev = int(l.rev),
-      lease = int(l.lease), keeper = keeper, header = header_of(j.header), resigned = false,
-    }, Leadership)
+    local c, err = E._contend(self, "election", name, value, opts)
+    if not c then return nil, err end
+    c.resigned = false
+    setmetatable(c, Leadership)
+    if c.found ~= value then -- the key was there already (the caller's lease) with another value
+      local h, perr = put_value(self, c, value)
+      if not h then
+        self:resign(c)
+        return nil, perr
+      end
+      c.header = h
+    end
+    c.found = nil
+    return c
   end
 
   --- Announces a new value as the leader without a new election. Returns the header; a
@@ -89,50 +118,43 @@ return function(Client, E)
   function Client:proclaim(leadership, value)
     check(leadership, "table", 1, "proclaim")
     check(value, "string", 2, "proclaim")
-    local j, err = self:_post("/v3/election/proclaim", { leader = leader_json(self, leadership), value = b64(value) },
-      { idempotent = true })
-    if not j then return nil, err end
-    return header_of(j.header)
+    leadership_arg(leadership, "proclaim")
+    return put_value(self, leadership, value)
   end
 
-  --- The current leader of election `name` as a kv (key and proclaimed value), or nil when
-  --- there is none; header.
+  --- The current leader of election `name` as a kv (key and proclaimed value), and the
+  --- header; nil when there is none.
   function Client:leader(name)
     check(name, "string", 1, "leader")
-    local j, err = self:_post("/v3/election/leader", { name = b64(self.prefix .. name) }, { idempotent = true })
-    if not j then
-      if err.message:find("no leader", 1, true) then return nil end
-      return nil, err
-    end
-    return j.kv and proto.kv(j.kv, #self.prefix) or nil, header_of(j.header)
+    local kvs, h = self:range(name .. "/", { prefix = true, sort_target = "create", sort_order = "ascend", limit = 1 })
+    if not kvs then return nil, h end
+    if #kvs == 0 then return nil end
+    return kvs[1], h
   end
 
   --- Follows the leaders of election `name`: returns an observer with :next(), :leaders()
   --- (an iterator) and :close() (also <close>). The current leader comes first.
   function Client:observe(name)
     check(name, "string", 1, "observe")
-    local t, err = self:_target()
-    if not t then return nil, err end
-    local s = http.stream {
-      url = t.url .. "/v3/election/observe", method = "POST", headers = t.headers, tls = t.tls,
-      http_version = t.http_version, pipewait = t.pipewait, timeout = 0,
-      body = core.json_encode { name = b64(self.prefix .. name) },
-    }
-    return setmetatable({ stream = s, strip = #self.prefix, server_error = E._server_error }, Observer)
+    local prefix = name .. "/"
+    local all, h = self:range(prefix, { prefix = true })
+    if not all then return nil, h end
+    local kvs = {}
+    for _, kv in ipairs(all) do kvs[kv.key] = kv end
+    return setmetatable({
+      kvs = kvs, revision = h.revision,
+      watch = self:watch(prefix, { prefix = true, start_revision = h.revision + 1 }),
+    }, Observer)
   end
 
-  --- Gives up the leadership (and revokes the lease made for it). Returns the header (true
-  --- when already resigned).
+  --- Gives up the leadership: revokes the lease made for it (or deletes its key from the
+  --- caller's lease). Returns the header (true when already resigned or its lease is gone).
   function Client:resign(leadership)
     check(leadership, "table", 1, "resign")
-    local body = { leader = leader_json(self, leadership) }
+    leadership_arg(leadership, "resign")
     if leadership.resigned then return true end
     leadership.resigned = true
-    local j, err = self:_post("/v3/election/resign", body, { idempotent = true })
-    local ok, derr = E._drop(self, leadership.lease, leadership.keeper)
-    if not j then return nil, err end
-    if not ok then return nil, derr end
-    return header_of(j.header)
+    return E._now_or_later(E._release, self, leadership)
   end
 
   --- Resigns (same as etcd:resign(leadership)).

@@ -1,9 +1,9 @@
--- coord.etcd.lock: distributed locks on the gateway's lock service (v3lock), the same
--- recipe as `etcdctl lock`, each bound to a lease kept alive while the lock is held.
+-- coord.etcd.lock: distributed locks on the client-side recipe of `etcdctl lock` (Go's
+-- concurrency.Mutex), and the contender machinery elections share (coord/etcd/election.lua).
 
-local proto = require "coord.etcd.proto"
-
-local b64, bytes, header_of = proto.b64, proto.bytes, proto.header
+local core = require "coord.core"
+local sched = require "coord.sched"
+local errors = require "coord.errors"
 
 local Lock = { __name = "coord.etcd.lock" }
 Lock.__index = Lock
@@ -13,50 +13,229 @@ function Lock:unlock()
   return self.client:unlock(self)
 end
 
+-- Failures after which a write may have been applied: the transport says so when it knows
+-- (err.maybe_applied), else the kinds that leave it open (a broken or timed out exchange, a
+-- 503 or 5xx answer, a garbled reply).
+local uncertain_kinds = { timeout = true, closed = true, unavailable = true, protocol = true }
+
+local function uncertain(err)
+  if err.maybe_applied ~= nil then return err.maybe_applied end
+  return uncertain_kinds[err.kind] == true or (err.kind == "http" and (err.status or 500) >= 500)
+end
+
+-- How often the lease grant and the create-if-absent txn are sent when every try ends
+-- uncertain and the re-read finds nothing: each re-send is of a write proved unapplied (a
+-- late apply of an earlier one only makes the next fail as "exists", which is then ours).
+local CREATE_TRIES = 3
+
+-- A lease ID of our own choosing: known before the grant is sent, so that a grant canceled
+-- or failed in flight can still be revoked or looked up. Random, with the clock mixed in so
+-- that programs seeding math.random alike still pick apart.
+local function new_lease_id()
+  local id = (math.random(0, math.maxinteger) ~ math.floor(core.now() * 1e6)) & math.maxinteger
+  return id ~= 0 and id or 1
+end
+
+local function lease_exists(err)
+  return err.code == 9 and tostring(err.message):find("lease already exists", 1, true) ~= nil
+end
+
 return function(Client, E)
-  local check = E._check
+  local check, option = E._check, E._option
+  E._uncertain = uncertain
+
+  local function lost_error(c, why)
+    return errors.new("lost", ("%s %s: %s"):format(c.what, c.name, why), { key = c.key, lease = c.lease })
+  end
+
+  -- Gives a contender's place back: revokes the lease made for it (which deletes its key),
+  -- or deletes its key from the caller's lease. A lost lease is not an error. Never stops
+  -- the keeper from inside the keeper itself (on_lost runs there, and it is ending anyway).
+  local function release(self, c)
+    if c.own then
+      if c.keeper and not c.lost then c.keeper:stop() end
+      local h, err = self:revoke(c.lease)
+      if h then return h end
+      if err.kind == "not_found" then return true end
+      return nil, err
+    end
+    local n, h = self:delete(c.key)
+    if not n then return nil, h end
+    return h
+  end
+  E._release = release
+
+  -- Creates c.key (bound to c.lease) if it is absent, reading the first contender in the same
+  -- txn. Returns the key's create revision and, when known, the first contender's kv (false:
+  -- none) and the header; or nil, err. After an uncertain failure it reads the key instead of
+  -- sending the write again: present with our lease, it is ours.
+  local function enter(self, c, value)
+    local first = { get = c.prefix, prefix = true, sort_target = "create", sort_order = "ascend", limit = 1 }
+    local spec = {
+      compare = { { key = c.key, create_revision = 0 } },
+      success = { { put = c.key, value = value, lease = c.lease }, first },
+      failure = { { get = c.key }, first },
+    }
+    for _ = 1, CREATE_TRIES do
+      local r, h = self:txn(spec)
+      if r then
+        local owner = r.responses[2][1] or false
+        if r.succeeded then return h.revision, owner, h, value end
+        local kv = r.responses[1][1]
+        if not kv then return nil, errors.new("protocol", "txn on " .. c.key .. " read no key") end
+        return kv.create_revision, owner, h, kv.value
+      end
+      if not uncertain(h) then return nil, h end
+      local kv, gh = self:get(c.key)
+      if not kv and errors.is(gh) then return nil, gh end
+      if kv then
+        if kv.lease ~= c.lease then
+          return nil, errors.new("conflict", c.key .. " exists with another lease", { key = c.key })
+        end
+        return kv.create_revision, nil, gh, kv.value
+      end
+    end
+    return nil, errors.new("unavailable", "could not create " .. c.key .. " after " .. CREATE_TRIES .. " tries")
+  end
+
+  -- The answer of a try (timeout = 0) that found another contender first.
+  local function busy(c)
+    return nil, errors.new("timeout", ("%s %s is held by another contender"):format(c.what, c.name))
+  end
+
+  -- Waits until the key just before c's (the newest one created before it) is deleted, again
+  -- until none is left; then checks that c's key still exists and returns that read's header.
+  local function wait_turn(self, c)
+    while true do
+      if c.lost then return nil, c.lost end
+      local pred, h = self:range(c.prefix, { prefix = true, max_create_revision = c.rev - 1,
+        sort_target = "create", sort_order = "descend", limit = 1 })
+      if not pred then return nil, h end
+      if #pred == 0 then break end
+      if c.try then return busy(c) end
+      local w <close> = self:watch(pred[1].key, { start_revision = h.revision + 1 })
+      c.watch = w
+      repeat
+        local ev, err = w:next()
+        if c.lost then return nil, c.lost end
+        -- compacted since the read: read again (the predecessor may be gone already)
+        if not ev and err.kind ~= "compacted" then return nil, err end
+      until not ev or ev.type == "delete"
+      c.watch = nil
+    end
+    if c.lost then return nil, c.lost end
+    local kv, h = self:get(c.key)
+    if not kv then
+      if errors.is(h) then return nil, h end
+      return nil, lost_error(c, "its key is gone (lease expired or revoked)")
+    end
+    return h
+  end
+
+  -- Enters c and waits for its turn. Returns the header, or nil, err.
+  local function acquire(self, c, value)
+    local rev, first, h, found = enter(self, c, value)
+    if not rev then return nil, first end
+    c.rev, c.found = rev, found
+    if first == false or (first and first.create_revision == rev) then return h end
+    if first and c.try then return busy(c) end
+    return wait_turn(self, c)
+  end
+
+  -- Gives c its lease: the caller's (opts.lease, left alone), or a new one of opts.ttl seconds
+  -- (default 60, as etcdctl) with an ID chosen here, kept alive until released. The keeper's
+  -- loss ends a waiting attempt and tells a holder (c.lost, opts.on_lost). Returns true or
+  -- nil, err.
+  local function hold(self, c, opts)
+    local ttl = option(opts, "ttl", "integer") or 60
+    if option(opts, "lease", "integer") then
+      c.lease = opts.lease
+      return true
+    end
+    c.own = true
+    local granted, maybe
+    for _ = 1, CREATE_TRIES do
+      c.lease = c.lease or new_lease_id()
+      local g, err = self:grant(ttl, { id = c.lease })
+      if g then
+        granted = g.ttl
+      elseif lease_exists(err) and maybe then
+        granted = ttl -- an earlier, uncertain grant was applied after all
+      elseif lease_exists(err) then
+        c.lease = nil -- someone else's ID: pick another
+      elseif uncertain(err) then
+        local info, ierr = self:time_to_live(c.lease)
+        if not info then return nil, ierr end
+        if info.ttl > 0 then granted = info.granted_ttl end
+        maybe = true
+      else
+        return nil, err
+      end
+      if granted then break end
+    end
+    if not granted then return nil, errors.new("unavailable", "could not grant a lease after " .. CREATE_TRIES .. " tries") end
+    local user_lost = opts.on_lost
+    c.keeper = self:keepalive(c.lease, { ttl = granted, on_lost = function(err)
+      c.lost = err
+      if c.watch then c.watch:close() end
+      if c.held and user_lost then user_lost(err, c) end
+    end })
+    return true
+  end
+
+  --- Takes a place among the contenders of `name` (lock or election, `what`, for messages),
+  --- with `value` in its key, and waits for its turn. opts: ttl, lease, timeout (0: try once),
+  --- on_lost(err, c). Returns the contender (its own table, made a lock or leadership by the
+  --- caller) or nil, err; canceled or failed, it leaves no key and no lease behind.
+  function E._contend(self, what, name, value, opts)
+    option(opts, "on_lost", "function")
+    local timeout = option(opts, "timeout", "number")
+    if timeout and not (timeout >= 0) then error("bad option 'timeout' (non-negative number expected)", 0) end
+    local c = { client = self, what = what, name = name, prefix = name .. "/", try = timeout == 0 }
+    local guard <close> = setmetatable({}, { __close = function()
+      if not c.held and c.lease then E._now_or_later(release, self, c) end
+    end })
+    local ok, err = hold(self, c, opts)
+    if not ok then return nil, err end
+    c.key = ("%s/%x"):format(name, c.lease)
+    local h
+    if timeout and timeout > 0 then
+      h, err = sched.timeout(timeout, acquire, self, c, value)
+    else
+      h, err = acquire(self, c, value)
+    end
+    if h and c.lost then h, err = nil, c.lost end -- lost while its txn was in flight
+    if not h then return nil, err end
+    c.held, c.header, c.watch, c.try = true, h, nil, nil
+    return c
+  end
 
   function Lock:__close()
     if not self.released then E._now_or_later(self.client.unlock, self.client, self) end
   end
 
-  --- Waits until the lock `name` is held and returns it: {name, key, lease, header}.
-  --- opts: ttl (of the lease made for it, default 60 s), lease (use this lease instead; it is
-  --- not kept alive nor revoked by coord), timeout (give up waiting after this many seconds:
-  --- a "timeout" error; default: wait for ever), on_lost(err) (the lease was lost while held).
+  --- Waits until the lock `name` is held and returns it: {name, key, rev, lease, keeper,
+  --- header, lost}. opts: ttl (of the lease made for it, default 60 s), lease (use this lease
+  --- instead; not kept alive nor revoked by coord), timeout (seconds to wait, 0: try once;
+  --- then a "timeout" error; default: wait for ever), on_lost(err, lock) (the lease was lost
+  --- while held).
   function Client:lock(name, opts)
     check(name, "string", 1, "lock")
     opts = check(opts, "table", 2, "lock", true) or {}
-    local lease, keeper = E._hold(self, opts)
-    if not lease then return nil, keeper end
-    local held = false
-    -- canceled or failed while waiting: give the lease (and the queued key with it) back
-    local guard <close> = setmetatable({}, { __close = function()
-      if not held then E._now_or_later(E._drop, self, lease, keeper) end
-    end })
-    -- not re-sent after a broken connection: the first request's handler deletes our
-    -- waiting key when it notices, racing with the second one
-    local j, err = self:_post("/v3/lock/lock", { name = b64(self.prefix .. name), lease = tostring(lease) },
-      { timeout = opts.timeout or 0 })
-    if not j then return nil, err end
-    held = true
-    return setmetatable({
-      client = self, name = name, key = bytes(j.key):sub(#self.prefix + 1), lease = lease,
-      keeper = keeper, header = header_of(j.header), released = false,
-    }, Lock)
+    local c, err = E._contend(self, "lock", name, "", opts)
+    if not c then return nil, err end
+    c.released = false
+    return setmetatable(c, Lock)
   end
 
-  --- Releases a lock taken with etcd:lock (and revokes the lease made for it). Returns the
-  --- header (true when it was already released).
+  --- Releases a lock taken with etcd:lock: revokes the lease made for it (or deletes its key
+  --- from the caller's lease). Returns the header (true when it was already released or its
+  --- lease is gone).
   function Client:unlock(lock)
     check(lock, "table", 1, "unlock")
     if getmetatable(lock) ~= Lock then error("bad argument #1 to 'unlock' (lock expected)", 2) end
     if lock.released then return true end
     lock.released = true
-    local j, err = self:_post("/v3/lock/unlock", { key = b64(self.prefix .. lock.key) }, { idempotent = true })
-    local ok, derr = E._drop(self, lock.lease, lock.keeper)
-    if not j then return nil, err end
-    if not ok then return nil, derr end
-    return header_of(j.header)
+    return E._now_or_later(release, self, lock)
   end
 end
