@@ -5,6 +5,8 @@ local http = require "coord.http"
 local sched = require "coord.sched"
 local sync = require "coord.sync"
 local errors = require "coord.errors"
+local url = require "coord.url"
+local args = require "coord.args"
 
 local M = {}
 
@@ -29,26 +31,13 @@ function Client.__index(self, k)
 end
 
 ---------------------------------------------------------------------------------------------
--- escaping
-
-local function escape_byte(c)
-  return ("%%%02X"):format(c:byte())
-end
-
--- Most keys and values need no escaping: a find is much cheaper than a gsub that builds a
--- new string, so the gsub only runs when there is something to escape.
+-- escaping (coord.url: one set of rules for both clients)
 
 --- Percent-encodes s for a URL path, keeping "/" (a KV key keeps its hierarchy).
-function M.escape_path(s)
-  if not s:find("[^%w%-%._~/]") then return s end
-  return (s:gsub("[^%w%-%._~/]", escape_byte))
-end
+M.escape_path = url.path
 
 --- Percent-encodes s for a query value.
-function M.escape(s)
-  if not s:find("[^%w%-%._~]") then return s end
-  return (s:gsub("[^%w%-%._~]", escape_byte))
-end
+M.escape = url.query
 
 ---------------------------------------------------------------------------------------------
 -- the client
@@ -286,9 +275,20 @@ function Client:_call(method, path, opts)
   return { status = res.status, body = body_out, meta = meta_of(res) }
 end
 
+-- The options every call accepts, with the type each must have.
+local call_option_types = {
+  token = "string", dc = "string", consistency = "string", stale = "boolean", consistent = "boolean",
+  ns = "string", partition = "string", index = "integer", hash = "string", wait = "number",
+  timeout = "number", retries = "integer",
+}
+
 --- Copies the options every call accepts (token, dc, consistency, ns, partition, blocking,
---- timeout) from a user's opts into a _call opts table with the given query.
+--- timeout) from a user's opts into a _call opts table with the given query, checking their
+--- types.
 function M.call_opts(opts, query)
+  for name, want in pairs(call_option_types) do
+    if opts[name] ~= nil then args.option(opts, name, want) end
+  end
   return {
     query = query, token = opts.token, dc = opts.dc, consistency = opts.consistency,
     stale = opts.stale, consistent = opts.consistent, ns = opts.ns, partition = opts.partition,
@@ -353,5 +353,6 @@ function Client:watch(fn, opts)
   return require("coord.consul.watch").new(self, fn, opts)
 end
 
+args.methods(Client)
 M.Client = Client
 return M

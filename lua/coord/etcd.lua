@@ -542,5 +542,6 @@ for _, name in ipairs { "coord.etcd.txn", "coord.etcd.lease", "coord.etcd.lock",
   "coord.etcd.cluster" } do
   require(name)(Client, M)
 end
+require("coord.args").methods(Client)
 
 return M

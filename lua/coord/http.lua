@@ -83,6 +83,9 @@ function M.request(opts)
 end
 
 local function with(opts, method, url, body)
+  if type(url) ~= "string" then
+    error("bad argument #1 to '" .. method:lower() .. "' (string expected, got " .. type(url) .. ")", 3)
+  end
   local o = {}
   if opts then
     if type(opts) ~= "table" then

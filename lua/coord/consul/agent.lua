@@ -11,7 +11,8 @@ function M.new(client)
   return setmetatable({ client = client }, Agent)
 end
 
-local check_opts, escape, pick = consul.check_opts, consul.escape, consul.pick
+local check_opts, pick = consul.check_opts, consul.pick
+local segment = require("coord.url").segment
 
 local function check_string(v, i, fname)
   if type(v) ~= "string" then
@@ -36,7 +37,7 @@ end
 --- Deregisters the service with this ID (and its checks). Returns true, meta.
 function Agent:service_deregister(id, opts)
   check_string(id, 1, "service_deregister")
-  return self.client:_put("/v1/agent/service/deregister/" .. escape(id), nil, check_opts(opts, "service_deregister", 2))
+  return self.client:_put("/v1/agent/service/deregister/" .. segment(id, 1, "service_deregister"), nil, check_opts(opts, "service_deregister", 2))
 end
 
 --- The services registered on this agent, by ID. opts.filter. Returns services, meta.
@@ -49,7 +50,7 @@ end
 --- (the agent answers with a content hash, meta.content_hash). Returns service, meta.
 function Agent:service(id, opts)
   check_string(id, 1, "service")
-  return self.client:_get("/v1/agent/service/" .. escape(id), check_opts(opts, "service", 2), nil, { 404 })
+  return self.client:_get("/v1/agent/service/" .. segment(id, 1, "service"), check_opts(opts, "service", 2), nil, { 404 })
 end
 
 --- Registers a check: def is Consul's JSON check definition (Name, ID, TTL, HTTP, ...).
@@ -61,7 +62,7 @@ end
 --- Deregisters the check with this ID. Returns true, meta.
 function Agent:check_deregister(id, opts)
   check_string(id, 1, "check_deregister")
-  return self.client:_put("/v1/agent/check/deregister/" .. escape(id), nil, check_opts(opts, "check_deregister", 2))
+  return self.client:_put("/v1/agent/check/deregister/" .. segment(id, 1, "check_deregister"), nil, check_opts(opts, "check_deregister", 2))
 end
 
 --- The checks registered on this agent, by ID. opts.filter. Returns checks, meta.
@@ -79,7 +80,7 @@ function Agent:update_ttl(id, output, status, opts)
   if not statuses[status] then
     error("bad argument #3 to 'update_ttl' (passing, warning or critical expected, got " .. tostring(status) .. ")", 2)
   end
-  return self.client:_put("/v1/agent/check/update/" .. escape(id), { Status = status, Output = output },
+  return self.client:_put("/v1/agent/check/update/" .. segment(id, 1, "update_ttl"), { Status = status, Output = output },
     check_opts(opts, "update_ttl", 4))
 end
 
@@ -89,7 +90,7 @@ for _, verb in pairs(statuses) do
   Agent[fname] = function(self, id, note, opts)
     check_string(id, 1, fname)
     if note ~= nil then check_string(note, 2, fname) end
-    return self.client:_put("/v1/agent/check/" .. verb .. "/" .. escape(id), nil,
+    return self.client:_put("/v1/agent/check/" .. verb .. "/" .. segment(id, 1, fname), nil,
       check_opts(opts, fname, 3), { note = note })
   end
 end
@@ -104,5 +105,7 @@ end
 function Agent:self(opts)
   return self.client:_get("/v1/agent/self", check_opts(opts, "self", 1))
 end
+
+require("coord.args").methods(Agent)
 
 return M

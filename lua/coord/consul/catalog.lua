@@ -11,7 +11,8 @@ function M.new(client)
   return setmetatable({ client = client }, Catalog)
 end
 
-local check_opts, escape, pick = consul.check_opts, consul.escape, consul.pick
+local check_opts, pick = consul.check_opts, consul.pick
+local segment = require("coord.url").segment
 
 local function check_string(v, fname)
   if type(v) ~= "string" then
@@ -29,7 +30,7 @@ end
 function Catalog:service(name, opts)
   check_string(name, "service")
   opts = check_opts(opts, "service", 2)
-  return self.client:_get("/v1/catalog/service/" .. escape(name), opts, pick(opts, { "tag", "near", "node_meta", "filter" }))
+  return self.client:_get("/v1/catalog/service/" .. segment(name, 1, "service"), opts, pick(opts, { "tag", "near", "node_meta", "filter" }))
 end
 
 --- The nodes. opts: near, node_meta, filter. Blocking.
@@ -42,7 +43,7 @@ end
 function Catalog:node(name, opts)
   check_string(name, "node")
   opts = check_opts(opts, "node", 2)
-  local body, meta = self.client:_get("/v1/catalog/node/" .. escape(name), opts, pick(opts, { "filter" }))
+  local body, meta = self.client:_get("/v1/catalog/node/" .. segment(name, 1, "node"), opts, pick(opts, { "filter" }))
   return consul.value(body), meta
 end
 
@@ -63,5 +64,7 @@ function Catalog:deregister(def, opts)
   if type(def) ~= "table" then error("bad argument #1 to 'deregister' (table expected, got " .. type(def) .. ")", 2) end
   return self.client:_put("/v1/catalog/deregister", def, check_opts(opts, "deregister", 2))
 end
+
+require("coord.args").methods(Catalog)
 
 return M

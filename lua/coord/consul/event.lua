@@ -2,6 +2,7 @@
 
 local core = require "coord.core"
 local consul = require "coord.consul"
+local segment = require("coord.url").segment
 
 local M = {}
 
@@ -26,7 +27,7 @@ function Event:fire(name, payload, opts)
     error("bad argument #2 to 'fire' (string or nil expected, got " .. type(payload) .. ")", 2)
   end
   opts = consul.check_opts(opts, "fire", 3)
-  local body, meta = self.client:_put("/v1/event/fire/" .. consul.escape(name), payload or "", opts,
+  local body, meta = self.client:_put("/v1/event/fire/" .. segment(name, 1, "fire"), payload or "", opts,
     consul.pick(opts, { "node", "service", "tag" }))
   if not body then return nil, meta end
   return decode(body), meta
@@ -41,5 +42,7 @@ function Event:list(opts)
   for _, e in ipairs(body) do decode(e) end
   return body, meta
 end
+
+require("coord.args").methods(Event)
 
 return M

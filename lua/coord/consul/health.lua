@@ -11,7 +11,8 @@ function M.new(client)
   return setmetatable({ client = client }, Health)
 end
 
-local check_opts, escape, pick = consul.check_opts, consul.escape, consul.pick
+local check_opts, pick = consul.check_opts, consul.pick
+local segment = require("coord.url").segment
 
 -- Every call takes one name and returns a list; all support blocking (index + wait) and filter.
 local function read(fname, base, names)
@@ -20,7 +21,7 @@ local function read(fname, base, names)
       error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(name)), 2)
     end
     opts = check_opts(opts, fname, 2)
-    return self.client:_get(base .. escape(name), opts, pick(opts, names))
+    return self.client:_get(base .. segment(name, 1, fname), opts, pick(opts, names))
   end
 end
 
@@ -36,5 +37,7 @@ Health.node = read("node", "/v1/health/node/", { "filter" })
 
 --- The checks in a state ("any", "passing", "warning", "critical"). opts: near, node_meta, filter.
 Health.state = read("state", "/v1/health/state/", { "near", "node_meta", "filter" })
+
+require("coord.args").methods(Health)
 
 return M

@@ -147,4 +147,6 @@ function KV:watch(key, opts)
   return require("coord.consul.watch").kv(self, key, opts)
 end
 
+require("coord.args").methods(KV)
+
 return M

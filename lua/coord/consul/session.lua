@@ -6,6 +6,9 @@ local core = require "coord.core"
 local errors = require "coord.errors"
 local consul = require "coord.consul"
 local hold = require "coord.hold"
+local url = require "coord.url"
+
+local uuid, segment = url.uuid, url.segment
 
 local M = {}
 
@@ -195,7 +198,7 @@ function Sessions:renew(id, opts)
   opts = check_opts(opts, "renew", 2)
   local o = consul.call_opts(opts)
   o.ok, o.raw = { 404 }, true -- the 404 body is plain text
-  local res, err = self.client:_call("PUT", "/v1/session/renew/" .. id, o)
+  local res, err = self.client:_call("PUT", "/v1/session/renew/" .. uuid(id, 1, "renew"), o)
   if not res then return nil, err end
   local list = res.status == 200 and core.json_decode(res.body or "")
   local e = type(list) == "table" and entry(list[1])
@@ -210,7 +213,7 @@ end
 function Sessions:destroy(id, opts)
   check(id, "string", 1, "destroy")
   opts = check_opts(opts, "destroy", 2)
-  local ok, meta = self.client:_put("/v1/session/destroy/" .. id, nil, opts)
+  local ok, meta = self.client:_put("/v1/session/destroy/" .. uuid(id, 1, "destroy"), nil, opts)
   if not ok then return nil, meta end
   return true, meta
 end
@@ -228,7 +231,7 @@ end
 --- consistent, dc, token.
 function Sessions:info(id, opts)
   check(id, "string", 1, "info")
-  local list, meta = query(self, "/v1/session/info/" .. id, check_opts(opts, "info", 2))
+  local list, meta = query(self, "/v1/session/info/" .. uuid(id, 1, "info"), check_opts(opts, "info", 2))
   if not list then return nil, meta end
   return list[1], meta
 end
@@ -241,7 +244,7 @@ end
 --- The sessions of one node and meta. opts as for info.
 function Sessions:node(node, opts)
   check(node, "string", 1, "node")
-  return query(self, "/v1/session/node/" .. consul.escape(node), check_opts(opts, "node", 2))
+  return query(self, "/v1/session/node/" .. segment(node, 1, "node"), check_opts(opts, "node", 2))
 end
 
 ---------------------------------------------------------------------------------------------
@@ -318,5 +321,7 @@ end
 function M.left(deadline)
   return deadline and deadline - now() or math.huge
 end
+
+require("coord.args").methods(Sessions)
 
 return M

@@ -21,4 +21,6 @@ function Status:peers(opts)
   return self.client:_get("/v1/status/peers", consul.check_opts(opts, "peers", 1))
 end
 
+require("coord.args").methods(Status)
+
 return M

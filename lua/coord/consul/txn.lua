@@ -83,4 +83,6 @@ function Txn:run(ops, opts)
   return true, out, res.meta
 end
 
+require("coord.args").methods(Txn)
+
 return M

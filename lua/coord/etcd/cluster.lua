@@ -8,6 +8,14 @@ local header_of, int, uint = proto.header, proto.int, proto.uint
 return function(Client, E)
   local check = E._check
 
+  -- A member's URL is a base URL: http(s)://host[:port], no path, query or credentials.
+  local function check_endpoint(url, fname)
+    check(url, "string", 1, fname, true)
+    if url and not url:find("^https?://[%w%.%-%[%]:]+/?$") then
+      error(("bad argument #1 to '%s' (endpoint URL http(s)://host:port expected, got %q)"):format(fname, url:sub(1, 60)), 3)
+    end
+  end
+
   -- A call to one member (url) or, without one, to the current endpoint.
   local function call(self, url, path, body)
     if url == nil then
@@ -42,7 +50,7 @@ return function(Client, E)
   --- db_size, db_size_in_use, leader, raft_index, raft_term, raft_applied_index, member_id,
   --- is_learner, errors}; header.
   function Client:status(endpoint)
-    check(endpoint, "string", 1, "status", true)
+    check_endpoint(endpoint, "status")
     local j, err = call(self, endpoint, "/v3/maintenance/status", {})
     if not j then return nil, err end
     local h = header_of(j.header)
@@ -57,7 +65,7 @@ return function(Client, E)
   --- The server and cluster versions of one member (default the current endpoint):
   --- {server, cluster}.
   function Client:version(endpoint)
-    check(endpoint, "string", 1, "version", true)
+    check_endpoint(endpoint, "version")
     local j, err = call(self, endpoint, "/version")
     if not j then return nil, err end
     return { server = j.etcdserver, cluster = j.etcdcluster }
@@ -66,7 +74,7 @@ return function(Client, E)
   --- Whether one member (default the current endpoint) is healthy (has a leader, no
   --- alarm): true, or false and the reason; nil, err when it cannot be asked.
   function Client:health(endpoint)
-    check(endpoint, "string", 1, "health", true)
+    check_endpoint(endpoint, "health")
     local j, err = call(self, endpoint, "/health")
     if not j then
       -- an unhealthy member answers 503 with the same JSON body

@@ -1,0 +1,43 @@
+-- coord.args: argument checks shared by the clients, with one message format
+-- ("bad argument #N to 'fn' (...)", "bad option 'name' to 'fn' (...)").
+
+local M = {}
+
+local function typename(v)
+  return math.type(v) or type(v)
+end
+
+--- Checks opts[name] against want ("integer", "number", "string", "boolean", "table",
+--- "function"); returns the value (nil when absent). Raises "bad option" otherwise.
+function M.option(opts, name, want, fname)
+  local v = opts[name]
+  if v == nil then return nil end
+  local t = want == "integer" and math.type(v) or type(v)
+  if t == want then return v end
+  error(("bad option '%s'%s (%s expected, got %s)"):format(name, fname and (" to '" .. fname .. "'") or "",
+    want, typename(v)), 3)
+end
+
+--- Makes every public method of class (a metatable whose __index holds them, or class itself)
+--- check its self, so that a dot call (`kv.get("k")`) raises "calling 'get' on bad self
+--- (use ':')" instead of failing somewhere inside. The check is a tail call: argument errors
+--- raised by the method still blame the method's caller.
+function M.methods(class)
+  local t = type(class.__index) == "table" and class.__index or class
+  local names = {}
+  for k, f in pairs(t) do
+    if type(k) == "string" and type(f) == "function" and not k:find("^_") then names[#names + 1] = k end
+  end
+  for _, k in ipairs(names) do
+    local f = t[k]
+    t[k] = function(self, ...)
+      if getmetatable(self) ~= class then
+        error(("calling '%s' on bad self (use ':')"):format(k), 2)
+      end
+      return f(self, ...)
+    end
+  end
+  return class
+end
+
+return M
