@@ -129,32 +129,6 @@ return function(Client, E)
     return k
   end
 
-  -- Locks and elections hold a lease: opts.lease (the caller's, left alone) or a new one of
-  -- opts.ttl seconds (default 60, as etcdctl) kept alive until released. Returns the lease
-  -- ID and its keeper (nil for the caller's lease), or nil and an error.
-  function E._hold(self, opts)
-    option(opts, "lease", "integer")
-    option(opts, "ttl", "integer")
-    option(opts, "on_lost", "function")
-    option(opts, "timeout", "number")
-    if opts.lease then return opts.lease end
-    -- a caller canceled while the grant is in flight revokes the lease once granted
-    local g, err = hold.shield(self.grant, function(got)
-      if got then self:revoke(got.id) end
-    end, self, opts.ttl or 60)
-    if not g then return nil, err end
-    return g.id, self:keepalive(g.id, { ttl = g.ttl, on_lost = opts.on_lost })
-  end
-
-  -- Stops the keeper and revokes the lease that E._hold granted (nothing for the caller's).
-  function E._drop(self, lease, keeper)
-    if not keeper then return true end
-    keeper:stop()
-    local h, err = self:revoke(lease)
-    if not h and err.kind ~= "not_found" then return nil, err end
-    return true
-  end
-
   -- Runs a cleanup now, or in a task of its own where the caller cannot wait (see coord.hold).
   E._now_or_later = hold.cleanup
 end
