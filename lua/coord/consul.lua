@@ -203,11 +203,22 @@ local function accepted(list, status)
   return false
 end
 
+-- The portable kind of a Consul error reply (errors.by_status); any other status is an
+-- "http" error. A 403 whose token is unknown to Consul is "auth", not "permission".
+local kind_by_status = errors.by_status
+
+local function error_kind(status, text)
+  if status == 403 and text:find("ACL not found", 1, true) then return "auth" end
+  if status == 500 and text:find("No cluster leader", 1, true) then return "unavailable" end
+  return kind_by_status[status] or "http"
+end
+
 local function server_error(res, method, url)
   local text = (res.body or ""):gsub("^%s+", ""):gsub("%s+$", "")
   if #text > 500 then text = text:sub(1, 500) .. "..." end
   if text == "" then text = "HTTP " .. res.status end
-  return nil, errors.new("http", text, { status = res.status, method = method, url = url, body = res.body })
+  return nil, errors.new(error_kind(res.status, text), text,
+    { status = res.status, method = method, url = url, body = res.body })
 end
 
 -- One exchange, holding a permit of the agent's limit (two for a blocking read) meanwhile.

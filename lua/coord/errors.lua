@@ -30,5 +30,10 @@ function M.is(v)
   return getmetatable(v) == Error
 end
 
+--- The portable kind of a server's HTTP error status, the same for both clients (README,
+--- "Error kinds"); nil for a status without one (the caller's kind is then "http").
+M.by_status = { [400] = "invalid", [401] = "auth", [403] = "permission", [404] = "not_found",
+  [409] = "conflict", [413] = "invalid", [429] = "exhausted", [503] = "unavailable" }
+
 M.Error = Error
 return M

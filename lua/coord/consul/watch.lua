@@ -91,7 +91,7 @@ local function take(p)
 end
 
 local function retryable(err)
-  return err.kind ~= "http" or err.status == 429 or err.status >= 500
+  return not err.status or err.status == 429 or err.status >= 500
 end
 
 -- Exponential backoff with jitter: half the delay fixed, half random.
