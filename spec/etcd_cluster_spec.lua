@@ -228,6 +228,61 @@ describe("coord.etcd on a three-member cluster", function()
     assert.matches("all etcd endpoints are failing; last error: ", terr.message, 1, true)
     assert.equal("connect", terr.cause.kind)
   end))
+
+  -- hasleader: a member cut off from its leader refuses at once instead of holding a read
+  -- until its timeout, or creating a watch that never delivers. The two others are stopped
+  -- (SIGSTOP), so member 3 loses its leader.
+  it("hears at once from a member without a leader, and does not apply a write there", co(function()
+    local m3 = etcd_mod.new { endpoints = { server.endpoints[3] }, timeout = 30 }
+    assert(m3:put("part/k", "before"))
+    local w <close> = m3:watch("part/k", { start_revision = 1 })
+    assert.equal("before", assert(w:next()).kv.value)
+    server.members[1].proc:send("STOP")
+    server.members[2].proc:send("STOP")
+    local resumed = false
+    local function resume_others()
+      if resumed then return end
+      resumed = true
+      server.members[1].proc:send("CONT")
+      server.members[2].proc:send("CONT")
+    end
+    local _ <close> = setmetatable({}, { __close = resume_others })
+    -- member 3 notices the missing leader after an election timeout or two
+    local err
+    servers.until_true("member 3 without a leader", function()
+      local kv
+      kv, err = coord.timeout(10, m3.get, m3, "part/k")
+      return kv == nil and err.kind == "unavailable" and err.message:find("no leader", 1, true) ~= nil
+    end, 30)
+    -- a read, even a serializable one, and a write: answered at once, not after 30 s
+    local kv, rerr = coord.timeout(10, m3.get, m3, "part/k", { serializable = true })
+    assert.is_nil(kv)
+    assert.equal("unavailable", rerr.kind)
+    local h, perr = coord.timeout(10, m3.put, m3, "part/k", "during")
+    assert.is_nil(h)
+    assert.equal("unavailable", perr.kind)
+    assert.matches("no leader", perr.message)
+    -- the watch stream is refused there too (not kept open silently), and so is a new watch;
+    -- both wait for a member with a leader
+    local w2 <close> = m3:watch("part/other")
+    local stats = require("coord.etcd.watch").stats
+    servers.until_true("watch stream refused for want of a leader", function()
+      local st = stats(m3)
+      return st.connected == nil and st.last_error and st.last_error.kind == "unavailable"
+        and st.last_error.message:find("no leader", 1, true) ~= nil
+    end, 30)
+    resume_others()
+    servers.until_true("member 3 with a leader again", function()
+      local got = coord.timeout(10, m3.get, m3, "part/k")
+      return got ~= nil
+    end, 60)
+    -- the write refused for want of a leader was not applied
+    assert.equal("before", assert(m3:get("part/k")).value)
+    assert(m3:put("part/k", "after"))
+    assert.equal("after", assert(w:next()).kv.value)
+    assert(m3:put("part/other", "x"))
+    assert.equal("x", assert(w2:next()).kv.value)
+  end))
 end)
 
 describe("coord.etcd retries", function()

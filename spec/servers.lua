@@ -92,6 +92,11 @@ function Proc:signal(sig)
   self.p = nil
 end
 
+--- Sends `sig` without waiting for anything (SIGSTOP and SIGCONT pause and resume).
+function Proc:send(sig)
+  if self.p then os.execute("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null") end
+end
+
 function Proc:stop() self:signal("TERM") end
 function Proc:kill() self:signal("KILL") end
 Proc.__gc = Proc.stop

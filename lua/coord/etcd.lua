@@ -114,11 +114,17 @@ local function pick(self)
     { cause = last })
 end
 
+-- Every call and the watch stream ask the member to refuse when it has no leader (gRPC
+-- metadata hasleader=true): a member cut off from its cluster then answers at once with
+-- code 14 "etcdserver: no leader", instead of holding a read or creating a watch that never
+-- delivers.
+local HASLEADER = "Grpc-Metadata-Hasleader"
+
 local function target(self, ep)
   local https = ep.url:sub(1, 6) == "https:"
   return {
     url = ep.url,
-    headers = { Authorization = self.token },
+    headers = { Authorization = self.token, [HASLEADER] = "true" },
     tls = self.tls,
     http_version = https and "2tls" or "1.1",
     pipewait = https or nil,
@@ -133,7 +139,7 @@ local function cached_target(self, ep, with_token)
   local t = ep.target
   if t and ep.target_token == token and t.tls == self.tls then return t end
   t = target(self, ep)
-  if not with_token then t.headers, t.token = {}, nil end
+  if not with_token then t.headers, t.token = { [HASLEADER] = "true" }, nil end
   ep.target, ep.target_token = t, token
   return t
 end
@@ -166,14 +172,20 @@ end
 -- connection died after the request was sent).
 local endpoint_failure = { connect = true, resolve = true, timeout = true, closed = true, unavailable = true,
   unknown = true }
--- Failures where the request certainly never left this process: safe to send elsewhere.
+
+local function no_leader(e)
+  return e.code == 14 and tostring(e.message):find("no leader", 1, true) ~= nil
+end
+
+-- Failures where the request certainly was not applied, safe to send elsewhere: it never
+-- left this process, or the member refused it before doing anything because it has no
+-- leader (the hasleader check runs before the call's handler).
 local function never_sent(e)
-  return (e.kind == "connect" or e.kind == "resolve") and not e.maybe_applied
+  return ((e.kind == "connect" or e.kind == "resolve") and not e.maybe_applied) or no_leader(e)
 end
 
 local auth_messages = { "invalid auth token", "user name is empty", "authentication failed", "revision of auth store is old" }
-local kind_by_status = { [400] = "invalid", [401] = "auth", [403] = "permission", [404] = "not_found",
-  [429] = "exhausted", [503] = "unavailable" }
+local kind_by_status = errors.by_status
 local kind_by_code = { [3] = "invalid", [5] = "not_found", [7] = "permission", [8] = "exhausted",
   [14] = "unavailable", [16] = "auth" }
 
@@ -193,6 +205,19 @@ local function server_error(res, j, path)
   return errors.new(kind, msg, { status = res.status, code = code, path = path })
 end
 M._server_error = server_error
+
+-- The coord error for a failure a stream reports (the watch stream, a keepalive reply): a
+-- refused stream's body, or an {"error": {...}} object inside the stream, where etcd 3.4 and
+-- 3.5 say grpc_code and http_code and 3.6 says code. body is the raw text when j is not JSON.
+local function stream_error(status, j, body, path)
+  local e = type(j) == "table" and j.error
+  if type(e) == "table" then
+    return server_error({ status = math.tointeger(e.http_code) or status or 500, body = "" },
+      { message = e.message, code = e.grpc_code or e.code }, path)
+  end
+  return server_error({ status = status or 500, body = body or "" }, j, path)
+end
+M._stream_error = stream_error
 
 local function stale_token(err)
   return err.kind == "auth" and (err.message:find("invalid auth token", 1, true)

@@ -91,11 +91,7 @@ return function(Client, E)
     check_int(id, 1, "keepalive_once")
     local j, err = self:_post("/v3/lease/keepalive", { ID = tostring(id) }, { idempotent = true })
     if not j then return nil, err end
-    local e = j.error
-    if type(e) == "table" then -- an error inside the stream: 3.4/3.5 say grpc_code, 3.6 code
-      local norm = { message = e.message, code = e.grpc_code or e.code }
-      return nil, E._server_error({ status = math.tointeger(e.http_code) or 500, body = "" }, norm, "/v3/lease/keepalive")
-    end
+    if type(j.error) == "table" then return nil, E._stream_error(500, j, nil, "/v3/lease/keepalive") end
     local r = type(j.result) == "table" and j.result or {}
     local ttl = int(r.TTL)
     if ttl <= 0 then return nil, errors.new("lost", "lease " .. id .. " has expired or was revoked", { lease = id }) end

@@ -286,11 +286,10 @@ end
 ---------------------------------------------------------------------------------------------
 -- the stream task
 
-local function stream_error(hub, e)
-  local msg = type(e) == "table" and (e.message or e.error) or tostring(e)
-  local code = type(e) == "table" and (e.http_code or e.code) or nil
-  return errors.new(msg and tostring(msg):find("auth token", 1, true) and "auth" or "http",
-    "watch stream failed: " .. tostring(msg), { status = math.type(code) == "integer" and code or nil })
+-- The error a refused stream or an {"error": ...} line inside it reports, classified as
+-- the client's calls are (a member without a leader: "unavailable").
+local function stream_error(status, j, body)
+  return require("coord.etcd")._stream_error(status, j, body, "/v3/watch")
 end
 
 -- Reads results until the stream ends; returns the error that ended it and whether any
@@ -306,10 +305,7 @@ local function read_loop(hub, s)
       body[#body + 1] = chunk
     end
     body = table.concat(body)
-    local j = json_decode(body)
-    local msg = type(j) == "table" and (j.message or j.error) or body
-    return errors.new(status == 401 and "auth" or "http", "watch stream refused: " .. tostring(msg),
-      { status = status }), false
+    return stream_error(status, json_decode(body), body), false
   end
   local got = false
   while true do
@@ -328,7 +324,7 @@ local function read_loop(hub, s)
         hub.counts.results = hub.counts.results + 1
         dispatch(hub, j.result)
       elseif j.error then
-        return stream_error(hub, j.error), got
+        return stream_error(nil, j), got
       end
     end
   end
