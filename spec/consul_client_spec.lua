@@ -3,6 +3,7 @@
 local coord = require "coord"
 local consul_mod = require "coord.consul"
 local servers = require "servers"
+local helpers = require "helpers"
 
 local master = "3b0f5e0a-8f0e-4d7c-9a43-master-token"
 
@@ -73,6 +74,53 @@ describe("coord.consul client", function()
       assert.are.equal(0, n)
       assert.are.equal(403, w.error.status)
       assert.are.equal(1, w:requests())
+    end)
+
+    -- An ACL token made with the master token: its secret and accessor IDs.
+    local function new_token()
+      local c = consul_mod.new { address = server.address, token = master }
+      local res = assert(c:_call("PUT", "/v1/acl/token",
+        { body = { Description = "rotated", Policies = { { Name = "global-management" } } } }))
+      return res.body.SecretID, res.body.AccessorID
+    end
+
+    it("replaces its token at run time with set_token", function()
+      local c = consul_mod.new { address = server.address }
+      local _, err = c.kv:put("acl/set", "v")
+      assert.are.equal("permission", err.kind)
+      assert.is_true(c:set_token(master))
+      assert.is_true((c.kv:put("acl/set", "v")))
+      assert.is_true(c:set_token(nil))
+      _, err = c.kv:get("acl/set")
+      assert.are.equal("permission", err.kind)
+      assert.has_error(function() c:set_token(5) end, "bad argument #1 to 'set_token' (string or nil expected, got number)")
+    end)
+
+    it("reads its token file again when Consul no longer knows the token", function()
+      local first, first_accessor = new_token()
+      local file = os.tmpname()
+      local function write(t)
+        local f = assert(io.open(file, "w"))
+        f:write(t, "\n")
+        f:close()
+      end
+      write(first)
+      local c = consul_mod.new { address = server.address, token_file = file }
+      assert.is_true((c.kv:put("acl/rot", "1")))
+      -- the token is rotated: a new one in the file, the old one deleted
+      local second = new_token()
+      write(second)
+      local admin = consul_mod.new { address = server.address, token = master }
+      assert(admin:_call("DELETE", "/v1/acl/token/" .. first_accessor))
+      assert.is_true((c.kv:put("acl/rot", "2")), "the write went through with the file's new token")
+      assert.are.equal("2", c.kv:get("acl/rot").value)
+      assert.are.equal(second, c.token)
+      -- a token that is merely denied is not a reason to read the file
+      write("not-" .. second)
+      local _, err = c.kv:get("acl/rot", { token = first })
+      assert.are.equal("auth", err.kind)
+      assert.are.equal(second, c.token)
+      os.remove(file)
     end)
 
     it("reads the token from CONSUL_HTTP_TOKEN and CONSUL_HTTP_TOKEN_FILE", function()
@@ -177,6 +225,45 @@ describe("coord.consul client", function()
         assert.is_true(coord.now() - t0 < 0.5)
         for i = 1, 40 do assert(tasks[i]:join()) end
       end)
+    end)
+  end)
+
+  describe("with several addresses", function()
+    local server
+    setup(function() server = servers.consul {} end)
+    teardown(function() server:stop() end)
+
+    it("moves to the next address when one cannot be reached, for reads and writes", function()
+      local closed = "127.0.0.1:" .. servers.free_port()
+      local c = consul_mod.new { address = { closed, server.address } }
+      assert.is_true((c.kv:put("fo/k", "v")), "a write that never left goes to the next address")
+      assert.are.equal("v", c.kv:get("fo/k").value)
+      assert.are.equal(server.address, c.base)
+      assert.has_error(function() consul_mod.new { address = {} } end)
+    end)
+
+    it("fails over when the agent in use goes away", function()
+      local peer = helpers.start_peer { upstream = server.port }
+      local c = consul_mod.new { address = { peer.url(""), server.address } }
+      assert.is_true((c.kv:put("fo/a", "1")))
+      assert.are.equal(peer.url(""), c.base)
+      peer.stop()
+      assert.are.equal("1", c.kv:get("fo/a").value, "the read moved to the next address")
+      assert.are.equal(server.address, c.base)
+    end)
+
+    it("sends a write that may have been applied to no other address", function()
+      local peer = helpers.start_peer { upstream = server.port }
+      local c = consul_mod.new { address = { peer.url(""), server.address } }
+      assert.is_true((c.kv:put("fo/warm", "1"))) -- the drop happens on a reused connection
+      peer.arm("/v1/kv/fo/cas", 1)
+      local ok, err = c.kv:put("fo/cas", "x", { cas = 0 })
+      -- sent again to the second address, the create would have answered false
+      assert.is_nil(ok)
+      assert.is_true(err.maybe_applied)
+      assert.are.equal(1, peer.count("/v1/kv/fo/cas"))
+      assert.are.equal("x", consul_mod.new { address = server.address }.kv:get("fo/cas").value)
+      peer.stop()
     end)
   end)
 end)

@@ -48,9 +48,10 @@ local function getenv(name)
   return v
 end
 
+-- The token in a token file, trimmed; or nil and the reason it cannot be read.
 local function read_token_file(path)
   local f, err = io.open(path, "r")
-  if not f then error("coord.consul: cannot read CONSUL_HTTP_TOKEN_FILE: " .. err, 3) end
+  if not f then return nil, err end
   local s = f:read("a")
   f:close()
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
@@ -106,41 +107,81 @@ M.check_opts = check_opts
 
 local consistencies = { default = true, stale = true, consistent = true }
 
---- A client. opts: address ("host:port", "http(s)://host:port" or "unix:///path"; default
---- CONSUL_HTTP_ADDR or 127.0.0.1:8500), token (CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE),
+-- One agent or server the client can talk to: its base URL, Unix socket, and the
+-- connection limit it shares with every client of that address in the process.
+local function agent_of(address, tls, max)
+  local base, socket = parse_address(address, tls)
+  return { base = base, unix_socket = socket, limit = limiter(base .. (socket or ""), max) }
+end
+
+-- The addresses of opts.address: one string, or a list of them (tried in turn on failure).
+local function address_list(address)
+  if type(address) == "string" then return { address } end
+  if type(address) ~= "table" or #address == 0 then
+    error("bad argument #1 to 'new' (address: string or non-empty list of strings expected, got " .. type(address) .. ")", 3)
+  end
+  for i, a in ipairs(address) do
+    if type(a) ~= "string" then
+      error(("bad argument #1 to 'new' (address: string expected at index %d, got %s)"):format(i, type(a)), 3)
+    end
+  end
+  return address
+end
+
+--- A client. opts: address ("host:port", "http(s)://host:port" or "unix:///path", or a list
+--- of them to fail over between; default CONSUL_HTTP_ADDR or 127.0.0.1:8500), token
+--- (CONSUL_HTTP_TOKEN), token_file (CONSUL_HTTP_TOKEN_FILE: read again when Consul answers
+--- "ACL not found"),
 --- datacenter, namespace, partition, consistency ("default", "stale", "consistent"),
 --- tls = {ca_file, ca_path, cert_file, key_file, verify} (CONSUL_CACERT, CONSUL_CAPATH,
 --- CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_SSL_VERIFY), timeout (30 s),
 --- max_connections (100: concurrent requests to this agent from this process).
 function M.new(opts)
   opts = check_opts(opts, "new", 1)
-  local address = opts.address or getenv("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"
-  if type(address) ~= "string" then
-    error("bad argument #1 to 'new' (address: string expected, got " .. type(address) .. ")", 2)
+  local addresses = address_list(opts.address or getenv("CONSUL_HTTP_ADDR") or "127.0.0.1:8500")
+  local token, token_file = opts.token, opts.token_file
+  if token_file ~= nil and type(token_file) ~= "string" then
+    error("bad argument #1 to 'new' (token_file: string expected, got " .. type(token_file) .. ")", 2)
   end
-  local token = opts.token
-  if token == nil then
+  if token == nil and token_file == nil then
     token = getenv("CONSUL_HTTP_TOKEN")
-    local file = getenv("CONSUL_HTTP_TOKEN_FILE")
-    if not token and file then token = read_token_file(file) end
+    if not token then token_file = getenv("CONSUL_HTTP_TOKEN_FILE") end
+  end
+  if token_file then
+    local err
+    token, err = read_token_file(token_file)
+    if not token then error("coord.consul: cannot read the token file: " .. err, 2) end
   end
   local consistency = opts.consistency or "default"
   if not consistencies[consistency] then
     error("bad argument #1 to 'new' (consistency: default, stale or consistent expected, got " .. tostring(consistency) .. ")", 2)
   end
   local tls = opts.tls or env_tls()
-  local base, socket = parse_address(address, opts.tls)
   local max = opts.max_connections or 100
   if math.type(max) ~= "integer" or max < 1 then
     error("bad argument #1 to 'new' (max_connections: positive integer expected)", 2)
   end
+  local agents = {}
+  for i, a in ipairs(addresses) do agents[i] = agent_of(a, opts.tls, max) end
   local self = {
-    base = base, unix_socket = socket, token = token ~= "" and token or nil,
+    agents = agents, cur = 1, token = token ~= "" and token or nil, token_file = token_file,
     datacenter = opts.datacenter, namespace = opts.namespace, partition = opts.partition,
-    consistency = consistency, tls = tls, timeout = opts.timeout or 30,
-    limit = limiter(base .. (socket or ""), max), _shared = {},
+    consistency = consistency, tls = tls, timeout = opts.timeout or 30, _shared = {},
   }
+  -- base, unix_socket and limit: those of the agent in use
+  self.base, self.unix_socket, self.limit = agents[1].base, agents[1].unix_socket, agents[1].limit
   return setmetatable(self, Client)
+end
+
+--- Replaces the token the client sends (nil or "": none). Calls made from now on use it,
+--- blocking reads and watches from their next round; a token file is no longer read.
+function Client:set_token(token)
+  if token ~= nil and type(token) ~= "string" then
+    error("bad argument #1 to 'set_token' (string or nil expected, got " .. type(token) .. ")", 2)
+  end
+  self.token = token ~= "" and token or nil
+  self.token_file = nil
+  return true
 end
 
 ---------------------------------------------------------------------------------------------
@@ -221,11 +262,39 @@ local function server_error(res, method, url)
     { status = res.status, method = method, url = url, body = res.body })
 end
 
--- One exchange, holding a permit of the agent's limit (two for a blocking read) meanwhile.
-local function send(self, req, blocking)
-  local b <close> = blocking and self.limit.blocking:acquire() or nil
-  local permit <close> = self.limit.all:acquire()
+-- One exchange with an agent, holding a permit of its limit (two for a blocking read).
+local function send(agent, req, blocking)
+  local b <close> = blocking and agent.limit.blocking:acquire() or nil
+  local permit <close> = agent.limit.all:acquire()
   return http.request(req)
+end
+
+-- Failures that say the agent itself is out of reach: the client moves to its next address.
+local agent_down = { connect = true, resolve = true, closed = true, unknown = true, timeout = true, tls = true }
+
+-- Whether a request that failed with err may be sent again (to this agent or another): a
+-- read may; a write only when it certainly never left this process.
+local function repeatable(method, err)
+  if method == "GET" then return true end
+  return (err.kind == "connect" or err.kind == "resolve") and not err.maybe_applied
+end
+
+local function use_agent(self, i)
+  local a = self.agents[i]
+  self.cur, self.base, self.unix_socket, self.limit = i, a.base, a.unix_socket, a.limit
+end
+
+-- A 403 "ACL not found" with the token of a token file: the file is read again; true when it
+-- now holds another token (which becomes the client's). Nothing was applied, so the request
+-- may be sent again with it.
+local function token_rotated(self, res, token)
+  if res.status ~= 403 or not self.token_file then return false end
+  if not (res.body or ""):find("ACL not found", 1, true) then return false end
+  if self.token ~= token then return self.token ~= nil end -- another call read the new one
+  local t = read_token_file(self.token_file)
+  if not t or t == "" or t == token then return false end
+  self.token = t
+  return true
 end
 
 -- Failures worth another attempt. A read: the connection failed, or the server said so. A
@@ -251,7 +320,7 @@ function Client:_call(method, path, opts)
   local blocking = opts.index or opts.hash
   local wait = opts.wait or (blocking and 300) or nil
   local q = build_query(self, method, opts, wait)
-  local url = self.base .. path .. (#q > 0 and "?" .. table.concat(q, "&") or "")
+  local rest = path .. (#q > 0 and "?" .. table.concat(q, "&") or "")
   local body = opts.body
   if type(body) == "table" then body = core.json_encode(body) end
   local token = opts.token
@@ -259,27 +328,42 @@ function Client:_call(method, path, opts)
   local timeout = opts.timeout or self.timeout
   if wait then timeout = wait + wait / 16 + timeout end
   -- only the fields that are set: a constructor sizes the table for every field it names
-  local req = { method = method, url = url, timeout = timeout }
+  local req = { method = method, url = false, timeout = timeout }
   if body ~= nil then req.body = body end
   if self.tls ~= nil then req.tls = self.tls end
-  if self.unix_socket ~= nil then req.unix_socket = self.unix_socket end
   if token and token ~= "" then req.headers = { ["X-Consul-Token"] = token } end
   local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
-  local res, err
-  for attempt = 0, retries do
-    res, err = send(self, req, blocking)
-    if attempt == retries or not transient(method, res, err) or (res and accepted(opts.ok, res.status)) then break end
-    sched.sleep(0.05 * 2 ^ attempt * (1 + math.random()))
+  local attempt, moves, rotated = 0, #self.agents - 1, false
+  local res, err, full
+  while true do
+    local agent = self.agents[self.cur]
+    full = agent.base .. rest
+    req.url, req.unix_socket = full, agent.unix_socket
+    res, err = send(agent, req, blocking)
+    if res and accepted(opts.ok, res.status) then break end
+    if err and agent_down[err.kind] and moves > 0 then
+      -- each other address is tried once per call, for what may be sent again
+      use_agent(self, self.cur % #self.agents + 1)
+      if not repeatable(method, err) then break end
+      moves = moves - 1
+    elseif res and not rotated and opts.token == nil and token_rotated(self, res, token) then
+      rotated = true
+      req.headers = { ["X-Consul-Token"] = self.token }
+    else
+      if attempt >= retries or not transient(method, res, err) then break end
+      attempt = attempt + 1
+      sched.sleep(sched.jitter(0.1 * 2 ^ (attempt - 1)))
+    end
   end
   if not res then return nil, err end
-  if not accepted(opts.ok, res.status) then return server_error(res, method, url) end
+  if not accepted(opts.ok, res.status) then return server_error(res, method, full) end
   local raw, body_out = res.body, nil
   if opts.raw or raw == "" then
     body_out = raw ~= "" and raw or nil
   else
     local v, jerr = core.json_decode(raw)
     if v == nil and res.status < 300 then
-      return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr, { status = res.status, method = method, url = url })
+      return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr, { status = res.status, method = method, url = full })
     end
     body_out = v == nil and raw or v
   end
