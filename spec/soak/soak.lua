@@ -98,7 +98,8 @@ end
 
 local function note(S, backend, what, err)
   local list = S.errors[backend]
-  list[#list + 1] = { t = coord.now(), kind = err and err.kind or "?", what = what }
+  list[#list + 1] = { t = coord.now(), kind = err and err.kind or "?", what = what,
+    text = tostring(err):sub(1, 160) }
 end
 
 -- Whether a failed write may have been applied. The error says so when the client knows
@@ -627,7 +628,9 @@ local function consul_restart(S)
   local reported = false
   while coord.now() < t_down + DOWN_FOR do
     local st = S.cmirror:status()
-    if not reported and st.synced == false then reported = coord.now() - t_down end
+    if not reported and st.synced == false then
+      reported = math.max(0, (st.stale_since or coord.now()) - t_down)
+    end
     coord.sleep(0.1)
   end
   S.stale[#S.stale + 1] = reported
@@ -689,6 +692,18 @@ local function errors_outside(S, backend)
   return n, all
 end
 
+-- "kind=count ..." of a list of noted errors
+local function kinds(list)
+  local n, names = {}, {}
+  for _, e in ipairs(list) do
+    if not n[e.kind] then names[#names + 1] = e.kind end
+    n[e.kind] = (n[e.kind] or 0) + 1
+  end
+  table.sort(names)
+  for i, k in ipairs(names) do names[i] = k .. "=" .. n[k] end
+  return #names > 0 and table.concat(names, " ") or "none"
+end
+
 -- Stops a list of tasks: waits (bounded) for them to end by themselves, then cancels the rest.
 local function stop_tasks(tasks, limit)
   local deadline = coord.now() + limit
@@ -710,7 +725,7 @@ function M.run(opts)
   S.consul_server = servers.consul()
   S.consul_server:wait_node()
   S.peer = helpers.start_peer()
-  local ok_all, rows = pcall(function()
+  local ok_all, rows = xpcall(function()
     local peer_ok = coord.http.get(S.peer.url("/hello"), { timeout = 5 })
     assert(peer_ok and peer_ok.body == "hello", "fault peer does not answer")
     S.etcd = etcd_mod.new { endpoints = S.etcd_server.endpoints, timeout = 10 }
@@ -842,6 +857,18 @@ function M.run(opts)
       if d == false then stale_never = stale_never + 1 elseif d > stale_max then stale_max = d end
     end
 
+    for _, backend in ipairs { "etcd", "consul" } do -- the distinct errors, for the log
+      local seen, n = {}, 0
+      for _, e in ipairs(S.errors[backend]) do
+        local line = e.what .. ": " .. e.text:gsub("%d+", "N")
+        if not seen[line] and n < 12 then
+          seen[line], n = true, n + 1
+          S.log(("%s error at %.1f s%s: %s: %s"):format(backend, e.t - S.t0,
+            in_chaos(S, backend, e.t) and " (chaos)" or "", e.what, e.text))
+        end
+      end
+    end
+
     local R = {}
     local P = S.prims
     -- what a run of 120 s or more must include (shorter runs: whatever fits)
@@ -859,6 +886,7 @@ function M.run(opts)
     row(R, "etcd writes: applied twice (one value, two revisions)", ev.twice, 0, ev.twice == 0)
     row(R, "etcd writes: applied though reported not sent", ev.phantom, 0, ev.phantom == 0)
     row(R, "etcd watches failed", S.ew.failed, 0, S.ew.failed == 0)
+    row(R, "etcd watch streams opened (1 + reconnects)", watch_mod.stats(S.etcd).streams, "info", true)
     row(R, "consul watch: final value wrong (keys, all epochs)", S.cw.final_wrong, 0, S.cw.final_wrong == 0)
     row(R, "consul watch: values out of order / stale", S.cw.order, 0, S.cw.order == 0)
     row(R, "consul watch: values duplicated", S.cw.dup, 0, S.cw.dup == 0)
@@ -887,6 +915,8 @@ function M.run(opts)
     row(R, "etcd watch stream reconnects while idle", idle_reconnects, 0, idle_reconnects == 0)
     row(R, "etcd endpoints marked failing while healthy", marked_out .. " (of " .. #S.marked .. ")", 0, marked_out == 0)
     row(R, "consul errors with the agent up", cerr_out .. " (of " .. cerr_all .. ")", "info", true)
+    row(R, "etcd errors by kind", kinds(S.errors.etcd), "info", true)
+    row(R, "consul errors by kind", kinds(S.errors.consul), "info", true)
     row(R, "mirror etcd: keys differing at the end", emirror_diff, 0, emirror_diff == 0)
     row(R, "mirror consul: keys differing at the end", cmirror_diff, 0, cmirror_diff == 0)
     row(R, "mirror consul: outages not reported as stale", stale_never .. "/" .. #S.stale, 0, stale_never == 0)
@@ -910,7 +940,15 @@ function M.run(opts)
     for _, w in ipairs(S.cw.watches) do w:close() end
     stop_tasks(S.tasks, 30)
     return R
-  end)
+  end, debug.traceback)
+  if not ok_all then -- stop what is left, so that nothing runs on in the caller's loop
+    S.running, S.probing, S.sampling = false, false, false
+    if S.emirror then S.emirror:close() end
+    if S.cmirror then S.cmirror:close() end
+    for _, w in ipairs(S.ew and S.ew.watches or {}) do w:close() end
+    for _, w in ipairs(S.cw and S.cw.watches or {}) do w:close() end
+    for _, t in ipairs(S.prim_tasks) do t:cancel() end
+  end
   S.peer.stop()
   S.consul_server:stop()
   S.etcd_server:stop()
