@@ -196,6 +196,8 @@ local function etcd_watch_check(S)
         if revs[j] == revs[j - 1] then r.dup = r.dup + 1 else r.order = r.order + 1 end
       elseif seen[v] then
         r.twice = r.twice + 1 -- the same value at two revisions: the write was applied twice
+        S.log(("etcd write applied twice: %s = %s at revisions %s, writer was told %s"):format(key, v,
+          table.concat(revs, ",", math.max(1, j - 3), j), E.uncertain[key][v] and "an error" or "success"))
       end
       seen[v] = true
       if not E.uncertain[key][v] then
