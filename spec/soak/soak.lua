@@ -196,8 +196,14 @@ local function etcd_watch_check(S)
         if revs[j] == revs[j - 1] then r.dup = r.dup + 1 else r.order = r.order + 1 end
       elseif seen[v] then
         r.twice = r.twice + 1 -- the same value at two revisions: the write was applied twice
-        S.log(("etcd write applied twice: %s = %s at revisions %s, writer was told %s"):format(key, v,
-          table.concat(revs, ",", math.max(1, j - 3), j), E.uncertain[key][v] and "an error" or "success"))
+        local acked_at = "-"
+        for _, a in ipairs(E.acked[key]) do
+          if a.value == v then acked_at = a.rev end
+        end
+        local kv = S.etcd:get(key, { revision = revs[j] })
+        S.log(("etcd write applied twice: %s = %s delivered at revisions %s (the last one: server has %s at %s), "
+          .. "writer was told %s at %s"):format(key, v, table.concat(revs, ",", math.max(1, j - 3), j),
+          kv and kv.value or "?", kv and kv.mod_revision or "?", E.uncertain[key][v] and "an error" or "success", acked_at))
       end
       seen[v] = true
       if not E.uncertain[key][v] then
@@ -433,7 +439,7 @@ end
 -- locks, semaphores and elections changing hands
 
 local function new_prim(name, limit)
-  return { name = name, limit = limit, holders = {}, taken = 0, overlap = 0, lost = 0, errors = 0 }
+  return { name = name, limit = limit, holders = {}, taken = 0, overlap = 0, lost = 0, errors = 0, raised = 0 }
 end
 
 -- Records a holder; counts an overlap when more than `limit` holders of one epoch hold at once.
@@ -449,34 +455,47 @@ local function hold(P, epoch)
   return h
 end
 
-local function contender(S, P, backend, i, acquire, release)
+-- One round of a contender: acquire, hold a little, release.
+local function contend(S, P, backend, i, acquire, release)
+  local epoch = backend == "consul" and S.consul_epoch or 0
+  local h, handle, err
+  local function on_lost(e)
+    if h then h.lost = true end
+    P.lost = P.lost + 1
+    note(S, backend, P.name .. " lost", e)
+  end
+  -- every other contender bounds its wait from outside, often shorter than the wait for a
+  -- hand-over: that cancels the waiting call (which must give back its session or lease)
+  if i % 2 == 0 then
+    handle, err = coord.timeout(0.2 + math.random() * 0.6, acquire, on_lost)
+  else
+    handle, err = acquire(on_lost, 3)
+  end
+  if handle then
+    if backend == "consul" and S.consul_epoch ~= epoch then epoch = -1 end
+    h = hold(P, epoch)
+    coord.sleep(0.1 + math.random() * 0.3)
+    P.holders[h] = nil
+    local ok, rerr = release(handle)
+    if not ok then note(S, backend, P.name .. " release", rerr) end
+  else
+    if err and err.kind ~= "timeout" then
+      P.errors = P.errors + 1
+      note(S, backend, P.name, err)
+    end
+    pace(S, 0.2)
+  end
+end
+
+-- Contends until the run stops. An error the API raises (it should return nil, err at run
+-- time) is counted and logged, and the contender goes on with a fresh handle (new_handles).
+local function contender(S, P, backend, i, acquire, release, new_handles)
   while S.running do
-    local epoch = backend == "consul" and S.consul_epoch or 0
-    local h, handle, err
-    local function on_lost(e)
-      if h then h.lost = true end
-      P.lost = P.lost + 1
-      note(S, backend, P.name .. " lost", e)
-    end
-    -- every other contender bounds its wait from outside, often shorter than the wait for a
-    -- hand-over: that cancels the waiting call (which must give back its session or lease)
-    if i % 2 == 0 then
-      handle, err = coord.timeout(0.2 + math.random() * 0.6, acquire, on_lost)
-    else
-      handle, err = acquire(on_lost, 3)
-    end
-    if handle then
-      if backend == "consul" and S.consul_epoch ~= epoch then epoch = -1 end
-      h = hold(P, epoch)
-      coord.sleep(0.1 + math.random() * 0.3)
-      P.holders[h] = nil
-      local ok, rerr = release(handle)
-      if not ok then note(S, backend, P.name .. " release", rerr) end
-    else
-      if err and err.kind ~= "timeout" then
-        P.errors = P.errors + 1
-        note(S, backend, P.name, err)
-      end
+    local ok, e = pcall(contend, S, P, backend, i, acquire, release)
+    if not ok then
+      P.raised = P.raised + 1
+      S.log(("%s contender %d: raised: %s"):format(P.name, i, tostring(e)))
+      if new_handles then acquire, release = new_handles() end
       pace(S, 0.2)
     end
   end
@@ -504,10 +523,13 @@ local function start_primitives(S)
     spawn_prim(S, contender, S, P.clock, "consul", i, function(on_lost, t)
       return S.consul:lock("soak/clock/.lock", { ttl = 10, lock_delay = 0, timeout = t, on_lost = on_lost })
     end, function(l) return l:unlock() end)
-    local el = S.consul:election("soak/celect", { ttl = 10, lock_delay = 0 })
-    spawn_prim(S, contender, S, P.celect, "consul", i, function(on_lost, t)
-      return el:campaign("c" .. i, { timeout = t, on_lost = on_lost })
-    end, function() return el:resign() end)
+    local function election()
+      local el = S.consul:election("soak/celect", { ttl = 10, lock_delay = 0 })
+      return function(on_lost, t) return el:campaign("c" .. i, { timeout = t, on_lost = on_lost }) end,
+        function() return el:resign() end
+    end
+    local acquire, release = election()
+    spawn_prim(S, contender, S, P.celect, "consul", i, acquire, release, election)
   end
   for i = 1, 4 do
     spawn_prim(S, contender, S, P.csem, "consul", i, function(on_lost, t)
@@ -910,6 +932,7 @@ function M.run(opts)
       local p = P[k]
       row(R, p.name .. ": acquisitions", p.taken, ">= 5", p.taken >= 5)
       row(R, p.name .. ": more than " .. p.limit .. " holder(s) at once", p.overlap, 0, p.overlap == 0)
+      row(R, p.name .. ": errors raised (not returned)", p.raised, 0, p.raised == 0)
     end
     row(R, "etcd locks/elections lost while held", P.elock.lost + P.eelect.lost, 0, P.elock.lost + P.eelect.lost == 0)
     row(R, "etcd lease keepers lost", S.leases.lost, 0, S.leases.lost == 0)
