@@ -19,6 +19,7 @@ local C_PREFIX = "soak/cw/"   -- Consul watched keys (and the Consul mirror's pr
 local DOWN_FOR = 4            -- seconds a killed etcd member or the stopped agent stays down
 local GRACE = 6               -- seconds after a restart still counted as chaos (endpoint backoff is at most 5 s)
 local STALE_BOUND = 3         -- seconds within which a mirror must report a backend that went down
+local HANDOVER_BOUND = 30     -- seconds a lock, semaphore or election may go without a new holder (outages included)
 local IDLE_FOR = 25           -- seconds of the idle phase (more than two watch keepalive intervals)
 local IDLE_CPU_FOR = 10       -- seconds over which the CPU of the idle watches is measured, before the load
 local CATCH_UP = 30           -- seconds the checks wait for watches and mirrors to deliver
@@ -439,7 +440,8 @@ end
 -- locks, semaphores and elections changing hands
 
 local function new_prim(name, limit)
-  return { name = name, limit = limit, holders = {}, taken = 0, overlap = 0, lost = 0, errors = 0, raised = 0 }
+  return { name = name, limit = limit, holders = {}, taken = 0, overlap = 0, lost = 0, errors = 0, raised = 0,
+    last = coord.now(), max_gap = 0 }
 end
 
 -- Records a holder; counts an overlap when more than `limit` holders of one epoch hold at once.
@@ -452,6 +454,9 @@ local function hold(P, epoch)
   if n >= P.limit then P.overlap = P.overlap + 1 end
   P.holders[h] = true
   P.taken = P.taken + 1
+  local t = coord.now()
+  if t - P.last > P.max_gap then P.max_gap = t - P.last end
+  P.last = t
   return h
 end
 
@@ -930,7 +935,10 @@ function M.run(opts)
     row(R, "consul counter: CAS refused with one writer", C.phantom, 0, C.phantom == 0)
     for _, k in ipairs { "elock", "eelect", "clock", "csem", "celect" } do
       local p = P[k]
+      local gap = math.max(p.max_gap, t_load_end - p.last)
       row(R, p.name .. ": acquisitions", p.taken, ">= 5", p.taken >= 5)
+      row(R, p.name .. ": longest time without a new holder (s)", ("%.1f"):format(gap), "<= " .. HANDOVER_BOUND,
+        gap <= HANDOVER_BOUND)
       row(R, p.name .. ": more than " .. p.limit .. " holder(s) at once", p.overlap, 0, p.overlap == 0)
       row(R, p.name .. ": errors raised (not returned)", p.raised, 0, p.raised == 0)
     end
