@@ -18,7 +18,7 @@ ASAN_RT   = $(shell $(CC) -print-file-name=libasan.so)
 VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
             --errors-for-leak-kinds=definite,indirect --suppressions=$(CURDIR)/.ci/valgrind.supp
 
-.PHONY: all deps build test asan valgrind demo example bench rock clean
+.PHONY: all deps build test asan valgrind demo example bench rock soak clean
 
 all: build
 
@@ -69,6 +69,13 @@ example: deps
 
 bench: deps
 	@bash bench/run all
+
+# make soak [SOAK_SECONDS=600]: the soak and fault run (spec/soak/), on the servers `make deps` installs;
+# prints its invariants and fails when one does not hold. spec/soak_spec.lua runs it for 120 s in `make test`.
+SOAK_SECONDS ?= 600
+soak:
+	@$(MAKE) --no-print-directory build build/peer
+	$(call SPEC_ENV,.,) SOAK_SECONDS=$(SOAK_SECONDS) $(LUA) spec/soak/main.lua
 
 rock: deps
 	bash .ci/rock

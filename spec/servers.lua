@@ -407,4 +407,42 @@ end
 Consul.__gc = Consul.stop
 Consul.__close = Consul.stop
 
+---------------------------------------------------------------------------------------------
+-- Chaos helpers (spec/soak/soak.lua)
+
+--- The index of the member that is the cluster's leader (it says so in its status), or nil.
+function Etcd:leader()
+  for i, m in ipairs(self.members) do
+    if m.proc and m.proc:alive() then
+      local res = http.post(m.url .. "/v3/maintenance/status", "{}", { timeout = 2, tls = self:client_tls() })
+      local j = res and res.status == 200 and require("coord.core").json_decode(res.body)
+      if type(j) == "table" and type(j.header) == "table" and j.leader and j.leader == j.header.member_id then
+        return i
+      end
+    end
+  end
+  return nil
+end
+
+--- The index of the member whose client URL is `url`, or nil.
+function Etcd:member_at(url)
+  for i, m in ipairs(self.members) do
+    if m.url == url then return i end
+  end
+  return nil
+end
+
+--- Stops the agent and drops its data (the first half of restart(), for a longer outage).
+function Consul:down()
+  self.proc:stop()
+  M.rmdir(self.dir .. "/data")
+end
+
+--- Starts a fresh agent after down() and waits until it has a leader and its node is
+--- registered (sessions can be created).
+function Consul:up()
+  consul_start(self)
+  self:wait_node()
+end
+
 return M
