@@ -70,10 +70,10 @@ example: deps
 bench: deps
 	@bash bench/run all
 
-# make soak [SOAK_SECONDS=600]: the soak and fault run (spec/soak/), on the servers `make deps` installs;
-# prints its invariants and fails when one does not hold. spec/soak_spec.lua runs it for 120 s in `make test`.
+# make soak [SOAK_SECONDS=600]: the soak and fault run (spec/soak/); prints its invariants and
+# fails when one does not hold. spec/soak_spec.lua runs it for 120 s in `make test`.
 SOAK_SECONDS ?= 600
-soak:
+soak: deps
 	@$(MAKE) --no-print-directory build build/peer
 	$(call SPEC_ENV,.,) SOAK_SECONDS=$(SOAK_SECONDS) $(LUA) spec/soak/main.lua
 

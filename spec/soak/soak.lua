@@ -251,6 +251,7 @@ end
 -- The Consul writers hold one of these permits per operation; the chaos task takes them all
 -- to stop the writers around an agent restart.
 local CONSUL_WRITERS = 3
+local CTR_PATH = "/v1/kv/soak/ctr" -- the Consul counter's key, as the fault peer sees it
 
 local function consul_writer(S, which, of)
   local C, seq = S.cw, {}
@@ -394,7 +395,7 @@ local function consul_counter(S)
       if not S.running then break end
       local n, ver, rerr = consul_read_ctr(S)
       if n then
-        local ok, err = S.consul.kv:put("soak/ctr", tostring(n + 1), { cas = ver })
+        local ok, err = S.ctr_consul.kv:put("soak/ctr", tostring(n + 1), { cas = ver })
         local ep = K.epochs[S.consul_epoch] or { acked = 0, applied = 0 }
         K.epochs[S.consul_epoch] = ep
         if ok then
@@ -620,13 +621,15 @@ end
 ---------------------------------------------------------------------------------------------
 -- chaos
 
--- FAULT HOOK (peer proxy mode): once spec/peer/peer.c can proxy to a server and drop the
--- reply after the server applied a write, this is where the soak turns it on: route a client
--- through the peer (S.peer) and have it drop the next reply, so that the writers' increments
--- and puts end with a `maybe_applied` error the counters and the history must resolve. Until
--- then it does nothing and returns false; the run reports the fault as not exercised.
-function M.drop_after_apply(S) -- luacheck: ignore S
-  return false
+-- The fault a real server cannot produce: the Consul counter's writes go through the fault
+-- peer (a proxy to the agent, S.ctr_consul), which is told to forward the next one, let
+-- Consul apply it, and close the connection without the reply. The counter must then get a
+-- `maybe_applied` error (never a `false` from a silent second send) and resolve it by
+-- reading the counter back.
+function M.drop_after_apply(S)
+  S.peer.arm(CTR_PATH, 1)
+  S.log(("chaos %6.1f s: the peer drops the next counter reply after Consul applied it"):format(coord.now() - S.t0))
+  return true
 end
 
 local function etcd_kill(S, i, kind)
@@ -754,10 +757,9 @@ function M.run(opts)
   S.etcd_server = servers.etcd { version = "3.5", members = 3 }
   S.consul_server = servers.consul()
   S.consul_server:wait_node()
-  S.peer = helpers.start_peer()
+  S.peer = helpers.start_peer { upstream = S.consul_server.port }
   local ok_all, rows = xpcall(function()
-    local peer_ok = coord.http.get(S.peer.url("/hello"), { timeout = 5 })
-    assert(peer_ok and peer_ok.body == "hello", "fault peer does not answer")
+    assert(S.peer.count(CTR_PATH) == 0, "fault peer does not answer")
     S.etcd = etcd_mod.new { endpoints = S.etcd_server.endpoints, timeout = 10 }
     -- every endpoint the client (or its watch stream) marks as failing, with the time
     local failed = S.etcd._failed
@@ -767,6 +769,7 @@ function M.run(opts)
       return failed(c, url, err)
     end
     S.consul = consul_mod.new { address = S.consul_server.address, timeout = 10 }
+    S.ctr_consul = consul_mod.new { address = S.peer.url(""), timeout = 10 }
     S.gate = coord.semaphore(CONSUL_WRITERS)
     S.ectr, S.cctr = new_counter(), new_counter()
 
@@ -911,7 +914,9 @@ function M.run(opts)
     row(R, "chaos: etcd leader kills", S.chaos.leader, ">= " .. need.leader, S.chaos.leader >= need.leader)
     row(R, "chaos: watch-stream member kills", S.chaos.stream, ">= " .. need.stream, S.chaos.stream >= need.stream)
     row(R, "chaos: Consul agent restarts", S.chaos.consul, ">= " .. need.consul, S.chaos.consul >= need.consul)
-    row(R, "chaos: peer drop-after-apply (HOOK, pending peer proxy mode)", S.chaos.peer, "hook", true)
+    row(R, "chaos: peer drops a counter reply after the write applied", S.chaos.peer, ">= 1", S.chaos.peer >= 1)
+    row(R, "consul counter replies dropped, seen as uncertain", S.cctr.uncertain, ">= drops",
+      S.cctr.uncertain >= S.chaos.peer)
     row(R, "etcd events: acknowledged writes", ev.acked, "> 0", ev.acked > 0)
     row(R, "etcd events: uncertain writes", ev.uncertain, "info", true)
     row(R, "etcd events: watches caught up", ev.caught and "yes" or "no", "yes", ev.caught)
