@@ -201,6 +201,7 @@ for _, name in ipairs { "etcd", "consul" } do
       assert.has_error(function() coord.mirror(client, 42) end)
       assert.has_error(function() coord.mirror(client, "x", { decode = "json" }) end)
       assert.has_error(function() coord.mirror(client, "x", { on_stale = true }) end)
+      assert.has_error(function() coord.mirror(client, "x", { keepalive = 0 }) end)
     end)
 
     it("says it is stale when its only server goes away, and recovers when it is back", function()

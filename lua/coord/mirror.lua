@@ -278,6 +278,10 @@ local function check_opts(opts)
       error("bad option '" .. k .. "' to 'mirror' (function expected, got " .. type(opts[k]) .. ")", 3)
     end
   end
+  local ka = opts.keepalive
+  if ka ~= nil and (type(ka) ~= "number" or not (ka > 0)) then
+    error("bad option 'keepalive' to 'mirror' (positive number expected, got " .. tostring(ka) .. ")", 3)
+  end
   return opts
 end
 
