@@ -195,6 +195,19 @@ describe("coord.consul watch", function()
     assert.is_true(n >= 5 and n <= 12, n .. " reads in 2 s")
   end)
 
+  it("ends at the first failed read with retry = false, keeping the error", function()
+    local dead = consul_mod.new { address = "127.0.0.1:" .. servers.free_port() }
+    coord.run(function()
+      local w <close> = dead.kv:watch("k", { retry = false })
+      local n = 0
+      assert(coord.timeout(10, function() for _ in w do n = n + 1 end return true end))
+      assert.are.equal(0, n)
+      assert.are.equal(1, w:requests())
+      assert.are.equal("connect", w.error.kind)
+    end)
+    assert.has_error(function() c.kv:watch("k", { retry = "no" }) end)
+  end)
+
   it("retries a plain read on a 500, and never a write", function()
     local _, err = c.kv:get("retry/r", { dc = "nowhere" })
     assert.are.equal(500, err.status)
@@ -205,6 +218,58 @@ describe("coord.consul watch", function()
     local _, err3 = c.kv:get("retry/once", { dc = "nowhere", retries = 0 })
     assert.are.equal(500, err3.status)
     assert.are.equal(1, logged_gets(server, "/v1/kv/retry/once?dc=nowhere"))
+  end)
+
+  it("takes the new values when a restarted agent gives rewritten keys the same indexes", function()
+    local own <close> = servers.consul {}
+    local cl = consul_mod.new { address = own.address }
+    local keys = { "same/a", "same/b", "same/c" }
+    -- on a settled fresh agent, the same writes after the same filler get the same indexes
+    local function write(tag)
+      own:wait_node()
+      own:fill_index(cl, 50)
+      local idx = {}
+      for i, k in ipairs(keys) do
+        assert(cl.kv:put(k, tag .. i))
+        idx[i] = cl.kv:get(k).modify_index
+      end
+      return idx
+    end
+    coord.run(function()
+      local before = write("old")
+      -- one watch of each kind, each on its own key: plain entry, raw value, shared entry
+      local ws = {
+        { w = cl.kv:watch("same/a", { max_backoff = 0.5 }) },
+        { w = cl.kv:watch("same/b", { max_backoff = 0.5, raw = true }) },
+        { w = cl.kv:watch("same/c", { max_backoff = 0.5, share = "same/" }) },
+      }
+      local q = coord.queue()
+      for i, x in ipairs(ws) do
+        x.task = coord.spawn(function()
+          for v in x.w do q:put { i, type(v) == "table" and v.value or v } end
+        end)
+      end
+      local last = {}
+      local function until_values(tag)
+        local function done()
+          for i = 1, #ws do if last[i] ~= tag .. i then return false end end
+          return true
+        end
+        while not done() do
+          local got = assert(coord.timeout(30, q.get, q))
+          last[got[1]] = got[2]
+        end
+      end
+      until_values("old")
+      own:restart()
+      local after = write("new")
+      assert.are.same(before, after) -- what this test is about
+      until_values("new")
+      for _, x in ipairs(ws) do
+        x.w:close()
+        x.task:join()
+      end
+    end)
   end)
 
   describe("shared prefix queries", function()
@@ -235,6 +300,24 @@ describe("coord.consul watch", function()
       for i = 1, n do assert.are.same({ false, "v" .. i }, results[i]) end
       assert.is_nil(next(c._shared), "the shared query should stop with its last watcher")
       assert.are.equal(0, logged_gets(server, "/v1/kv/shared/k"))
+    end)
+
+    it("delivers value strings with raw = true, sharing the query with entry watches", function()
+      local raw, entries, groups = coord.run(function()
+        local raw, entries = {}, {}
+        local wr <close> = c.kv:watch("rawshare/k", { share = "rawshare/", raw = true })
+        local we <close> = c.kv:watch("rawshare/k", { share = "rawshare/" })
+        local groups = 0
+        for _ in pairs(c._shared) do groups = groups + 1 end
+        raw[1], entries[1] = wr(), we()
+        assert(c.kv:put("rawshare/k", "one"))
+        raw[2], entries[2] = wr(), we()
+        return raw, entries, groups
+      end)
+      assert.are.same({ false, "one" }, raw)
+      assert.are.equal(1, groups)
+      assert.is_false(entries[1])
+      assert.are.equal("one", entries[2].value)
     end)
 
     it("takes the key's parent with share = true and refuses a share that is not a prefix", function()

@@ -5,19 +5,27 @@ local coord = require "coord"
 local core = require "coord.core"
 local servers = require "servers"
 
--- What the mirror needs of each backend, spelled once.
+-- What the mirror needs of each backend, spelled once. down() takes the only server away,
+-- up() brings it back (etcd with its data, Consul as a fresh dev agent); stale_bound is the
+-- time doc/mirror.md gives for noticing a server that went away.
 local backends = {
   etcd = {
     start = function() return servers.etcd {} end,
     client = function(srv) return coord.etcd.new { endpoints = { srv.endpoint } } end,
     put = function(c, k, v) return assert(c:put(k, v)) end,
     delete = function(c, k) return assert(c:delete(k)) end,
+    down = function(srv) srv:kill(1) end,
+    up = function(srv) srv:restart(1) end,
+    stale_bound = 2 * 10, -- 2 x the watch keepalive
   },
   consul = {
     start = function() return servers.consul {} end,
     client = function(srv) return coord.consul.new { address = srv.address } end,
     put = function(c, k, v) return assert(c.kv:put(k, v)) end,
     delete = function(c, k) return assert(c.kv:delete(k)) end,
+    down = function(srv) srv.proc:kill() end,
+    up = function(srv) srv:restart() end,
+    stale_bound = 5, -- the failed read's own time: a refused connection
   },
 }
 
@@ -192,6 +200,37 @@ for _, name in ipairs { "etcd", "consul" } do
       assert.has_error(function() coord.mirror({}, "x") end)
       assert.has_error(function() coord.mirror(client, 42) end)
       assert.has_error(function() coord.mirror(client, "x", { decode = "json" }) end)
+      assert.has_error(function() coord.mirror(client, "x", { on_stale = true }) end)
+      assert.has_error(function() coord.mirror(client, "x", { keepalive = 0 }) end)
+    end)
+
+    it("says it is stale when its only server goes away, and recovers when it is back", function()
+      local own <close> = b.start()
+      local c = b.client(own)
+      coord.run(function()
+        b.put(c, "stale/a", "1")
+        local stale = {}
+        local m <close> = coord.mirror(c, "stale/", { max_backoff = 0.5,
+          on_stale = function(err) stale[#stale + 1] = err end })
+        await_sync(m)
+        assert.is_nil(m:status().stale_since)
+        local t0 = coord.now()
+        b.down(own)
+        -- a slow machine gets a few seconds more than the documented bound
+        local ok = m:wait(function() return not m:status().synced end, b.stale_bound + 5)
+        assert.is_true(ok, "still synced " .. (b.stale_bound + 5) .. " s after the server went away")
+        local st = m:status()
+        assert.is_true(st.stale_since >= t0 and st.stale_since <= coord.now())
+        assert.is_truthy(st.error, "no error given for being stale")
+        assert.are.equal(1, #stale)
+        assert.are.equal(st.error.kind, stale[1].kind)
+        b.up(own)
+        assert.is_true(m:wait(synced, 30))
+        assert.is_nil(m:status().stale_since)
+        b.put(c, "stale/after", "2")
+        assert.is_true(m:wait("stale/after", 10))
+        assert.are.equal(1, #stale)
+      end)
     end)
   end)
 end
@@ -257,6 +296,35 @@ describe("coord.mirror on consul", function()
       assert(client.kv:put("r/new", "2"))
       assert.is_true(m:wait(function() return m:get("r/new") == "2" and m:get("r/old") == nil end, 30))
       assert.is_true(m:status().index < before)
+    end)
+  end)
+
+  it("takes the new values when a restarted agent gives rewritten keys the same indexes", function()
+    local srv <close> = servers.consul {}
+    local client = backends.consul.client(srv)
+    local keys = { "same/a", "same/b", "same/c" }
+    -- on a settled fresh agent, the same writes after the same filler get the same indexes
+    local function write(tag)
+      srv:wait_node()
+      srv:fill_index(client, 50)
+      local idx = {}
+      for i, k in ipairs(keys) do
+        assert(client.kv:put(k, tag .. i))
+        idx[i] = client.kv:get(k).modify_index
+      end
+      return idx
+    end
+    coord.run(function()
+      local before = write("old")
+      local m <close> = coord.mirror(client, "same/")
+      assert.is_true(m:wait(function() return m:get("same/c") == "old3" end, 10))
+      srv:restart()
+      local after = write("new")
+      assert.are.same(before, after) -- what this test is about
+      assert.is_true(m:wait(function()
+        return m:get("same/a") == "new1" and m:get("same/b") == "new2" and m:get("same/c") == "new3"
+      end, 30), "mirror kept " .. tostring(m:get("same/a")) .. ", " .. tostring(m:get("same/b")))
+      assert.is_true(m:status().synced)
     end)
   end)
 end)

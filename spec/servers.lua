@@ -374,6 +374,19 @@ function Consul:wait_node()
   end, 60, self.proc)
 end
 
+--- Writes a filler key (`fill/index`, new values through `client`, a coord.consul client)
+--- until the agent's index is `target` - 1, so that the next write gets index `target` on a
+--- settled agent (after wait_node). Returns the index reached; errors when it is already past.
+function Consul:fill_index(client, target)
+  for i = 1, target do
+    assert(client.kv:put("fill/index", tostring(i)))
+    local e = assert(client.kv:get("fill/index"))
+    if e.modify_index == target - 1 then return e.modify_index end
+    if e.modify_index >= target then error(("fill_index: index %d already past %d"):format(e.modify_index, target - 1)) end
+  end
+  error("fill_index: target not reached")
+end
+
 --- The consul CLI against this agent (CONSUL_HTTP_ADDR and the master token set).
 function Consul:cli_cmd()
   local env = "CONSUL_HTTP_ADDR=" .. sh_quote(self.address)

@@ -6,7 +6,15 @@
 -- revision. Events of one revision come as one batch. A compacted revision (the mirror fell
 -- too far behind) takes a fresh snapshot and reports the keys that differ as changes.
 -- Consul: a blocking list of the prefix (kv:watch with recurse, which follows the three
--- blocking-query rules); each listing is compared with the table by ModifyIndex.
+-- blocking-query rules); each listing is compared with the table by ModifyIndex, except the
+-- first after a failed read or an index that went backwards: the agent may have restarted
+-- and given rewritten keys the very indexes the table holds, so that one is compared by
+-- content (value, flags, session).
+--
+-- Staleness: a failed read (Consul, or the etcd snapshot), a failed watch, or the watch's
+-- shared stream going down (etcd: a "disconnected" stream event) makes the mirror stale at
+-- once: synced = false, stale_since set, on_stale called. It is synced again after the next
+-- successful listing or snapshot, or when the etcd watch is re-created on a new stream.
 
 local coord = require "coord"
 local sched = require "coord.sched"
@@ -49,9 +57,11 @@ local function decoded(self, key, raw)
   return false
 end
 
--- Records that key now has raw (nil: deleted) at version ver, adding the change to batch.
-local function set(self, batch, key, raw, ver)
+-- Records that key now has raw (nil: deleted) at version ver, with tag (what else the
+-- server keeps with the value: Consul's flags and session), adding the change to batch.
+local function set(self, batch, key, raw, ver, tag)
   local old = self.data[key]
+  self.raw[key], self.tag[key] = raw, tag
   local new
   if raw ~= nil then
     local ok, v = decoded(self, key, raw)
@@ -81,13 +91,23 @@ local function deliver(self, batch)
   for _, w in ipairs(ws) do sched.wake(w) end
 end
 
--- Replaces the whole table by a listing {key, raw, ver} (a snapshot): keys whose version
--- differs change, keys not listed are deleted.
-local function resync(self, list)
+-- Replaces the whole table by a listing {key, raw, ver, tag} (a snapshot): keys whose
+-- version differs change (by_content: whose raw value or tag differs; an equal one only
+-- takes the new version), keys not listed are deleted.
+local function resync(self, list, by_content)
   local batch, seen = {}, {}
   for _, e in ipairs(list) do
-    seen[e.key] = true
-    if self.version[e.key] ~= e.ver then set(self, batch, e.key, e.raw, e.ver) end
+    local k = e.key
+    seen[k] = true
+    if by_content then
+      if self.raw[k] ~= e.raw or self.tag[k] ~= e.tag then
+        set(self, batch, k, e.raw, e.ver, e.tag)
+      elseif self.version[k] ~= nil then
+        self.version[k] = e.ver
+      end
+    elseif self.version[k] ~= e.ver then
+      set(self, batch, k, e.raw, e.ver, e.tag)
+    end
   end
   local gone = {}
   for key in pairs(self.version) do
@@ -102,12 +122,25 @@ local function resync(self, list)
 end
 
 local function synced(self, position)
-  if not self.synced then self.synced, self.since = true, coord.now() end
+  if not self.synced then
+    self.synced, self.since, self.stale_since = true, coord.now(), nil
+  end
   self.position = position
 end
 
+-- The source failed with err: the table may be stale from now on. The first failure since
+-- the mirror was last synced sets stale_since and calls on_stale; waiters are woken so that
+-- a wait on the status sees it.
 local function failed(self, err)
-  self.synced, self.last_error = false, err
+  self.last_error = err
+  if self.closed then return end
+  local was = self.synced or not self.stale_since
+  self.synced = false
+  if was then
+    self.stale_since = coord.now()
+    if self.on_stale then call_hook(self, self.on_stale, err) end
+    deliver(self, {})
+  end
 end
 
 -- Sleeps before another attempt after err: exponential with jitter, at most opts.max_backoff.
@@ -131,28 +164,50 @@ local function etcd_snapshot(self)
   return header.revision
 end
 
--- Follows the watch from rev + 1 until it fails; returns the error.
+local STREAM = { disconnected = true, reconnected = true }
+
+-- Follows the watch from rev + 1 until it fails; returns the error. The watch's stream
+-- events tell when it stops and starts following again.
 local function etcd_follow(self, rev)
-  local w <close> = self.client:watch(self.prefix, { prefix = true, start_revision = rev + 1 })
+  local w <close> = self.client:watch(self.prefix, { prefix = true, start_revision = rev + 1,
+    keepalive = self.keepalive, stream_events = true })
+  local ahead -- an event read while collecting a batch, not part of it
   while true do
-    local ev, err = w:next()
-    if not ev then return err end
-    -- the events of one revision arrive together: take what is queued as one batch
-    local batch, r = {}, ev.kv.mod_revision
-    while true do
-      set(self, batch, ev.kv.key, ev.type == "put" and ev.kv.value or nil, ev.kv.mod_revision)
-      if ev.type ~= "put" then self.version[ev.kv.key] = nil end
-      if #w == 0 then break end
-      ev = w:next()
-      if ev.kv.mod_revision ~= r then
-        synced(self, r)
-        deliver(self, batch)
-        batch, r = {}, ev.kv.mod_revision
-      end
+    local ev = ahead
+    ahead = nil
+    if not ev then
+      local err
+      ev, err = w:next()
+      if not ev then return err end
     end
-    synced(self, r)
-    self.delay = 0
-    deliver(self, batch)
+    if ev.type == "disconnected" then
+      failed(self, ev.error)
+    elseif ev.type == "reconnected" then
+      synced(self, self.position)
+      self.delay = 0
+      deliver(self, {})
+    else
+      -- the events of one revision arrive together: take what is queued as one batch
+      local batch, r = {}, ev.kv.mod_revision
+      while true do
+        set(self, batch, ev.kv.key, ev.type == "put" and ev.kv.value or nil, ev.kv.mod_revision)
+        if ev.type ~= "put" then self.version[ev.kv.key] = nil end
+        if #w == 0 then break end
+        ev = w:next()
+        if STREAM[ev.type] then
+          ahead = ev
+          break
+        end
+        if ev.kv.mod_revision ~= r then
+          synced(self, r)
+          deliver(self, batch)
+          batch, r = {}, ev.kv.mod_revision
+        end
+      end
+      synced(self, r)
+      self.delay = 0
+      deliver(self, batch)
+    end
     if self.closed then return end -- a hook closed the mirror
   end
 end
@@ -179,19 +234,33 @@ end
 ---------------------------------------------------------------------------------------------
 -- Consul
 
+-- What a Consul entry holds besides its value, compared after an index reset.
+local function consul_tag(e)
+  return ("%d:%s"):format(e.flags or 0, e.session or "")
+end
+
+-- The watch ends on the first failed read (retry = false): the mirror reports it as stale,
+-- backs off and starts a new watch, whose first listing is compared by content.
 local function run_consul(self)
+  local by_content = false
   while not self.closed do
-    local w <close> = self.client.kv:watch(self.prefix, { recurse = true, wait = self.blocking_wait })
+    local w <close> = self.client.kv:watch(self.prefix, { recurse = true, wait = self.blocking_wait, retry = false })
     for entries, meta in w do
       local list = {}
-      for i, e in ipairs(entries or {}) do list[i] = { key = e.key, raw = e.value, ver = e.modify_index } end
-      local batch = resync(self, list)
-      synced(self, meta.index)
+      for i, e in ipairs(entries or {}) do
+        list[i] = { key = e.key, raw = e.value, ver = e.modify_index, tag = consul_tag(e) }
+      end
+      local index = meta.index or 0
+      local backwards = self.position ~= nil and math.ult(index, self.position)
+      local batch = resync(self, list, by_content or backwards)
+      by_content = false
+      synced(self, index)
       self.delay = 0
       deliver(self, batch)
       if self.closed then return end -- a hook closed the mirror
     end
     if self.closed then return end
+    by_content = true
     backoff(self, w.error or errors.new("closed", "watch ended"))
   end
 end
@@ -204,10 +273,14 @@ local function check_opts(opts)
   if type(opts) ~= "table" then
     error("bad argument #3 to 'mirror' (table or nil expected, got " .. type(opts) .. ")", 3)
   end
-  for _, k in ipairs { "decode", "on_change", "on_batch" } do
+  for _, k in ipairs { "decode", "on_change", "on_batch", "on_stale" } do
     if opts[k] ~= nil and type(opts[k]) ~= "function" then
       error("bad option '" .. k .. "' to 'mirror' (function expected, got " .. type(opts[k]) .. ")", 3)
     end
+  end
+  local ka = opts.keepalive
+  if ka ~= nil and (type(ka) ~= "number" or not (ka > 0)) then
+    error("bad option 'keepalive' to 'mirror' (positive number expected, got " .. tostring(ka) .. ")", 3)
   end
   return opts
 end
@@ -215,9 +288,10 @@ end
 --- Starts mirroring every key under prefix from client (a coord.etcd or coord.consul
 --- client). opts: decode (function(raw) -> value, or nil, err; e.g. tonumber), on_change
 --- (function(key, new, old), per key in order), on_batch (function(changes), once per
---- revision or listing; changes = list of {key, new, old}), page_size (etcd snapshot pages,
---- default 1000), wait (Consul blocking wait, seconds, default 300), max_backoff (seconds,
---- default 10). Returns the mirror at once; it fills in the background.
+--- revision or listing; changes = list of {key, new, old}), on_stale (function(err), when the
+--- mirror stops following), page_size (etcd snapshot pages, default 1000), wait (Consul
+--- blocking wait, seconds, default 300), keepalive (etcd watch keepalive, seconds),
+--- max_backoff (seconds, default 10). Returns the mirror at once; it fills in the background.
 function M.new(client, prefix, opts)
   local kind = backend(client)
   if not kind then
@@ -228,10 +302,11 @@ function M.new(client, prefix, opts)
   end
   opts = check_opts(opts)
   local self = setmetatable({
-    client = client, prefix = prefix, backend = kind, data = {}, version = {}, waiters = {},
-    decode = opts.decode, on_change = opts.on_change, on_batch = opts.on_batch,
+    client = client, prefix = prefix, backend = kind, data = {}, version = {}, raw = {}, tag = {}, waiters = {},
+    decode = opts.decode, on_change = opts.on_change, on_batch = opts.on_batch, on_stale = opts.on_stale,
     page_size = opts.page_size or 1000, blocking_wait = opts.wait, max_backoff = opts.max_backoff or 10,
-    synced = false, since = nil, position = nil, last_error = nil, changes = 0, delay = 0,
+    keepalive = opts.keepalive,
+    synced = false, since = nil, stale_since = nil, position = nil, last_error = nil, changes = 0, delay = 0,
   }, Mirror)
   self.task = coord.spawn(kind == "etcd" and run_etcd or run_consul, self)
   return self
@@ -249,11 +324,12 @@ end
 Mirror.__pairs = Mirror.pairs
 
 --- The state: {synced (a snapshot is applied and the mirror is following), since (when it
---- last became synced, coord.now() seconds), revision or index (the last applied), changes
+--- last became synced, coord.now() seconds), stale_since (when it stopped following, while
+--- it is not synced after a failure), revision or index (the last applied), changes
 --- (applied so far), error (the last error, or nil), closed}.
 function Mirror:status()
-  local s = { synced = self.synced, since = self.since, changes = self.changes, error = self.last_error,
-    closed = self.closed == true }
+  local s = { synced = self.synced, since = self.since, stale_since = self.stale_since, changes = self.changes,
+    error = self.last_error, closed = self.closed == true }
   s[self.backend == "etcd" and "revision" or "index"] = self.position
   return s
 end

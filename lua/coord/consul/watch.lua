@@ -5,7 +5,13 @@
 -- backwards is reset to 0 (the next read returns at once), an index below 1 is sent as 1, and
 -- reads are taken from a token bucket (`rate` per second, `burst` at most), so a value that
 -- changes all the time cannot make the loop hammer the agent. Network errors, 5xx and 429 are
--- retried with exponential backoff and jitter; other errors end the watch (watch.error).
+-- retried with exponential backoff and jitter (or, with retry = false, end the watch like
+-- other errors do: watch.error).
+--
+-- After an index reset (the index went backwards, or a read failed: the agent may have
+-- restarted with fresh indexes, or been restored from a snapshot) indexes say nothing: a key
+-- rewritten after the reset can carry the very ModifyIndex the watch last saw. A key watch
+-- then compares what entries hold (key, value, flags, session) instead of their indexes.
 --
 -- Shared prefix queries: a client keeps a registry of prefix queries keyed by prefix and the
 -- options that change the answer (token, dc, consistency, ns, partition). A key watch made with
@@ -27,6 +33,21 @@ local function same(a, b)
   end
   for k in pairs(b) do
     if a[k] == nil then return false end
+  end
+  return true
+end
+
+-- Whether two kv watch values (an entry, a list of entries, a raw string or false) hold the
+-- same: with indexes unless after_reset, when only what the entries hold counts.
+local function same_kv(a, b, after_reset)
+  if not after_reset then return same(a, b) end
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  if a.key ~= nil or b.key ~= nil then
+    return a.key == b.key and a.value == b.value and a.flags == b.flags and a.session == b.session
+  end
+  if #a ~= #b then return false end
+  for i = 1, #a do
+    if not same_kv(a[i], b[i], true) then return false end
   end
   return true
 end
@@ -101,7 +122,8 @@ local function backoff(p)
 end
 
 -- One successful read (false for an absent value) and its meta; or nil, err for an error
--- that retrying cannot fix.
+-- that retrying cannot fix (or any error, with opts.retry == false). p.after_reset tells
+-- whether the read returned is the first after an index reset.
 local function poll(p)
   while true do
     take(p)
@@ -110,18 +132,23 @@ local function poll(p)
     if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
     local v, meta = p.fetch(o)
     if v == nil and errors.is(meta) then
-      if not retryable(meta) then return nil, meta end
       -- The agent may have restarted with fresh indexes: a blocking read with an index above
       -- its own would wait the whole `wait` before rule 1 could notice. Read once without
       -- blocking instead; an unchanged answer is not delivered again.
-      p.index, p.hash = 0, nil
+      p.index, p.hash, p.reset = 0, nil, true
+      if not retryable(meta) or p.opts.retry == false then return nil, meta end
       backoff(p)
     else
       p.delay = 0
       local index = meta and meta.index or 0
       -- indexes are uint64: compared unsigned (event list indexes pass 2^63)
-      if math.ult(index, p.index) then p.index = 0 else p.index = index ~= 0 and index or 1 end
+      if math.ult(index, p.index) then
+        p.index, p.reset = 0, true
+      else
+        p.index = index ~= 0 and index or 1
+      end
       p.hash = meta and meta.content_hash
+      p.after_reset, p.reset = p.reset, false
       if v == nil then v = false end
       return v, meta
     end
@@ -134,9 +161,20 @@ end
 local Watch = { __name = "coord.consul.watch" }
 Watch.__index = Watch
 
--- Delivers v unless it equals the last value delivered.
-local function changed(self, v)
-  if self.delivered and same(v, self.last) then return false end
+-- Delivers v unless it equals the last value delivered. After an index reset a kv watch
+-- compares contents: an equal value under new indexes is taken in silently, so that the
+-- next comparison is against the new indexes.
+local function changed(self, v, after_reset)
+  if self.delivered then
+    if self.kv then
+      if same_kv(v, self.last, after_reset) then
+        self.last = v
+        return false
+      end
+    elseif same(v, self.last) then
+      return false
+    end
+  end
   self.delivered, self.last = true, v
   return true
 end
@@ -150,7 +188,7 @@ function Watch:next()
       self.error = meta
       return nil
     end
-    if changed(self, v) then return v, meta end
+    if changed(self, v, self.p.after_reset) then return v, meta end
   end
   return nil
 end
@@ -176,6 +214,9 @@ function Watch:requests()
 end
 
 local function check_rate(opts)
+  if opts.retry ~= nil and type(opts.retry) ~= "boolean" then
+    error("bad option 'retry' to 'watch' (boolean expected, got " .. type(opts.retry) .. ")", 4)
+  end
   for _, k in ipairs { "rate", "burst", "wait" } do
     local v = opts[k]
     if v ~= nil and (type(v) ~= "number" or v <= 0) then
@@ -195,8 +236,8 @@ local function iterator(w)
   return w, nil, nil, w
 end
 
-local function new_watch(read, opts)
-  local w = setmetatable({}, Watch)
+local function new_watch(read, opts, kv)
+  local w = setmetatable({ kv = kv }, Watch)
   w.p = poller(function(o) return read(merge(opts, o)) end, opts)
   return iterator(w)
 end
@@ -230,6 +271,7 @@ end
 local function group_loop(g)
   while true do
     local list, meta = poll(g.p)
+    if list and g.p.after_reset then g.reset_version = g.version + 1 end
     if list == nil then
       g.error = meta
       if g.registry[g.key] == g then g.registry[g.key] = nil end
@@ -264,9 +306,11 @@ function Sub:next()
   local g = self.g
   while not self.closed do
     if g.version > self.seen then
+      local after_reset = (g.reset_version or 0) > self.seen
       self.seen = g.version
       local v = g.entries[self.key] or false
-      if changed(self, v) then return v, g.meta end
+      if v and self.raw then v = v.value end
+      if changed(self, v, after_reset) then return v, g.meta end
     elseif g.error then
       self.error = g.error
       return nil
@@ -312,15 +356,15 @@ function M.kv(kv, key, opts)
       error("bad option 'share' to 'watch' (a prefix of the key expected, got " .. tostring(share) .. ")", 3)
     end
     local o = merge(opts, {})
-    o.share, o.recurse = nil, nil
+    o.share, o.recurse, o.raw = nil, nil, nil
     local g = join(kv, share, o)
-    local sub = setmetatable({ g = g, key = key, seen = 0 }, Sub)
+    local sub = setmetatable({ g = g, key = key, seen = 0, kv = true, raw = opts.raw and true or nil }, Sub)
     g.subs[sub] = true
     g.n = g.n + 1
     return iterator(sub)
   end
   local read = opts.recurse and kv.list or kv.get
-  return new_watch(function(o) return read(kv, key, o) end, opts)
+  return new_watch(function(o) return read(kv, key, o) end, opts, true)
 end
 
 return M

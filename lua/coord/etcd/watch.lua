@@ -76,6 +76,7 @@ function M.new(client, key, opts)
     req = request(client, key, opts),
     next_rev = start and start > 0 and start or nil,
     progress = opts.progress_notify and true or false,
+    stream_events = opt_type(opts, "stream_events", "boolean") or false,
     buffer = buffer,
     keepalive = keepalive,
     q = {}, qh = 1, qt = 0,
@@ -118,7 +119,18 @@ end
 
 function Watch:_created(rev)
   if not self.created_revision then self.created_revision = rev end
+  if self.stream_down then
+    self.stream_down = false
+    if self.stream_events then return self:_push { { type = "reconnected", revision = rev } } end
+  end
   wake_readers(self)
+end
+
+-- The shared stream is gone (err: why); the hub re-creates the watch on the next one.
+function Watch:_lost(err)
+  if self.stream_down or self.closed or self.error then return end
+  self.stream_down = true
+  if self.stream_events then self:_push { { type = "disconnected", error = err } } end
 end
 
 function Watch:_push(events)
@@ -181,7 +193,7 @@ function Watch:next()
       self.qh = h + 1
       if self.qh > self.qt then self.qh, self.qt = 1, 0 end
       if self.state == "paused" and self:_caught_up() then self.hub:unpause(self) end
-      self.revision = ev.revision or ev.kv.mod_revision
+      self.revision = ev.revision or (ev.kv and ev.kv.mod_revision) or self.revision
       return ev
     end
     if self.error then return nil, self.error end

@@ -366,12 +366,14 @@ local function headers_for(target)
   return h
 end
 
--- After the stream is gone no id is live; every watch not paused is re-created on the next.
-local function orphan(hub)
+-- After the stream is gone (err: why) no id is live; every watch not paused is re-created
+-- on the next.
+local function orphan(hub, err)
   hub.byid, hub.pending = {}, { head = 1, tail = 1 }
   for w in pairs(hub.watches) do
     w.id, w.frag, w.cand = nil, nil, nil
     if w.state ~= "paused" then w.state = "pending" end
+    w:_lost(err)
   end
 end
 
@@ -418,7 +420,7 @@ function M.run(hub)
       err = hub.dead or err
       hub.stream = nil
       s:close()
-      orphan(hub)
+      orphan(hub, err)
       hub.last_error = err
       if not mine() then break end
       if hub.restarting then
