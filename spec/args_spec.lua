@@ -161,6 +161,9 @@ describe("hostile arguments", function()
         if not ok and not own_error(err, "mirror", { new = true }) then bad[#bad + 1] = "coord.mirror(client, 'p/', opts): " .. tostring(err) end
       end
     end
+    -- a prefix the Consul mirror could never read raises at once, not in the mirror's task
+    assert.has_error(function() coord.mirror(consul, "a/../b/") end,
+      "bad argument #2 to 'mirror' (key with an empty, '.' or '..' segment: Consul's HTTP API cannot address it, use consul.txn)")
     coord.run()
     assert.are.same({}, count_by_function(bad))
   end)

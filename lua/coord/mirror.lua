@@ -300,6 +300,8 @@ function M.new(client, prefix, opts)
   if type(prefix) ~= "string" then
     error("bad argument #2 to 'mirror' (string expected, got " .. type(prefix) .. ")", 2)
   end
+  -- a prefix Consul cannot address raises here, not later in the mirror's task
+  if kind == "consul" then require("coord.consul.kv").check_key(prefix, "mirror", 2) end
   opts = check_opts(opts)
   local self = setmetatable({
     client = client, prefix = prefix, backend = kind, data = {}, version = {}, raw = {}, tag = {}, waiters = {},

@@ -22,14 +22,20 @@ local paths, npaths = {}, 0
 -- Consul's HTTP router redirects a path with an empty, "." or ".." segment to its cleaned
 -- form (and libcurl would squash dot segments first): such keys cannot be addressed in a
 -- URL, only in a transaction's body.
-local function check_key(key, fname)
+local function check_key(key, fname, i)
   if paths[key] then return end
   if type(key) ~= "string" then
-    error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(key) .. ")", 3)
+    error(("bad argument #%d to '%s' (string expected, got %s)"):format(i or 1, fname, type(key)), 3)
   end
   if ("/" .. key):find("//", 1, true) or ("/" .. key .. "/"):find("/%.%.?/") then
-    error("bad argument #1 to '" .. fname .. "' (key with an empty, '.' or '..' segment: Consul's HTTP API cannot address it, use consul.txn)", 3)
+    error(("bad argument #%d to '%s' (key with an empty, '.' or '..' segment: Consul's HTTP API cannot address it, use consul.txn)")
+      :format(i or 1, fname), 3)
   end
+end
+
+--- Raises an argument error (argument i of fname) unless key can be addressed in a KV URL.
+function M.check_key(key, fname, i)
+  return check_key(key, fname, i)
 end
 
 -- The URL path of a key that passed check_key.
