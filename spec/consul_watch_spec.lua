@@ -224,17 +224,7 @@ describe("coord.consul watch", function()
     local own <close> = servers.consul {}
     local cl = consul_mod.new { address = own.address }
     local keys = { "same/a", "same/b", "same/c" }
-    -- on a settled fresh agent, the same writes after the same filler get the same indexes
-    local function write(tag)
-      own:wait_node()
-      own:fill_index(cl, 50)
-      local idx = {}
-      for i, k in ipairs(keys) do
-        assert(cl.kv:put(k, tag .. i))
-        idx[i] = cl.kv:get(k).modify_index
-      end
-      return idx
-    end
+    local function write(tag) return own:write_at_fixed_indexes(cl, keys, tag) end
     coord.run(function()
       local before = write("old")
       -- one watch of each kind, each on its own key: plain entry, raw value, shared entry

@@ -303,17 +303,7 @@ describe("coord.mirror on consul", function()
     local srv <close> = servers.consul {}
     local client = backends.consul.client(srv)
     local keys = { "same/a", "same/b", "same/c" }
-    -- on a settled fresh agent, the same writes after the same filler get the same indexes
-    local function write(tag)
-      srv:wait_node()
-      srv:fill_index(client, 50)
-      local idx = {}
-      for i, k in ipairs(keys) do
-        assert(client.kv:put(k, tag .. i))
-        idx[i] = client.kv:get(k).modify_index
-      end
-      return idx
-    end
+    local function write(tag) return srv:write_at_fixed_indexes(client, keys, tag) end
     coord.run(function()
       local before = write("old")
       local m <close> = coord.mirror(client, "same/")

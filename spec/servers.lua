@@ -387,6 +387,20 @@ function Consul:fill_index(client, target)
   error("fill_index: target not reached")
 end
 
+--- On a settled agent, writes `tag .. i` to each of keys after filling the index to 50, so
+--- that the same call on a fresh agent gives the keys the same ModifyIndex values (what an
+--- agent restarted with its data lost does to a watcher). Returns the indexes.
+function Consul:write_at_fixed_indexes(client, keys, tag)
+  self:wait_node()
+  self:fill_index(client, 50)
+  local idx = {}
+  for i, k in ipairs(keys) do
+    assert(client.kv:put(k, tag .. i))
+    idx[i] = client.kv:get(k).modify_index
+  end
+  return idx
+end
+
 --- The consul CLI against this agent (CONSUL_HTTP_ADDR and the master token set).
 function Consul:cli_cmd()
   local env = "CONSUL_HTTP_ADDR=" .. sh_quote(self.address)

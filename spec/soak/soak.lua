@@ -158,13 +158,18 @@ local function etcd_watches(S, n)
   end
 end
 
+-- A random key of keys that writer `which` of `of` owns (every of-th key from which on).
+local function own_key(keys, which, of)
+  local i = math.random(1, #keys)
+  i = i - (i - which) % of
+  if i < 1 then i = i + of end
+  return keys[i]
+end
+
 local function etcd_writer(S, which, of)
   local E, seq = S.ew, {}
   while S.running do
-    local i = math.random(1, #E.keys)
-    i = i - (i - which) % of
-    if i < 1 then i = i + of end
-    local key = E.keys[i]
+    local key = own_key(E.keys, which, of)
     seq[key] = (seq[key] or 0) + 1
     local value = key .. "#" .. seq[key]
     local h, err = S.etcd:put(key, value)
@@ -256,10 +261,7 @@ local CTR_PATH = "/v1/kv/soak/ctr" -- the Consul counter's key, as the fault pee
 local function consul_writer(S, which, of)
   local C, seq = S.cw, {}
   while S.running do
-    local i = math.random(1, #C.keys)
-    i = i - (i - which) % of
-    if i < 1 then i = i + of end
-    local key = C.keys[i]
+    local key = own_key(C.keys, which, of)
     do
       local permit <close> = S.gate:acquire()
       if not S.running then break end
