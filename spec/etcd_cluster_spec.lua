@@ -235,6 +235,7 @@ describe("coord.etcd on a three-member cluster", function()
   it("hears at once from a member without a leader, and does not apply a write there", co(function()
     local m3 = etcd_mod.new { endpoints = { server.endpoints[3] }, timeout = 30 }
     assert(m3:put("part/k", "before"))
+    local lease = assert(m3:grant(60))
     local w <close> = m3:watch("part/k", { start_revision = 1 })
     assert.equal("before", assert(w:next()).kv.value)
     server.members[1].proc:send("STOP")
@@ -262,6 +263,12 @@ describe("coord.etcd on a three-member cluster", function()
     assert.is_nil(h)
     assert.equal("unavailable", perr.kind)
     assert.matches("no leader", perr.message)
+    -- a streaming call (lease keepalive) nests its refusal: it reads as the server's words
+    local ttl, kerr = coord.timeout(10, m3.keepalive_once, m3, lease.id)
+    assert.is_nil(ttl)
+    assert.equal("unavailable", kerr.kind)
+    assert.matches("no leader", kerr.message)
+    assert.is_nil(kerr.message:find("{", 1, true), kerr.message)
     -- the watch stream is refused there too (not kept open silently), and so is a new watch;
     -- both wait for a member with a leader
     local w2 <close> = m3:watch("part/other")

@@ -191,6 +191,13 @@ local kind_by_code = { [3] = "invalid", [5] = "not_found", [7] = "permission", [
 
 -- The coord error for a gateway reply with a status other than 200.
 local function server_error(res, j, path)
+  -- a streaming call's refusal nests its error: {"error": {message, code or grpc_code,
+  -- http_code}} (3.4/3.5 say grpc_code, 3.6 code)
+  local e = type(j) == "table" and j.error
+  if type(e) == "table" then
+    j = { message = e.message, code = e.grpc_code or e.code }
+    res = { status = math.tointeger(e.http_code) or res.status, body = "" }
+  end
   local msg = type(j) == "table" and (j.message or j.error)
   local code = type(j) == "table" and math.type(j.code) == "integer" and j.code or nil
   if type(msg) ~= "string" then msg = res.body ~= "" and res.body:sub(1, 200) or ("HTTP " .. res.status) end
@@ -207,14 +214,9 @@ end
 M._server_error = server_error
 
 -- The coord error for a failure a stream reports (the watch stream, a keepalive reply): a
--- refused stream's body, or an {"error": {...}} object inside the stream, where etcd 3.4 and
--- 3.5 say grpc_code and http_code and 3.6 says code. body is the raw text when j is not JSON.
+-- refused stream's body, or an {"error": {...}} object inside the stream. body is the raw
+-- text when j is not JSON.
 local function stream_error(status, j, body, path)
-  local e = type(j) == "table" and j.error
-  if type(e) == "table" then
-    return server_error({ status = math.tointeger(e.http_code) or status or 500, body = "" },
-      { message = e.message, code = e.grpc_code or e.code }, path)
-  end
   return server_error({ status = status or 500, body = body or "" }, j, path)
 end
 M._stream_error = stream_error
