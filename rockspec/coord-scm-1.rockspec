@@ -29,7 +29,7 @@ build = {
    modules = {
       ["coord.core"] = {
          sources = {
-            "csrc/buffer.c", "csrc/codec.c", "csrc/core.c", "csrc/dispatch.c", "csrc/json.c",
+            "csrc/buffer.c", "csrc/codec.c", "csrc/core.c", "csrc/dispatch.c", "csrc/file.c", "csrc/json.c",
             "csrc/loop.c", "csrc/multi.c", "csrc/request.c",
          },
          libraries = { "uv", "curl" },
