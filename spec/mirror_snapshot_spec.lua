@@ -12,9 +12,11 @@ local backends = {
     start = function() return servers.etcd {} end,
     client = function(srv) return coord.etcd.new { endpoints = { srv.endpoint } } end,
     dead = function(port) return coord.etcd.new { endpoints = { "http://127.0.0.1:" .. port } } end,
+    version = function(c, k) return assert(c:get(k)).mod_revision, "" end,
     put = function(c, k, v) return assert(c:put(k, v)) end,
     delete = function(c, k) return assert(c:delete(k)) end,
     down = function(srv) srv:kill(1) end,
+    up = function(srv) srv:restart(1) end, -- with its data
     proc = function(srv) return srv.members[1].proc end,
     -- any bytes in keys and values
     odd_key = "\0\255 key\r\n%/",
@@ -23,9 +25,15 @@ local backends = {
     start = function() return servers.consul {} end,
     client = function(srv) return coord.consul.new { address = srv.address } end,
     dead = function(port) return coord.consul.new { address = "http://127.0.0.1:" .. port } end,
+    -- the version and the tag (doc/mirror.md: "flags:session") of a key
+    version = function(c, k)
+      local e = assert(c.kv:get(k))
+      return e.modify_index, ("%d:%s"):format(e.flags, e.session or "")
+    end,
     put = function(c, k, v) return assert(c.kv:put(k, v)) end,
     delete = function(c, k) return assert(c.kv:delete(k)) end,
     down = function(srv) srv:down() end,
+    up = function(srv) srv:up() end, -- a fresh agent, without data
     proc = function(srv) return srv.proc end,
     -- any bytes a KV URL can address
     odd_key = "k\195\164y with space%25&?#",
@@ -40,6 +48,23 @@ local files = 0
 local function file_name()
   files = files + 1
   return ("%s/snap%d"):format(dir, files)
+end
+
+-- A snapshot file in the documented format (doc/mirror.md), written by hand: records are
+-- {key, raw, version, tag}.
+local MAGIC, END = "coord-mirror-snapshot\n", "end\n"
+local function encode(backend, prefix, records, format)
+  local parts = { MAGIC, string.pack("<I4s4s4jjI4", format or 1, backend, prefix, 42, os.time(), #records) }
+  for _, r in ipairs(records) do parts[#parts + 1] = string.pack("<s4s4js4", r[1], r[2], r[3] or 1, r[4] or "") end
+  parts[#parts + 1] = END
+  return table.concat(parts)
+end
+local function write(s)
+  local path = file_name()
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  return path
 end
 
 local function synced(m) return m:status().synced end
@@ -70,7 +95,7 @@ for _, name in ipairs { "etcd", "consul" } do
   local position = name == "etcd" and "revision" or "index"
 
   describe("coord.mirror snapshot on " .. name, function()
-    it("starts from its snapshot when the backend is down before start, hooks firing", function()
+    it("starts from its snapshot when the backend is down before start, and goes live when it is back", function()
       local srv <close> = b.start()
       local c = b.client(srv)
       local path = file_name()
@@ -81,7 +106,7 @@ for _, name in ipairs { "etcd", "consul" } do
         b.down(srv)
         local seen, hook = recorder()
         local m <close> = coord.mirror(b.client(srv), "s/", { snapshot = path, on_change = hook,
-          snapshot_after = 60 }) -- a refused connection loads the file at once
+          snapshot_after = 60, max_backoff = 0.5 }) -- a refused connection loads the file at once
         await(m, "loaded from the snapshot", source)
         local st = m:status()
         assert.are.equal("snapshot", st.source)
@@ -98,6 +123,19 @@ for _, name in ipairs { "etcd", "consul" } do
         table.sort(want)
         table.sort(seen)
         assert.are.same(want, seen)
+        for i = #seen, 1, -1 do seen[i] = nil end
+        b.up(srv)
+        await(m, "live", function() return m:status().source == "live" end, 40)
+        assert.is_true(m:status().synced)
+        if name == "etcd" then
+          assert.are.same({}, seen) -- the server has what the file had
+        else
+          want = {}
+          for k, v in pairs(values) do want[#want + 1] = ("%s:%s>nil"):format(k, v) end
+          table.sort(want)
+          table.sort(seen)
+          assert.are.same(want, seen) -- a fresh agent holds nothing
+        end
       end)
     end)
 
@@ -132,6 +170,32 @@ for _, name in ipairs { "etcd", "consul" } do
         assert.is_true(st.synced)
         assert.is_nil(st.snapshot_time)
         assert.are.equal("2", m:get("d/change"))
+      end)
+    end)
+
+    it("compares the live data with the file by content, not by version", function()
+      local srv <close> = b.start()
+      local c = b.client(srv)
+      coord.run(function()
+        b.put(c, "v/a", "live")
+        b.put(c, "v/b", "same")
+        -- a file (say, of another cluster) whose versions are the live ones, with another value
+        local va, ta = b.version(c, "v/a")
+        local vb, tb = b.version(c, "v/b")
+        local path = write(encode(name, "v/", { { "v/a", "from file", va, ta }, { "v/b", "same", vb, tb } }))
+        local proc = b.proc(srv)
+        proc:send("STOP")
+        local paused <close> = setmetatable({}, { __close = function() proc:send("CONT") end })
+        local seen, hook = recorder()
+        local m <close> = coord.mirror(b.client(srv), "v/", { snapshot = path, on_change = hook,
+          snapshot_after = 0.3, max_backoff = 0.5 })
+        await(m, "loaded from the snapshot", source)
+        assert.are.equal("from file", m:get("v/a"))
+        for i = #seen, 1, -1 do seen[i] = nil end
+        proc:send("CONT")
+        await(m, "live", function() return m:status().source == "live" end, 40)
+        assert.are.same({ "v/a:from file>live" }, seen)
+        assert.are.equal("live", m:get("v/a"))
       end)
     end)
 
@@ -179,7 +243,7 @@ for _, name in ipairs { "etcd", "consul" } do
       end)
     end)
 
-    it("rewrites its file after changes, at most every snapshot_interval", function()
+    it("rewrites its file after changes", function()
       local srv <close> = b.start()
       local c = b.client(srv)
       local path = file_name()
@@ -216,20 +280,6 @@ end
 -- Files written here by hand in the documented format (doc/mirror.md), loaded by mirrors whose
 -- backend cannot be reached at all (nothing listens on their port).
 describe("coord.mirror snapshot files", function()
-  local MAGIC, END = "coord-mirror-snapshot\n", "end\n"
-  local function encode(backend, prefix, records, format)
-    local parts = { MAGIC, string.pack("<I4s4s4jjI4", format or 1, backend, prefix, 42, os.time(), #records) }
-    for _, r in ipairs(records) do parts[#parts + 1] = string.pack("<s4s4js4", r[1], r[2], r[3] or 1, r[4] or "") end
-    parts[#parts + 1] = END
-    return table.concat(parts)
-  end
-  local function write(s)
-    local path = file_name()
-    local f = assert(io.open(path, "wb"))
-    f:write(s)
-    f:close()
-    return path
-  end
 
   -- The mirror's state after it tried the file at path (its first read fails at once).
   local function boot(backend, prefix, path)

@@ -259,6 +259,7 @@ local function failed(self, err)
   self.last_error = err
   if self.closed then return end
   snapshot_boot(self)
+  if self.closed then return end -- a hook closed the mirror
   local was = self.synced or not self.stale_since
   self.synced = false
   if was then
