@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include "codec.h"
 #include "dispatch.h"
+#include "file.h"
 #include "json.h"
 #include "request.h"
 
@@ -20,6 +21,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_loop_register(L);
   coord_codec_register(L);
   coord_json_register(L);
+  coord_file_register(L);
   coord_dispatch_register(L);
   lua_pushfstring(L, "libcurl/%s libuv/%s", info->version, uv_version_string());
   lua_setfield(L, -2, "versions");

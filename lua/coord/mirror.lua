@@ -15,10 +15,16 @@
 -- shared stream going down (etcd: a "disconnected" stream event) makes the mirror stale at
 -- once: synced = false, stale_since set, on_stale called. It is synced again after the next
 -- successful listing or snapshot, or when the etcd watch is re-created on a new stream.
+--
+-- Snapshot file (opts.snapshot): a last-known-good copy of the raw table on disk, written
+-- after changes (at most every snapshot_interval) and on close, and loaded when the first
+-- read fails or has not succeeded within snapshot_after. The first live listing after a load
+-- is compared by content, so only the keys that differ from the file are reported.
 
 local coord = require "coord"
 local sched = require "coord.sched"
 local errors = require "coord.errors"
+local core = require "coord.core"
 
 local M = {}
 
@@ -77,10 +83,13 @@ local function set(self, batch, key, raw, ver, tag)
   batch[#batch + 1] = { key = key, new = new, old = old }
 end
 
+local snapshot_later -- (self): a write of the snapshot file is due
+
 -- Hands a batch to the hooks in order and wakes those waiting in mirror:wait.
 local function deliver(self, batch)
   if #batch > 0 then
     self.changes = self.changes + #batch
+    if self.source == "live" then snapshot_later(self) end
     if self.on_change then
       for _, c in ipairs(batch) do call_hook(self, self.on_change, c.key, c.new, c.old) end
     end
@@ -121,11 +130,126 @@ local function resync(self, list, by_content)
   return batch
 end
 
+-- Live data has been applied up to position.
 local function synced(self, position)
   if not self.synced then
     self.synced, self.since, self.stale_since = true, coord.now(), nil
   end
   self.position = position
+  if self.source ~= "live" then
+    self.source, self.source_since, self.snapshot_time = "live", coord.now(), nil
+    snapshot_later(self)
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- the snapshot file
+--
+-- Format 1, every integer little-endian, every string a 4-byte length and its bytes:
+--   MAGIC, then u32 format (1), string backend, string prefix, i64 revision or index,
+--   i64 written (os.time()), u32 count;
+--   count records sorted by key: string key, string raw value, i64 version (mod revision or
+--   ModifyIndex), string tag (Consul: "flags:session"; etcd: empty);
+--   END.
+
+local MAGIC, END, FORMAT = "coord-mirror-snapshot\n", "end\n", 1
+local HEADER, RECORD = "<I4s4s4jjI4", "<s4s4js4"
+
+local function snapshot_error(path, why, ...)
+  return errors.new("snapshot", ("snapshot file %s %s"):format(path, why:format(...)), { path = path })
+end
+
+local function snapshot_encode(self)
+  local keys = {}
+  for k in pairs(self.raw) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = { MAGIC, HEADER:pack(FORMAT, self.backend, self.prefix, self.position or 0, os.time(), #keys) }
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = RECORD:pack(k, self.raw[k], self.version[k] or 0, self.tag[k] or "")
+  end
+  parts[#parts + 1] = END
+  return table.concat(parts)
+end
+
+-- The file's contents as {list = {key, raw, ver, tag}, position, written}, or nil and a
+-- "snapshot" error saying what is wrong with it.
+local function snapshot_decode(self, s)
+  local path = self.snapshot
+  if s:sub(1, #MAGIC) ~= MAGIC then return nil, snapshot_error(path, "is not a coord mirror snapshot") end
+  local ok, format, kind, prefix, position, written, count, i = pcall(HEADER.unpack, HEADER, s, #MAGIC + 1)
+  if not ok then return nil, snapshot_error(path, "is truncated (in its header)") end
+  if format ~= FORMAT then
+    return nil, snapshot_error(path, "has format %d; this coord reads format %d", format, FORMAT)
+  end
+  if kind ~= self.backend then
+    return nil, snapshot_error(path, "is of a %s mirror, not of a %s one", kind, self.backend)
+  end
+  if prefix ~= self.prefix then
+    return nil, snapshot_error(path, "is of prefix %q, not of %q", prefix, self.prefix)
+  end
+  local list, seen = {}, {}
+  for n = 1, count do
+    local ok2, key, raw, ver, tag, nxt = pcall(RECORD.unpack, RECORD, s, i)
+    if not ok2 then return nil, snapshot_error(path, "is truncated (at record %d of %d)", n, count) end
+    if key:sub(1, #prefix) ~= prefix or seen[key] then
+      return nil, snapshot_error(path, "is corrupt (record %d: key %q)", n, key)
+    end
+    seen[key] = true
+    list[n] = { key = key, raw = raw, ver = ver, tag = tag ~= "" and tag or nil }
+    i = nxt
+  end
+  if s:sub(i) ~= END then
+    return nil, snapshot_error(path, #s - i + 1 < #END and "is truncated (no end mark)" or "is corrupt (after its last record)")
+  end
+  return { list = list, position = position, written = written }
+end
+
+-- A failure of the snapshot file (reading or writing) is the last error, and is kept in
+-- snapshot_error until a write succeeds.
+local function snapshot_failed(self, err)
+  self.snapshot_error, self.last_error = err, err
+  deliver(self, {})
+end
+
+local function snapshot_write(self)
+  self.dirty, self.last_write = false, coord.now()
+  local ok, msg = core.write_atomic(self.snapshot, snapshot_encode(self))
+  if ok then
+    self.snapshot_error = nil
+  else
+    snapshot_failed(self, errors.new("snapshot", "cannot write snapshot file: " .. msg, { path = self.snapshot }))
+  end
+end
+
+function snapshot_later(self)
+  if not self.snapshot or self.closed then return end
+  self.dirty = true
+  if self.writer then return end
+  self.writer = coord.spawn(function()
+    local d = (self.last_write or -math.huge) + self.snapshot_interval - coord.now()
+    if d > 0 then coord.sleep(d) end
+    self.writer = nil
+    if self.dirty and not self.closed then snapshot_write(self) end
+  end)
+end
+
+-- Loads the snapshot file once, unless live data came first; its keys are reported as
+-- changes like those of a first listing.
+local function snapshot_boot(self)
+  if not self.snapshot or self.booted or self.source or self.closed then return end
+  self.booted = true
+  local f, msg = io.open(self.snapshot, "rb")
+  if not f then
+    return snapshot_failed(self, errors.new("snapshot", "cannot read snapshot file: " .. msg, { path = self.snapshot }))
+  end
+  local s = f:read("a")
+  f:close()
+  local snap, err = snapshot_decode(self, s or "")
+  if not snap then return snapshot_failed(self, err) end
+  local batch = resync(self, snap.list)
+  self.position = snap.position
+  self.source, self.source_since, self.snapshot_time = "snapshot", coord.now(), snap.written
+  deliver(self, batch)
 end
 
 -- The source failed with err: the table may be stale from now on. The first failure since
@@ -134,6 +258,8 @@ end
 local function failed(self, err)
   self.last_error = err
   if self.closed then return end
+  snapshot_boot(self)
+  if self.closed then return end -- a hook closed the mirror
   local was = self.synced or not self.stale_since
   self.synced = false
   if was then
@@ -158,7 +284,7 @@ local function etcd_snapshot(self)
   if not kvs then return nil, header end
   local list = {}
   for i, kv in ipairs(kvs) do list[i] = { key = kv.key, raw = kv.value, ver = kv.mod_revision } end
-  local batch = resync(self, list)
+  local batch = resync(self, list, self.source == "snapshot")
   synced(self, header.revision)
   deliver(self, batch)
   return header.revision
@@ -252,7 +378,7 @@ local function run_consul(self)
       end
       local index = meta.index or 0
       local backwards = self.position ~= nil and math.ult(index, self.position)
-      local batch = resync(self, list, by_content or backwards)
+      local batch = resync(self, list, by_content or backwards or self.source == "snapshot")
       by_content = false
       synced(self, index)
       self.delay = 0
@@ -282,6 +408,15 @@ local function check_opts(opts)
   if ka ~= nil and (type(ka) ~= "number" or not (ka > 0)) then
     error("bad option 'keepalive' to 'mirror' (positive number expected, got " .. tostring(ka) .. ")", 3)
   end
+  if opts.snapshot ~= nil and (type(opts.snapshot) ~= "string" or opts.snapshot == "") then
+    error("bad option 'snapshot' to 'mirror' (file name expected, got " .. tostring(opts.snapshot) .. ")", 3)
+  end
+  for _, k in ipairs { "snapshot_interval", "snapshot_after" } do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or not (v >= 0) or v == math.huge) then
+      error("bad option '" .. k .. "' to 'mirror' (non-negative number expected, got " .. tostring(v) .. ")", 3)
+    end
+  end
   return opts
 end
 
@@ -291,7 +426,11 @@ end
 --- revision or listing; changes = list of {key, new, old}), on_stale (function(err), when the
 --- mirror stops following), page_size (etcd snapshot pages, default 1000), wait (Consul
 --- blocking wait, seconds, default 300), keepalive (etcd watch keepalive, seconds),
---- max_backoff (seconds, default 10). Returns the mirror at once; it fills in the background.
+--- max_backoff (seconds, default 10), snapshot (a file name: keep a last-known-good copy
+--- there and start from it when the backend cannot be reached), snapshot_interval (seconds
+--- between writes at most, default 2), snapshot_after (seconds to wait for the backend before
+--- loading the file, default 3; a failed first read loads it at once). Returns the mirror at
+--- once; it fills in the background.
 function M.new(client, prefix, opts)
   local kind = backend(client)
   if not kind then
@@ -307,10 +446,18 @@ function M.new(client, prefix, opts)
     client = client, prefix = prefix, backend = kind, data = {}, version = {}, raw = {}, tag = {}, waiters = {},
     decode = opts.decode, on_change = opts.on_change, on_batch = opts.on_batch, on_stale = opts.on_stale,
     page_size = opts.page_size or 1000, blocking_wait = opts.wait, max_backoff = opts.max_backoff or 10,
-    keepalive = opts.keepalive,
+    keepalive = opts.keepalive, snapshot = opts.snapshot, snapshot_interval = opts.snapshot_interval or 2,
+    snapshot_after = opts.snapshot_after or 3,
     synced = false, since = nil, stale_since = nil, position = nil, last_error = nil, changes = 0, delay = 0,
   }, Mirror)
   self.task = coord.spawn(kind == "etcd" and run_etcd or run_consul, self)
+  if self.snapshot then
+    self.loader = coord.spawn(function()
+      coord.sleep(self.snapshot_after)
+      self.loader = nil
+      snapshot_boot(self)
+    end)
+  end
   return self
 end
 
@@ -328,10 +475,16 @@ Mirror.__pairs = Mirror.pairs
 --- The state: {synced (a snapshot is applied and the mirror is following), since (when it
 --- last became synced, coord.now() seconds), stale_since (when it stopped following, while
 --- it is not synced after a failure), revision or index (the last applied), changes
---- (applied so far), error (the last error, or nil), closed}.
+--- (applied so far), error (the last error, or nil; while the data is not live, a failure of
+--- the snapshot file comes first), closed, source ("live", "snapshot" or nil: where the
+--- table's data comes from), source_since (coord.now() when it came to), snapshot_time
+--- (os.time() when the loaded file was written), snapshot_error (the last failure to read or
+--- write the file, nil after a successful write)}.
 function Mirror:status()
   local s = { synced = self.synced, since = self.since, stale_since = self.stale_since, changes = self.changes,
-    error = self.last_error, closed = self.closed == true }
+    error = self.source ~= "live" and self.snapshot_error or self.last_error, closed = self.closed == true,
+    source = self.source, source_since = self.source_since, snapshot_time = self.snapshot_time,
+    snapshot_error = self.snapshot_error }
   s[self.backend == "etcd" and "revision" or "index"] = self.position
   return s
 end
@@ -372,9 +525,13 @@ function Mirror:wait(cond, timeout)
 end
 
 --- Stops following: the background task and its watch end; the table keeps its last
---- contents. Waiters get a "closed" error. Closing twice does nothing.
+--- contents (and a snapshot file gets them, if a write was due). Waiters get a "closed"
+--- error. Closing twice does nothing.
 function Mirror:close()
   if self.closed then return end
+  if self.dirty then snapshot_write(self) end
+  if self.writer then self.writer:cancel() end
+  if self.loader then self.loader:cancel() end
   self.closed, self.synced = true, false
   -- from one of its own hooks the task is running: it stops by itself after the hook
   if self.task:status() ~= "running" then self.task:cancel() end
