@@ -39,22 +39,28 @@ build/peer: spec/peer/peer.c
 	@mkdir -p build
 	$(CC) -std=gnu11 -O1 -g $(WARN) -pthread -o $@ $<
 
+# examples/host.c: a C program embedding Lua with its own epoll loop (run by spec/examples_spec.lua);
+# it loads whichever coord/core.so LUA_CPATH names, so the asan run uses it too
+build/host: examples/host.c
+	@mkdir -p build
+	$(CC) -std=gnu11 -O1 -g $(WARN) $(shell pkg-config --cflags lua5.4) -o $@ $< $(shell pkg-config --libs lua5.4) -lm
+
 build/peer-asan: spec/peer/peer.c
 	@mkdir -p build
 	$(CC) -std=gnu11 -O1 -g $(SAN) $(WARN) -pthread -o $@ $<
 
 test: deps
-	@$(MAKE) --no-print-directory build build/peer
+	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
 
 asan: deps
-	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan
+	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan build/host
 	$(call SPEC_ENV,build/asan,-asan) LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(BUSTED) --output=utfTerminal spec
 
 valgrind: deps
-	@$(MAKE) --no-print-directory build build/peer
+	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" \
 	  $(VALGRIND) $(BUSTED) --output=utfTerminal spec
 
