@@ -69,9 +69,11 @@ demo: deps
 	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(LUA) examples/demo.lua
 
 # make example NAME=game_loop: one of examples/*.lua, with its own etcd and Consul
+# (NAME=host: examples/host.lua under the C host, build/host)
+EXAMPLE_HOST = $(if $(filter host,$(NAME)),build/host)
 example: deps
-	@$(MAKE) --no-print-directory build
-	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(LUA) examples/$(NAME).lua
+	@$(MAKE) --no-print-directory build $(EXAMPLE_HOST)
+	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(or $(EXAMPLE_HOST),$(LUA)) examples/$(NAME).lua
 
 bench: deps
 	@bash bench/run all
