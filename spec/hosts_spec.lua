@@ -62,6 +62,24 @@ describe("coord inside other schedulers", function()
     t:cancel()
   end)
 
+  it("breaking the rule (coord called unwrapped in a foreign coroutine) is reported, naming coord.wrap", function()
+    local reported
+    local old = coord.on_error(function(err, _, trace) reported = tostring(err) .. "\n" .. tostring(trace) end)
+    local co = coroutine.create(function()
+      coord.sleep(0.01)          -- yields coord's private value to the foreign resumer
+      coroutine.yield("host's")  -- now resumed by coord, which cannot hand this to the host
+    end)
+    local ok, v = coroutine.resume(co)
+    assert.is_true(ok)
+    assert.is_true(coord_private(v))
+    local deadline = coord.now() + 10
+    while not reported and coord.now() < deadline do coord.step(0.01) end
+    coord.on_error(old)
+    assert.matches("not a coord wait", reported, 1, true)
+    assert.matches("coord.wrap", reported, 1, true)
+    assert.are.equal("suspended", coroutine.status(co))
+  end)
+
   it("wrap checks its arguments", function()
     assert.has_error(function() coord.wrap(42) end, "bad argument #1 to 'wrap' (function expected, got number)")
     assert.has_error(function() coord.wrap(print, 1) end,

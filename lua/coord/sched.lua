@@ -237,7 +237,8 @@ local function after(co, ok, ...)
     if t and t.canceling then close_task(t) end -- canceled while it ran: it stops at this wait
   else
     report("coroutine yielded a value to the coord scheduler", co,
-      "coroutine yielded a value that is not a coord wait; it will not be resumed")
+      "coroutine yielded a value that is not a coord wait; it will not be resumed (a coroutine "
+      .. "that another scheduler runs must call coord inside coord.wrap)")
   end
 end
 
