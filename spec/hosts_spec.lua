@@ -130,7 +130,9 @@ describe("coord inside other schedulers", function()
     end)
 
     it("an error in the wrapped function is raised in the host's coroutine", function()
+      local closed = false
       local co = coroutine.create(coord.wrap(function()
+        local guard <close> = setmetatable({}, { __close = function() closed = true end })
         assert(etcd:put("hosts/b", "x"))
         error("boom after a put", 0)
       end))
@@ -141,6 +143,7 @@ describe("coord inside other schedulers", function()
       end
       assert.is_false(ok)
       assert.are.equal("boom after a put", err)
+      assert.is_true(closed) -- fn's <close> variables ran
       assert.are.equal("x", assert(etcd:get("hosts/b")).value)
     end)
 

@@ -22,9 +22,10 @@ local tasks = setmetatable({}, { __mode = "k" }) -- coroutine -> task, for spawn
 local driving = false
 local polled = {}
 -- coroutines run by coord.wrap: coord does not resume them itself, it marks them ready and
--- their wrapper (running in the host's coroutine) resumes them
+-- their wrapper (running in the host's coroutine) resumes them. Weak: a host that drops its
+-- coroutine without closing it leaves nothing behind once it is collected.
 local hosted = setmetatable({}, { __mode = "k" })
-local nhosted_ready = 0
+local hosted_ready = setmetatable({}, { __mode = "k" })
 
 ---------------------------------------------------------------------------------------------
 -- errors in coroutines
@@ -317,11 +318,7 @@ local function run_ready()
       w.args = nil
       if not w.done then step_co(co, unpack(args, 1, args.n)) end
     elseif hosted[co] then
-      local h = hosted[co]
-      if not h.ready then
-        h.ready = true
-        nhosted_ready = nhosted_ready + 1
-      end
+      hosted_ready[co] = true
     elseif status(co) == "suspended" then
       step_co(co)
     end
@@ -348,7 +345,7 @@ end
 -- The seconds the loop may block, given a bound t (nil: none): 0 when a coroutine is ready,
 -- else no later than the next live timer.
 local function block_for(t)
-  if rhead <= rtail or nhosted_ready > 0 then return 0 end
+  if rhead <= rtail or next(hosted_ready) ~= nil then return 0 end
   local deadline = next_deadline()
   if deadline then
     local d = deadline - now()
@@ -458,27 +455,27 @@ function M.wrap(fn, pause)
   pause = pause or yield
   return function(...)
     local co = coroutine.create(fn)
-    local h = {}
-    hosted[co] = h
+    hosted[co] = true
     -- closing the host's coroutine closes fn's, which cancels what it waits on
     local guard <close> = setmetatable({}, { __close = function()
-      if h.ready then nhosted_ready = nhosted_ready - 1 end
-      hosted[co] = nil
+      hosted[co], hosted_ready[co] = nil, nil
       if status(co) == "suspended" then close(co) end
     end })
     local r = pack(resume(co, ...))
     while true do
       if status(co) == "dead" then
-        if not r[1] then error(r[2], 0) end
+        if not r[1] then
+          close(co) -- runs fn's pending <close> variables (an error does not)
+          error(r[2], 0)
+        end
         return unpack(r, 2, r.n)
       end
       if r[2] == SUSPEND then
-        while not h.ready do
+        while not hosted_ready[co] do
           pause(pollable)
-          if not driving and not h.ready then M.step(0) end
+          if not driving and not hosted_ready[co] then M.step(0) end
         end
-        h.ready = false
-        nhosted_ready = nhosted_ready - 1
+        hosted_ready[co] = nil
         r = pack(resume(co))
       else
         r = pack(resume(co, yield(unpack(r, 2, r.n))))
