@@ -39,16 +39,22 @@ build/peer: spec/peer/peer.c
 	@mkdir -p build
 	$(CC) -std=gnu11 -O1 -g $(WARN) -pthread -o $@ $<
 
+# examples/host.c: a C program embedding Lua with its own epoll loop (run by spec/examples_spec.lua);
+# it loads whichever coord/core.so LUA_CPATH names, so the asan run uses it too
+build/host: examples/host.c
+	@mkdir -p build
+	$(CC) -std=gnu11 -O1 -g $(WARN) $(shell pkg-config --cflags lua5.4) -o $@ $< $(shell pkg-config --libs lua5.4) -lm
+
 build/peer-asan: spec/peer/peer.c
 	@mkdir -p build
 	$(CC) -std=gnu11 -O1 -g $(SAN) $(WARN) -pthread -o $@ $<
 
 test: deps
-	@$(MAKE) --no-print-directory build build/peer
+	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
 
 asan: deps
-	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan
+	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan build/host
 	$(call SPEC_ENV,build/asan,-asan) LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(BUSTED) --output=utfTerminal spec
@@ -56,7 +62,7 @@ asan: deps
 # The soak (spec/soak_spec.lua) is a load run whose bounds are in seconds: under memcheck's
 # slowdown they cannot hold, so make valgrind runs every other spec (make asan runs the soak).
 valgrind: deps
-	@$(MAKE) --no-print-directory build build/peer
+	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" \
 	  $(VALGRIND) $(BUSTED) --output=utfTerminal --exclude-pattern=soak_spec spec
 
@@ -65,9 +71,11 @@ demo: deps
 	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(LUA) examples/demo.lua
 
 # make example NAME=game_loop: one of examples/*.lua, with its own etcd and Consul
+# (NAME=host: examples/host.lua under the C host, build/host)
+EXAMPLE_HOST = $(if $(filter host,$(NAME)),build/host)
 example: deps
-	@$(MAKE) --no-print-directory build
-	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(LUA) examples/$(NAME).lua
+	@$(MAKE) --no-print-directory build $(EXAMPLE_HOST)
+	$(call SPEC_ENV,.,) $(LUA) examples/with_servers.lua $(or $(EXAMPLE_HOST),$(LUA)) examples/$(NAME).lua
 
 bench: deps
 	@bash bench/run all

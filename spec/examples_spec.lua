@@ -6,8 +6,10 @@
 -- fatal error") at the exit of service.lua. make valgrind checks the examples for leaks.
 local no_leak_check = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=detect_leaks=0 " or ""
 
+-- host runs under the C host (build/host, made by `make test`), the others under lua5.4
 local function run(name)
-  local p = assert(io.popen(no_leak_check .. "lua5.4 examples/with_servers.lua lua5.4 examples/" .. name .. ".lua 2>&1"))
+  local program = name == "host" and "build/host" or "lua5.4"
+  local p = assert(io.popen(no_leak_check .. "lua5.4 examples/with_servers.lua " .. program .. " examples/" .. name .. ".lua 2>&1"))
   local out = p:read("a")
   local ok = p:close()
   return ok, out
@@ -25,10 +27,15 @@ local expectations = {
   service = { "registered demo-web-1", "health: 1 passing instance(s) of demo-web", "deregistered demo-web-1",
     "after exit: 0 instance(s) of demo-web registered" },
   leader = { "etcd: 3 leaders in turn", "consul: 3 leaders in turn" },
+  luv = { "client: the server answers level = 1", "client: the server answers level = 3",
+    "saw level 3 after", "the mirror applied 3 changes" },
+  cqueues = { "operator: level = 3 written to etcd", "client: the server answers level = 1",
+    "client: the server answers level = 3", "client saw 3 levels; the mirror applied 3 changes" },
+  host = { "frame", "speed is now 1", "speed is now 3", "the mirror applied 3 changes", "coord steps" },
 }
 
 describe("examples", function()
-  for _, name in ipairs { "demo", "plain", "game_loop", "worker_pool", "service", "leader" } do
+  for _, name in ipairs { "demo", "plain", "game_loop", "worker_pool", "service", "leader", "luv", "cqueues", "host" } do
     it(name .. ".lua runs and shows what it is for", function()
       local ok, out = run(name)
       assert(ok, out)

@@ -21,6 +21,11 @@ local heap, nheap, ntimers, seq = {}, 0, 0, 0
 local tasks = setmetatable({}, { __mode = "k" }) -- coroutine -> task, for spawned work
 local driving = false
 local polled = {}
+-- coroutines run by coord.wrap: coord does not resume them itself, it marks them ready and
+-- their wrapper (running in the host's coroutine) resumes them. Weak: a host that drops its
+-- coroutine without closing it leaves nothing behind once it is collected.
+local hosted = setmetatable({}, { __mode = "k" })
+local hosted_ready = setmetatable({}, { __mode = "k" })
 
 ---------------------------------------------------------------------------------------------
 -- errors in coroutines
@@ -233,7 +238,8 @@ local function after(co, ok, ...)
     if t and t.canceling then close_task(t) end -- canceled while it ran: it stops at this wait
   else
     report("coroutine yielded a value to the coord scheduler", co,
-      "coroutine yielded a value that is not a coord wait; it will not be resumed")
+      "coroutine yielded a value that is not a coord wait; it will not be resumed (a coroutine "
+      .. "that another scheduler runs must call coord inside coord.wrap)")
   end
 end
 
@@ -311,6 +317,8 @@ local function run_ready()
       local args = w.args
       w.args = nil
       if not w.done then step_co(co, unpack(args, 1, args.n)) end
+    elseif hosted[co] then
+      hosted_ready[co] = true
     elseif status(co) == "suspended" then
       step_co(co)
     end
@@ -337,7 +345,7 @@ end
 -- The seconds the loop may block, given a bound t (nil: none): 0 when a coroutine is ready,
 -- else no later than the next live timer.
 local function block_for(t)
-  if rhead <= rtail then return 0 end
+  if rhead <= rtail or next(hosted_ready) ~= nil then return 0 end
   local deadline = next_deadline()
   if deadline then
     local d = deadline - now()
@@ -417,6 +425,63 @@ end
 function M.fd()
   local fd, t = core.fd()
   return fd, block_for(t)
+end
+
+--- An object following the cqueues polling protocol (pollfd, events, timeout methods), so that
+--- a cqueues controller (or cqueues.poll) can wait for coord; after the poll returns the host
+--- calls coord.step(0).
+local Pollable = { __name = "coord.pollable" }
+Pollable.__index = Pollable
+function Pollable.pollfd() return (core.fd()) end
+function Pollable.events() return "r" end
+function Pollable.timeout()
+  local _, t = core.fd()
+  return block_for(t)
+end
+local pollable = setmetatable({}, Pollable)
+function M.pollable() return pollable end
+
+--- Wraps fn so that it can call coord from inside another scheduler's coroutine: fn runs in a
+--- coroutine of its own; its coord waits are kept from the host (the wrapper calls
+--- pause(coord.pollable()) in the host's coroutine, then coord.step(0), until the wait is
+--- over), and every other yield is passed to the host and the host's answer back to fn.
+function M.wrap(fn, pause)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'wrap' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  if pause ~= nil and type(pause) ~= "function" then
+    error("bad argument #2 to 'wrap' (function or nil expected, got " .. type(pause) .. ")", 2)
+  end
+  pause = pause or yield
+  return function(...)
+    local co = coroutine.create(fn)
+    hosted[co] = true
+    -- closing the host's coroutine closes fn's, which cancels what it waits on
+    local guard <close> = setmetatable({}, { __close = function()
+      hosted[co], hosted_ready[co] = nil, nil
+      if status(co) == "suspended" then close(co) end
+    end })
+    local r = pack(resume(co, ...))
+    while true do
+      if status(co) == "dead" then
+        if not r[1] then
+          close(co) -- runs fn's pending <close> variables (an error does not)
+          error(r[2], 0)
+        end
+        return unpack(r, 2, r.n)
+      end
+      if r[2] == SUSPEND then
+        while not hosted_ready[co] do
+          pause(pollable)
+          if not driving and not hosted_ready[co] then M.step(0) end
+        end
+        hosted_ready[co] = nil
+        r = pack(resume(co))
+      else
+        r = pack(resume(co, yield(unpack(r, 2, r.n))))
+      end
+    end
+  end
 end
 
 ---------------------------------------------------------------------------------------------
