@@ -88,6 +88,21 @@ describe("coord scheduler", function()
     assert.is_false(after)
   end)
 
+  -- fn's wait and the timeout's timer fall due in the same loop iteration: fn finishes after
+  -- the timer fired but before the caller runs again. What fn returned (here a stand-in for
+  -- a lock it took) must reach the caller, not vanish with nothing left to give it back.
+  it("timeout returns the results of fn that finished in the iteration its timer fired", function()
+    for _ = 1, 20 do
+      local held, err = coord.run(function()
+        return coord.timeout(0, function()
+          coord.sleep(0)
+          return "held lock"
+        end)
+      end)
+      assert.are.equal("held lock", held, tostring(err))
+    end
+  end)
+
   it("nested timeouts cancel from the inside out", function()
     local v, err = coord.run(function()
       return coord.timeout(0.02, function()

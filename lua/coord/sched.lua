@@ -542,7 +542,10 @@ function M.timeout(s, fn, ...)
     add_timer(w, s, "timeout")
     local why = wait(w)
     timer_cancel(w)
-    if why == "timeout" then
+    -- fn may have finished after the timer fired but before this coroutine ran again (both
+    -- were ready in one loop iteration): its results count then, for they may hold something
+    -- (a lock, a lease) that nobody else could give back
+    if why == "timeout" and not child.done then
       close_child(child)
       return nil, errors.new("timeout", ("timed out after %g s"):format(s))
     end
