@@ -62,8 +62,56 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.is_nil(kv)
       assert.equal("tls", err.kind)
     end))
+
+    -- the certificate names 127.0.0.1 and localhost: connecting to 127.0.0.1 while checking
+    -- it as "localhost" works, as another name it fails, for calls and the watch stream
+    it("checks the server's certificate against tls.server_name", co(function()
+      local function client(name)
+        local tls = server:client_tls()
+        tls.server_name = name
+        return etcd_mod.new { endpoints = { server.endpoint }, tls = tls, timeout = 10 }
+      end
+      local good = client("localhost")
+      assert(good:put("sni/a", "1"))
+      assert.equal("1", assert(good:get("sni/a")).value)
+      local t = assert(good:_target())
+      assert.equal("https://localhost:" .. server.members[1].port, t.url)
+      assert.equal(server.endpoint, t.endpoint)
+      local w <close> = good:watch("sni/a", { start_revision = 1 })
+      assert.equal("1", assert(w:next()).kv.value)
+      local kv, err = client("other.example"):get("sni/a")
+      assert.is_nil(kv)
+      assert.equal("tls", err.kind)
+      assert.has_error(function() client("bad:name") end,
+        "bad option 'tls.server_name' to 'new' (a host name expected)")
+    end))
   end)
 end
+
+describe("coord.http connect_to", function()
+  it("checks the shape of each entry before sending anything", function()
+    local function req(list)
+      return function() http.request { url = "http://127.0.0.1:1/", connect_to = list } end
+    end
+    assert.has_error(req { "a:1:b" }, 'bad request option \'connect_to\' ("HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT" expected at index 1)')
+    assert.has_error(req { "a:1:b:2", "a:1:b:2\r\nX: y" }, "bad request option 'connect_to' (forbidden character at index 2)")
+    assert.has_error(req { "a:1: b:2" }, "bad request option 'connect_to' (forbidden character at index 1)")
+    assert.has_error(req { 7 }, "bad request option 'connect_to' (string expected at index 1, got number)")
+    assert.has_error(req "a:1:b:2", "bad request option 'connect_to' (table expected, got string)")
+  end)
+
+  it("sends the request for one host to another address", co(function()
+    -- nothing listens on port: without connect_to the name does not resolve, with it the
+    -- connection to 127.0.0.1 is refused
+    local port = servers.free_port()
+    local _, rerr = http.request { url = "http://nowhere.invalid:" .. port .. "/" }
+    assert.equal("resolve", rerr.kind)
+    local res, err = http.request { url = "http://nowhere.invalid:" .. port .. "/",
+      connect_to = { "nowhere.invalid:" .. port .. ":127.0.0.1:" .. port, "[::1]:80:[::1]:81" } }
+    assert.is_nil(res)
+    assert.equal("connect", err.kind)
+  end))
+end)
 
 describe("coord.etcd with auth", function()
   local server
