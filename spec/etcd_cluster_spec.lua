@@ -331,6 +331,62 @@ describe("coord.etcd on a three-member cluster", function()
     assert(m3:put("part/other", "x"))
     assert.equal("x", assert(w2:next()).kv.value)
   end))
+
+  -- auto_sync: a client given one member (a follower, so that killing it starts no election)
+  -- and an address that is no member learns the members from the list and drops the other
+  local function urls_of(etcd)
+    local out = {}
+    for i, ep in ipairs(etcd.endpoints) do out[i] = ep.url end
+    table.sort(out)
+    return out
+  end
+
+  it("learns the other members with auto_sync and survives the death of the one it was given", co(function()
+    local leader
+    servers.until_true("a leader", function() leader = server:leader() return leader ~= nil end, 60)
+    local seed = leader % 3 + 1
+    local etcd = etcd_mod.new { endpoints = { server.endpoints[seed] }, auto_sync = 3600 }
+    assert(etcd:put("sync/a", "1"))
+    local want = { table.unpack(server.endpoints) }
+    table.sort(want)
+    assert.same(want, urls_of(etcd))
+    assert.equal(server.endpoints[seed], assert(etcd:_target()).endpoint)
+    -- an address that is no member is dropped
+    local dead = "http://127.0.0.1:" .. servers.free_port()
+    local other = etcd_mod.new { endpoints = { dead, server.endpoints[seed] }, auto_sync = 3600 }
+    assert.equal("1", assert(other:get("sync/a")).value)
+    assert.same(want, urls_of(other))
+    server:kill(seed)
+    assert.equal("1", assert(etcd:get("sync/a")).value)
+    local failed
+    for _, ep in ipairs(etcd.endpoints) do
+      if ep.url == server.endpoints[seed] then failed = ep end
+    end
+    assert.is_true(failed.fails >= 1)
+    -- read again from a live member: the dead one is still a member, and keeps its health
+    local list = assert(etcd:sync())
+    table.sort(list)
+    assert.same(want, list)
+    for _, ep in ipairs(etcd.endpoints) do
+      if ep.url == server.endpoints[seed] then assert.equal(failed, ep) end
+    end
+    assert.has_error(function() etcd_mod.new { auto_sync = 0 } end,
+      "bad option 'auto_sync' to 'new' (seconds above 0 expected)")
+    server:restart(seed)
+  end))
+
+  it("keeps its endpoints when no member list can be read", co(function()
+    local dead = "http://127.0.0.1:" .. servers.free_port()
+    local etcd = etcd_mod.new { endpoints = { dead }, auto_sync = 3600 }
+    local list, err = etcd:sync()
+    assert.is_nil(list)
+    assert.equal("connect", err.kind)
+    assert.same({ dead }, urls_of(etcd))
+    local kv, gerr = etcd:get("x")
+    assert.is_nil(kv)
+    assert.equal("connect", gerr.kind)
+    assert.same({ dead }, urls_of(etcd))
+  end))
 end)
 
 describe("coord.etcd retries", function()
@@ -392,4 +448,37 @@ describe("coord.etcd retries", function()
     assert.is_true(ok, out)
     assert.equal("http://127.0.0.1:2379\n", out)
   end)
+end)
+
+describe("coord.etcd over a unix socket", function()
+  local server
+
+  setup(function()
+    server = servers.etcd { version = "3.5", unix = true }
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+  end)
+
+  it("reads, writes and watches through a unix:///path endpoint", co(function()
+    local path = server.members[1].unix_socket
+    local etcd = etcd_mod.new { endpoints = { "unix://" .. path } }
+    assert(etcd:put("ux/a", "1"))
+    assert.equal("1", assert(etcd:get("ux/a")).value)
+    local t = assert(etcd:_target())
+    assert.equal(path, t.unix_socket)
+    assert.equal("unix://" .. path, t.endpoint)
+    local w <close> = etcd:watch("ux/a", { start_revision = 1 })
+    assert.equal("1", assert(w:next()).kv.value)
+    assert(etcd:put("ux/a", "2"))
+    assert.equal("2", assert(w:next()).kv.value)
+    local ok, out = server:ctl("get --print-value-only ux/a")
+    assert.is_true(ok, out)
+    assert.equal("2\n", out)
+    local none = etcd_mod.new { endpoints = { "unix://" .. path .. ".none" } }
+    local kv, err = none:get("ux/a")
+    assert.is_nil(kv)
+    assert.equal("connect", err.kind)
+  end))
 end)
