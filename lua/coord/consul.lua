@@ -407,10 +407,10 @@ function M.call_opts(opts, query)
   }
 end
 
---- Adds the agent cache options of a user's opts to o (a _call opts table), for the reads
---- the agent caches: cached (send ?cached), max_age and stale_if_error (seconds, sent as
---- Cache-Control in whole seconds; they need cached). Returns o.
-function M.cache_opts(o, opts)
+-- Adds the agent cache options of a user's opts to o (a _call opts table), for the reads
+-- the agent caches: cached (send ?cached), max_age and stale_if_error (seconds, sent as
+-- Cache-Control in whole seconds; they need cached). Returns o.
+local function cache_opts(o, opts)
   local cached, max_age, stale_if_error = opts.cached, opts.max_age, opts.stale_if_error
   if cached == nil and max_age == nil and stale_if_error == nil then return o end
   args.option(opts, "cached", "boolean")
@@ -441,7 +441,7 @@ end
 function Client:_get(path, opts, query, ok, cache)
   local o = M.call_opts(opts or {}, query)
   o.ok = ok
-  if cache then M.cache_opts(o, opts) end
+  if cache then cache_opts(o, opts) end
   local res, err = self:_call("GET", path, o)
   if not res then return nil, err end
   if res.status >= 300 then return nil, res.meta end
