@@ -375,6 +375,28 @@ describe("coord.etcd on a three-member cluster", function()
     server:restart(seed)
   end))
 
+  -- as when every member the client knew was replaced: its only endpoint is dead, the
+  -- address it was created with still serves
+  it("reads the member list again after every endpoint failed", co(function()
+    local etcd = etcd_mod.new { endpoints = { server.endpoints[2] }, auto_sync = 3600 }
+    assert(etcd:put("sync/b", "1"))
+    local dead = "http://127.0.0.1:" .. servers.free_port()
+    etcd.endpoints, etcd.cur = { { url = dead, base = dead, fails = 0, down_until = 0 } }, 1
+    local kv, err = etcd:get("sync/b")
+    assert.is_nil(kv)
+    assert.equal("connect", err.kind)
+    -- the next calls (one member list read per second at most) find the members again
+    local got
+    servers.until_true("a read after the refresh", function()
+      got = etcd:get("sync/b")
+      return got ~= nil
+    end, 30)
+    assert.equal("1", got.value)
+    local want = { table.unpack(server.endpoints) }
+    table.sort(want)
+    assert.same(want, urls_of(etcd))
+  end))
+
   it("keeps its endpoints when no member list can be read", co(function()
     local dead = "http://127.0.0.1:" .. servers.free_port()
     local etcd = etcd_mod.new { endpoints = { dead }, auto_sync = 3600 }

@@ -19,6 +19,8 @@ local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
 local DEFAULT_TIMEOUT = 5
 local IDEMPOTENT = { idempotent = true }
 local BACKOFF_BASE, BACKOFF_MAX = 0.1, 5
+-- auto_sync after every endpoint failed: at most one member list read per this many seconds
+local SYNC_RETRY = 1
 
 ---------------------------------------------------------------------------------------------
 -- argument checks
@@ -122,7 +124,8 @@ function M.new(opts)
     authing = nil, -- coroutines waiting for the authenticate in flight
     last_error = nil, -- the last endpoint failure, told when every endpoint is failing
     auto_sync = auto_sync,
-    next_sync = auto_sync and 0, -- the first call reads the member list
+    synced_at = -math.huge, -- when the member list was last read: the first call reads it
+    sync_soon = false, -- every endpoint failed: read the list again, SYNC_RETRY after the last
     syncing = false,
   }, Client)
   self.seeds = self.endpoints
@@ -300,10 +303,15 @@ local function post(self, path, body, opts, with_token)
       local ok, aerr = self:_authenticate()
       if not ok then return nil, aerr end
     end
-    if self.auto_sync and not self.syncing and now() >= self.next_sync then self:sync() end
+    if self.auto_sync and not self.syncing
+      and now() >= self.synced_at + (self.sync_soon and SYNC_RETRY or self.auto_sync) then
+      self:sync()
+    end
     local ep, err = pick(self)
     if not ep then
-      if not (self.auto_sync and not self.syncing and self:sync()) then return nil, err end
+      if not self.auto_sync then return nil, err end
+      self.sync_soon = true
+      if self.syncing or now() < self.synced_at + SYNC_RETRY or not self:sync() then return nil, err end
       ep, err = pick(self)
       if not ep then return nil, err end
     end
@@ -321,7 +329,7 @@ local function post(self, path, body, opts, with_token)
     elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
       self:_failed(ep.url, e)
       if not (idempotent or never_sent(e)) or tries >= #self.endpoints then
-        if self.auto_sync and tries >= #self.endpoints then self.next_sync = 0 end
+        if self.auto_sync and tries >= #self.endpoints then self.sync_soon = true end
         return nil, e
       end
     else
@@ -383,7 +391,7 @@ function Client:sync()
   end
   self.syncing = true
   local guard <close> = setmetatable({}, { __close = function() self.syncing = false end })
-  self.next_sync = now() + (self.auto_sync or 0)
+  self.synced_at = now()
   local tried, j, err = {}, nil, nil
   for _, list in ipairs { self.endpoints, self.seeds } do
     for i = 0, #list - 1 do
@@ -407,7 +415,7 @@ function Client:sync()
     if list[i] == cur then self.cur = i end
   end
   if list[self.cur] ~= cur then self.cur = 1 end
-  self.endpoints = list
+  self.endpoints, self.sync_soon = list, false
   return urls
 end
 
