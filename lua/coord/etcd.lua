@@ -457,7 +457,8 @@ function Client:_authenticate()
   return j and true, err
 end
 
---- The endpoint to talk to now, as {url, headers, tls, http_version, pipewait, token};
+--- The endpoint to talk to now, as {url (the base requests go to), endpoint (its URL as
+--- given), headers, tls, http_version, pipewait, unix_socket, connect_to, token};
 --- authenticates first when the client has a user and no token. Or nil and an error.
 function Client:_target()
   if self.user and not self.token then

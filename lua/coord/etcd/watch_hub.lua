@@ -44,7 +44,7 @@ end
 --- replies read.
 function Hub:stats()
   local c = self.counts
-  return { watches = self.count, connected = self.stream and self.target.url or nil,
+  return { watches = self.count, connected = self.stream and self.target.endpoint or nil,
     streams = c.streams, results = c.results, fragments = c.fragments, pauses = c.pauses,
     probes = c.probes, progress = c.progress, last_error = self.last_error }
 end
