@@ -132,6 +132,14 @@ describe("coord.etcd with auth", function()
     return etcd_mod.new { endpoints = { server.endpoint }, user = user, password = password }
   end
 
+  it("refreshes its endpoints from the member list with auth (authenticating first)", co(function()
+    local etcd = etcd_mod.new { endpoints = { server.endpoint }, user = "root", password = "rootpw",
+      auto_sync = 3600, timeout = 10 }
+    assert(etcd:put("a/sync", "1"))
+    assert.equal("1", assert(etcd:get("a/sync")).value)
+    assert.same({ server.endpoint }, assert(etcd:sync()))
+  end))
+
   it("authenticates once for many concurrent first calls", co(function()
     local etcd = client("root", "rootpw")
     local real, n = http.request, 0

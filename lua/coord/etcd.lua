@@ -303,13 +303,14 @@ local function post(self, path, body, opts, with_token)
       local ok, aerr = self:_authenticate()
       if not ok then return nil, aerr end
     end
-    if self.auto_sync and not self.syncing
+    -- (not from authenticate's own post: the member list read would wait for that token)
+    if with_token and self.auto_sync and not self.syncing
       and now() >= self.synced_at + (self.sync_soon and SYNC_RETRY or self.auto_sync) then
       self:sync()
     end
     local ep, err = pick(self)
     if not ep then
-      if not self.auto_sync then return nil, err end
+      if not (with_token and self.auto_sync) then return nil, err end
       self.sync_soon = true
       if self.syncing or now() < self.synced_at + SYNC_RETRY or not self:sync() then return nil, err end
       ep, err = pick(self)
