@@ -190,6 +190,8 @@ static int req_gc(lua_State *L) {
   if (r->loop) coord_req_detach(r->loop, r);
   curl_slist_free_all(r->headers);
   r->headers = NULL;
+  curl_slist_free_all(r->connect_to);
+  r->connect_to = NULL;
   coord_buf_free(&r->body);
   coord_buf_free(&r->hdrs);
   coord_buf_free(&r->send);
@@ -328,6 +330,37 @@ static void read_headers(lua_State *L, int t, coord_req *r) {
   lua_pop(L, 1);
 }
 
+/* connect_to = { "HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT", ... } (CURLOPT_CONNECT_TO):
+   the URL's host (and so the TLS server name and certificate check) stays, the connection goes
+   elsewhere. Each entry has four fields (an IPv6 address in brackets) and no space or control
+   character, so it cannot smuggle anything into curl's parser. */
+static void read_connect_to(lua_State *L, int t, coord_req *r) {
+  if (!opt(L, t, "connect_to", LUA_TTABLE)) return;
+  int l = lua_gettop(L);
+  lua_Integer n = luaL_len(L, l);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, l, i) != LUA_TSTRING)
+      luaL_error(L, "bad request option 'connect_to' (string expected at index %d, got %s)", (int)i, luaL_typename(L, -1));
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    int colons = 0, bracket = 0;
+    for (size_t k = 0; k < len; k++) {
+      unsigned char c = (unsigned char)s[k];
+      if (c <= 0x20 || c >= 0x7f) luaL_error(L, "bad request option 'connect_to' (forbidden character at index %d)", (int)i);
+      if (c == '[') bracket++;
+      else if (c == ']') bracket--;
+      else if (c == ':' && bracket == 0) colons++;
+    }
+    if (colons != 3 || bracket != 0)
+      luaL_error(L, "bad request option 'connect_to' (\"HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT\" expected at index %d)", (int)i);
+    struct curl_slist *sl = curl_slist_append(r->connect_to, s);
+    if (sl == NULL) luaL_error(L, "coord: out of memory");
+    r->connect_to = sl;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 static long http_version(lua_State *L, const char *v) {
   if (v == NULL) return CURL_HTTP_VERSION_NONE;
   if (strcmp(v, "1.0") == 0) return CURL_HTTP_VERSION_1_0;
@@ -430,6 +463,7 @@ int coord_req_new(lua_State *L) {
   tls_opts tls;
   int has_tls = read_tls(L, 1, &tls);
   read_headers(L, 1, r);
+  read_connect_to(L, 1, r);
   if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
   if (!method) method = body || r->upload ? "POST" : "GET";
   int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
@@ -449,6 +483,7 @@ int coord_req_new(lua_State *L) {
   if (version != CURL_HTTP_VERSION_NONE) curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
   if (pipewait) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   if (r->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+  if (r->connect_to) curl_easy_setopt(e, CURLOPT_CONNECT_TO, r->connect_to);
   if (is_head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   else if (r->upload) {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -462,7 +497,7 @@ int coord_req_new(lua_State *L) {
   if ((!is_get || body) && !is_head && strcmp(method, "POST") != 0)
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   if (has_tls) set_tls(e, &tls);
-  r->easy_flags = (!has_tls && !unix_socket && !r->upload && !is_head ? COORD_EASY_PLAIN : 0) |
+  r->easy_flags = (!has_tls && !unix_socket && !r->connect_to && !r->upload && !is_head ? COORD_EASY_PLAIN : 0) |
                   (version != CURL_HTTP_VERSION_NONE ? COORD_EASY_VERSION : 0) |
                   (pipewait ? COORD_EASY_PIPEWAIT : 0);
 

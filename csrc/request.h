@@ -30,6 +30,7 @@ struct coord_req {
   size_t nl_end;         /* streams: one past the last newline in body (absolute index) */
   unsigned long pauses;  /* streams: how often backpressure paused the transfer */
   struct curl_slist *headers;
+  struct curl_slist *connect_to; /* CURLOPT_CONNECT_TO: curl reads it until the transfer ends */
   coord_buf body;        /* response body, or the unread part of a stream */
   coord_buf hdrs;        /* header lines of the final response */
   coord_buf send;        /* streamed request body not yet taken by curl */

@@ -62,8 +62,56 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.is_nil(kv)
       assert.equal("tls", err.kind)
     end))
+
+    -- the certificate names 127.0.0.1 and localhost: connecting to 127.0.0.1 while checking
+    -- it as "localhost" works, as another name it fails, for calls and the watch stream
+    it("checks the server's certificate against tls.server_name", co(function()
+      local function client(name)
+        local tls = server:client_tls()
+        tls.server_name = name
+        return etcd_mod.new { endpoints = { server.endpoint }, tls = tls, timeout = 10 }
+      end
+      local good = client("localhost")
+      assert(good:put("sni/a", "1"))
+      assert.equal("1", assert(good:get("sni/a")).value)
+      local t = assert(good:_target())
+      assert.equal("https://localhost:" .. server.members[1].port, t.url)
+      assert.equal(server.endpoint, t.endpoint)
+      local w <close> = good:watch("sni/a", { start_revision = 1 })
+      assert.equal("1", assert(w:next()).kv.value)
+      local kv, err = client("other.example"):get("sni/a")
+      assert.is_nil(kv)
+      assert.equal("tls", err.kind)
+      assert.has_error(function() client("bad:name") end,
+        "bad option 'tls.server_name' to 'new' (a host name expected)")
+    end))
   end)
 end
+
+describe("coord.http connect_to", function()
+  it("checks the shape of each entry before sending anything", function()
+    local function req(list)
+      return function() http.request { url = "http://127.0.0.1:1/", connect_to = list } end
+    end
+    assert.has_error(req { "a:1:b" }, 'bad request option \'connect_to\' ("HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT" expected at index 1)')
+    assert.has_error(req { "a:1:b:2", "a:1:b:2\r\nX: y" }, "bad request option 'connect_to' (forbidden character at index 2)")
+    assert.has_error(req { "a:1: b:2" }, "bad request option 'connect_to' (forbidden character at index 1)")
+    assert.has_error(req { 7 }, "bad request option 'connect_to' (string expected at index 1, got number)")
+    assert.has_error(req "a:1:b:2", "bad request option 'connect_to' (table expected, got string)")
+  end)
+
+  it("sends the request for one host to another address", co(function()
+    -- nothing listens on port: without connect_to the name does not resolve, with it the
+    -- connection to 127.0.0.1 is refused
+    local port = servers.free_port()
+    local _, rerr = http.request { url = "http://nowhere.invalid:" .. port .. "/" }
+    assert.equal("resolve", rerr.kind)
+    local res, err = http.request { url = "http://nowhere.invalid:" .. port .. "/",
+      connect_to = { "nowhere.invalid:" .. port .. ":127.0.0.1:" .. port, "[::1]:80:[::1]:81" } }
+    assert.is_nil(res)
+    assert.equal("connect", err.kind)
+  end))
+end)
 
 describe("coord.etcd with auth", function()
   local server
@@ -83,6 +131,14 @@ describe("coord.etcd with auth", function()
   local function client(user, password)
     return etcd_mod.new { endpoints = { server.endpoint }, user = user, password = password }
   end
+
+  it("refreshes its endpoints from the member list with auth (authenticating first)", co(function()
+    local etcd = etcd_mod.new { endpoints = { server.endpoint }, user = "root", password = "rootpw",
+      auto_sync = 3600, timeout = 10 }
+    assert(etcd:put("a/sync", "1"))
+    assert.equal("1", assert(etcd:get("a/sync")).value)
+    assert.same({ server.endpoint }, assert(etcd:sync()))
+  end))
 
   it("authenticates once for many concurrent first calls", co(function()
     local etcd = client("root", "rootpw")
@@ -290,6 +346,84 @@ describe("coord.etcd on a three-member cluster", function()
     assert(m3:put("part/other", "x"))
     assert.equal("x", assert(w2:next()).kv.value)
   end))
+
+  -- auto_sync: a client given one member (a follower, so that killing it starts no election)
+  -- and an address that is no member learns the members from the list and drops the other
+  local function urls_of(etcd)
+    local out = {}
+    for i, ep in ipairs(etcd.endpoints) do out[i] = ep.url end
+    table.sort(out)
+    return out
+  end
+
+  it("learns the other members with auto_sync and survives the death of the one it was given", co(function()
+    local leader
+    servers.until_true("a leader", function() leader = server:leader() return leader ~= nil end, 60)
+    local seed = leader % 3 + 1
+    local etcd = etcd_mod.new { endpoints = { server.endpoints[seed] }, auto_sync = 3600 }
+    assert(etcd:put("sync/a", "1"))
+    local want = { table.unpack(server.endpoints) }
+    table.sort(want)
+    assert.same(want, urls_of(etcd))
+    assert.equal(server.endpoints[seed], assert(etcd:_target()).endpoint)
+    -- an address that is no member is dropped
+    local dead = "http://127.0.0.1:" .. servers.free_port()
+    local other = etcd_mod.new { endpoints = { dead, server.endpoints[seed] }, auto_sync = 3600 }
+    assert.equal("1", assert(other:get("sync/a")).value)
+    assert.same(want, urls_of(other))
+    server:kill(seed)
+    assert.equal("1", assert(etcd:get("sync/a")).value)
+    local failed
+    for _, ep in ipairs(etcd.endpoints) do
+      if ep.url == server.endpoints[seed] then failed = ep end
+    end
+    assert.is_true(failed.fails >= 1)
+    -- read again from a live member: the dead one is still a member, and keeps its health
+    local list = assert(etcd:sync())
+    table.sort(list)
+    assert.same(want, list)
+    for _, ep in ipairs(etcd.endpoints) do
+      if ep.url == server.endpoints[seed] then assert.equal(failed, ep) end
+    end
+    assert.has_error(function() etcd_mod.new { auto_sync = 0 } end,
+      "bad option 'auto_sync' to 'new' (seconds above 0 expected)")
+    server:restart(seed)
+  end))
+
+  -- as when every member the client knew was replaced: its only endpoint is dead, the
+  -- address it was created with still serves
+  it("reads the member list again after every endpoint failed", co(function()
+    local etcd = etcd_mod.new { endpoints = { server.endpoints[2] }, auto_sync = 3600 }
+    assert(etcd:put("sync/b", "1"))
+    local dead = "http://127.0.0.1:" .. servers.free_port()
+    etcd.endpoints, etcd.cur = { { url = dead, base = dead, fails = 0, down_until = 0 } }, 1
+    local kv, err = etcd:get("sync/b")
+    assert.is_nil(kv)
+    assert.equal("connect", err.kind)
+    -- the next calls (one member list read per second at most) find the members again
+    local got
+    servers.until_true("a read after the refresh", function()
+      got = etcd:get("sync/b")
+      return got ~= nil
+    end, 30)
+    assert.equal("1", got.value)
+    local want = { table.unpack(server.endpoints) }
+    table.sort(want)
+    assert.same(want, urls_of(etcd))
+  end))
+
+  it("keeps its endpoints when no member list can be read", co(function()
+    local dead = "http://127.0.0.1:" .. servers.free_port()
+    local etcd = etcd_mod.new { endpoints = { dead }, auto_sync = 3600 }
+    local list, err = etcd:sync()
+    assert.is_nil(list)
+    assert.equal("connect", err.kind)
+    assert.same({ dead }, urls_of(etcd))
+    local kv, gerr = etcd:get("x")
+    assert.is_nil(kv)
+    assert.equal("connect", gerr.kind)
+    assert.same({ dead }, urls_of(etcd))
+  end))
 end)
 
 describe("coord.etcd retries", function()
@@ -351,4 +485,38 @@ describe("coord.etcd retries", function()
     assert.is_true(ok, out)
     assert.equal("http://127.0.0.1:2379\n", out)
   end)
+end)
+
+describe("coord.etcd over a unix socket", function()
+  local server
+
+  setup(function()
+    server = servers.etcd { version = "3.5", unix = true }
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+  end)
+
+  it("reads, writes and watches through a unix:///path endpoint", co(function()
+    local path = server.members[1].unix_socket
+    local etcd = etcd_mod.new { endpoints = { "unix://" .. path } }
+    assert(etcd:put("ux/a", "1"))
+    assert.equal("1", assert(etcd:get("ux/a")).value)
+    local t = assert(etcd:_target())
+    assert.equal(path, t.unix_socket)
+    assert.equal("unix://" .. path, t.endpoint)
+    local w <close> = etcd:watch("ux/a", { start_revision = 1 })
+    assert.equal("1", assert(w:next()).kv.value)
+    assert.equal("unix://" .. path, require("coord.etcd.watch").stats(etcd).connected)
+    assert(etcd:put("ux/a", "2"))
+    assert.equal("2", assert(w:next()).kv.value)
+    local ok, out = server:ctl("get --print-value-only ux/a")
+    assert.is_true(ok, out)
+    assert.equal("2\n", out)
+    local none = etcd_mod.new { endpoints = { "unix://" .. path .. ".none" } }
+    local kv, err = none:get("ux/a")
+    assert.is_nil(kv)
+    assert.equal("connect", err.kind)
+  end))
 end)

@@ -194,9 +194,11 @@ end
 local function etcd_member(self, i)
   local m = self.members[i]
   local scheme = self.certs and "https" or "http"
-  local cmd = { sh_quote(self.bin),
+  -- etcd wants unix://host:port and makes the socket file "host:port" in its working directory
+  local unix = self.opts.unix and (",unix://localhost:" .. m.port) or ""
+  local cmd = { self.opts.unix and ("env -C " .. sh_quote(self.dir) .. " " .. sh_quote(self.bin)) or sh_quote(self.bin),
     "--name", m.name, "--data-dir", sh_quote(m.dir), "--logger=zap",
-    "--listen-client-urls", scheme .. "://127.0.0.1:" .. m.port,
+    "--listen-client-urls", scheme .. "://127.0.0.1:" .. m.port .. unix,
     "--advertise-client-urls", scheme .. "://127.0.0.1:" .. m.port,
     "--listen-peer-urls", "http://127.0.0.1:" .. m.peer_port,
     "--initial-advertise-peer-urls", "http://127.0.0.1:" .. m.peer_port,
@@ -223,7 +225,8 @@ end
 --- Starts an etcd member (or cluster) and waits until it serves. opts: version ("3.4" or
 --- "3.5", default "3.4"), members (default 1), tls (true: make certificates; client
 --- certificates are required), auth = true (root user with password "rootpw", auth on),
---- auth_token_ttl (seconds), args (more etcd flags). Returns a server with endpoint (the
+--- auth_token_ttl (seconds), args (more etcd flags), unix = true (each member also serves
+--- on a unix socket, its path in members[i].unix_socket). Returns a server with endpoint (the
 --- first member's URL), endpoints (all), members, ctl(args), stop(), and for one member
 --- kill(i), restart(i).
 function M.etcd(opts)
@@ -240,6 +243,7 @@ function M.etcd(opts)
     local m = { name = "m" .. i, port = M.free_port(), peer_port = M.free_port() }
     m.dir = self.dir .. "/" .. m.name
     m.url = scheme .. "://127.0.0.1:" .. m.port
+    if opts.unix then m.unix_socket = self.dir .. "/localhost:" .. m.port end
     self.members[i] = m
     cluster[i] = m.name .. "=http://127.0.0.1:" .. m.peer_port
     urls[i] = m.url

@@ -208,6 +208,7 @@ local function build_query(self, method, opts, wait)
     or (opts.stale and "stale") or (opts.consistent and "consistent")
     or (method == "GET" and self.consistency)
   if consistency == "stale" or consistency == "consistent" then add(q, consistency, true) end
+  if opts.cached then add(q, "cached", true) end
   if opts.index then add(q, "index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
   add(q, "hash", opts.hash)
   if wait then add(q, "wait", duration(wait)) end
@@ -218,11 +219,22 @@ local header, u64 = core.header, core.u64
 
 -- The metadata of every reply. All its headers are read in one pass over the raw header
 -- block (core.header takes several names), not one pass per header.
-local function meta_of(res)
+-- A read through the agent cache (cached) also says whether the cache had it (X-Cache:
+-- "HIT" or "MISS") and how old the value is (Age, seconds).
+local function meta_of(res, cached)
   local index, lc, kl, consistency, content_hash, acl = header(res.raw_headers,
     "X-Consul-Index", "X-Consul-LastContact", "X-Consul-KnownLeader",
     "X-Consul-Effective-Consistency", "X-Consul-ContentHash", "X-Consul-Default-ACL-Policy")
   lc = lc and u64(lc)
+  if cached then
+    local cache, age = header(res.raw_headers, "X-Cache", "Age")
+    return {
+      status = res.status, index = index and u64(index) or nil,
+      known_leader = kl and kl == "true" or nil, last_contact = lc and lc / 1000 or nil,
+      consistency = consistency, content_hash = content_hash, default_acl_policy = acl,
+      cache = cache, age = age and tonumber(age) or nil,
+    }
+  end
   return {
     status = res.status,
     index = index and u64(index) or nil,
@@ -332,6 +344,10 @@ function Client:_call(method, path, opts)
   if body ~= nil then req.body = body end
   if self.tls ~= nil then req.tls = self.tls end
   if token and token ~= "" then req.headers = { ["X-Consul-Token"] = token } end
+  if opts.cache_control then
+    req.headers = req.headers or {}
+    req.headers["Cache-Control"] = opts.cache_control
+  end
   local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
   local attempt, moves, rotated = 0, #self.agents - 1, false
   local res, err, full
@@ -348,7 +364,7 @@ function Client:_call(method, path, opts)
       moves = moves - 1
     elseif res and not rotated and opts.token == nil and token_rotated(self, res, token) then
       rotated = true
-      req.headers = { ["X-Consul-Token"] = self.token }
+      req.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = opts.cache_control }
     else
       if attempt >= retries or not transient(method, res, err) then break end
       attempt = attempt + 1
@@ -367,7 +383,7 @@ function Client:_call(method, path, opts)
     end
     body_out = v == nil and raw or v
   end
-  return { status = res.status, body = body_out, meta = meta_of(res) }
+  return { status = res.status, body = body_out, meta = meta_of(res, opts.cached) }
 end
 
 -- The options every call accepts, with the type each must have.
@@ -391,6 +407,28 @@ function M.call_opts(opts, query)
   }
 end
 
+-- Adds the agent cache options of a user's opts to o (a _call opts table), for the reads
+-- the agent caches: cached (send ?cached), max_age and stale_if_error (seconds, sent as
+-- Cache-Control in whole seconds; they need cached). Returns o.
+local function cache_opts(o, opts)
+  local cached, max_age, stale_if_error = opts.cached, opts.max_age, opts.stale_if_error
+  if cached == nil and max_age == nil and stale_if_error == nil then return o end
+  args.option(opts, "cached", "boolean")
+  args.option(opts, "max_age", "number")
+  args.option(opts, "stale_if_error", "number")
+  local cc = {}
+  for _, d in ipairs { { "max-age", max_age, "max_age" }, { "stale-if-error", stale_if_error, "stale_if_error" } } do
+    if d[2] ~= nil then
+      if not (d[2] >= 0 and d[2] < 2 ^ 31) then error("bad option '" .. d[3] .. "' (seconds, 0 or more, expected)", 3) end
+      if not cached then error("bad option '" .. d[3] .. "' (needs cached = true)", 3) end
+      cc[#cc + 1] = d[1] .. "=" .. math.floor(d[2])
+    end
+  end
+  o.cached = cached or nil
+  o.cache_control = cc[1] and table.concat(cc, ", ") or nil
+  return o
+end
+
 --- A query table of the fields of opts named in names (a list).
 function M.pick(opts, names)
   local q = {}
@@ -399,9 +437,11 @@ function M.pick(opts, names)
 end
 
 --- GET path; returns the decoded body (nil for a status listed in ok) and the meta.
-function Client:_get(path, opts, query, ok)
+--- cache: the endpoint is one the agent caches (opts may hold cache_opts' options).
+function Client:_get(path, opts, query, ok, cache)
   local o = M.call_opts(opts or {}, query)
   o.ok = ok
+  if cache then cache_opts(o, opts) end
   local res, err = self:_call("GET", path, o)
   if not res then return nil, err end
   if res.status >= 300 then return nil, res.meta end

@@ -17,7 +17,10 @@ local json_encode, json_decode, now = core.json_encode, core.json_decode, core.n
 local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
 
 local DEFAULT_TIMEOUT = 5
+local IDEMPOTENT = { idempotent = true }
 local BACKOFF_BASE, BACKOFF_MAX = 0.1, 5
+-- auto_sync after every endpoint failed: at most one member list read per this many seconds
+local SYNC_RETRY = 1
 
 ---------------------------------------------------------------------------------------------
 -- argument checks
@@ -48,6 +51,27 @@ M._option = option
 ---------------------------------------------------------------------------------------------
 -- the client
 
+-- One endpoint from a URL: http(s)://host[:port], or unix:///path (HTTP over that socket).
+-- With tls.server_name, an https endpoint is asked for under that name (the certificate is
+-- checked against it) while the connection goes to the URL's host and port. url is the
+-- endpoint's identity; base is what requests are sent to.
+local function endpoint(u, tls)
+  if not u:find("://", 1, true) then u = "http://" .. u end
+  u = u:gsub("/+$", "")
+  local ep = { url = u, base = u, fails = 0, down_until = 0 }
+  local path = u:match("^unix://(/.+)$")
+  if path then
+    ep.base, ep.unix_socket = "http://localhost", path
+  elseif tls and tls.server_name and u:sub(1, 8) == "https://" then
+    local host, port = u:match("^https://(.+):(%d+)$")
+    if not host then host, port = u:sub(9), "443" end
+    local name = tls.server_name
+    ep.base = "https://" .. name .. ":" .. port
+    ep.connect_to = { name .. ":" .. port .. ":" .. host .. ":" .. port }
+  end
+  return ep
+end
+
 local function endpoint_list(opts)
   local eps = opts.endpoints
   if eps == nil then
@@ -64,30 +88,47 @@ local function endpoint_list(opts)
     if type(u) ~= "string" then
       error("bad option 'endpoints' to 'new' (string expected at index " .. i .. ", got " .. type(u) .. ")", 3)
     end
-    if not u:find("://", 1, true) then u = "http://" .. u end
-    list[i] = { url = (u:gsub("/+$", "")), fails = 0, down_until = 0 }
+    list[i] = endpoint(u, opts.tls)
   end
   if #list == 0 then error("bad option 'endpoints' to 'new' (no endpoint given)", 3) end
   return list
 end
 
---- A client. opts: endpoints (list of URLs; default ETCDCTL_ENDPOINTS, else
---- http://127.0.0.1:2379), timeout (seconds per request, default 5), user, password,
---- tls = {ca_file, cert_file, key_file, ...} (as coord.http), prefix (a namespace).
+--- A client. opts: endpoints (list of URLs, http(s)://host:port or unix:///path; default
+--- ETCDCTL_ENDPOINTS, else http://127.0.0.1:2379), timeout (seconds per request, default 5),
+--- user, password, tls = {ca_file, cert_file, key_file, server_name, ...} (as coord.http;
+--- server_name: the name the server's certificate is checked against), prefix (a
+--- namespace), auto_sync (seconds: refresh the endpoints from the member list that often,
+--- and after every endpoint failed).
 function M.new(opts)
   opts = check(opts, "table", 1, "new", true) or {}
+  local tls = opts.tls
+  if tls ~= nil and type(tls) ~= "table" then error("bad option 'tls' to 'new' (table expected)", 2) end
+  local name = tls and tls.server_name
+  if name ~= nil and (type(name) ~= "string" or not name:find("^[%w][%w%.%-]*$")) then
+    error("bad option 'tls.server_name' to 'new' (a host name expected)", 2)
+  end
+  local auto_sync = opts.auto_sync
+  if auto_sync ~= nil and not (type(auto_sync) == "number" and auto_sync > 0) then
+    error("bad option 'auto_sync' to 'new' (seconds above 0 expected)", 2)
+  end
   local self = setmetatable({
     endpoints = endpoint_list(opts),
     cur = 1,
     timeout = opts.timeout or DEFAULT_TIMEOUT,
     user = opts.user,
     password = opts.password,
-    tls = opts.tls,
+    tls = tls,
     prefix = opts.prefix or "",
     token = nil,
     authing = nil, -- coroutines waiting for the authenticate in flight
     last_error = nil, -- the last endpoint failure, told when every endpoint is failing
+    auto_sync = auto_sync,
+    synced_at = -math.huge, -- when the member list was last read: the first call reads it
+    sync_soon = false, -- every endpoint failed: read the list again, SYNC_RETRY after the last
+    syncing = false,
   }, Client)
+  self.seeds = self.endpoints
   if type(self.timeout) ~= "number" then error("bad option 'timeout' to 'new' (number expected)", 2) end
   if type(self.prefix) ~= "string" then error("bad option 'prefix' to 'new' (string expected)", 2) end
   if self.user ~= nil and type(self.user) ~= "string" then error("bad option 'user' to 'new' (string expected)", 2) end
@@ -121,13 +162,16 @@ end
 local HASLEADER = "Grpc-Metadata-Hasleader"
 
 local function target(self, ep)
-  local https = ep.url:sub(1, 6) == "https:"
+  local https = ep.base:sub(1, 6) == "https:"
   return {
-    url = ep.url,
+    url = ep.base,
+    endpoint = ep.url,
     headers = { Authorization = self.token, [HASLEADER] = "true" },
     tls = self.tls,
     http_version = https and "2tls" or "1.1",
     pipewait = https or nil,
+    unix_socket = ep.unix_socket,
+    connect_to = ep.connect_to,
     token = self.token,
   }
 end
@@ -234,6 +278,7 @@ local function send(self, t, path, data, opts)
     url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
     timeout = opts and opts.timeout or self.timeout, tls = t.tls,
     http_version = t.http_version, pipewait = t.pipewait,
+    unix_socket = t.unix_socket, connect_to = t.connect_to,
     resend = opts and opts.idempotent or nil,
   }
   if not res then
@@ -260,8 +305,19 @@ local function post(self, path, body, opts, with_token)
       local ok, aerr = self:_authenticate()
       if not ok then return nil, aerr end
     end
+    -- (not from authenticate's own post: the member list read would wait for that token)
+    if with_token and self.auto_sync and not self.syncing
+      and now() >= self.synced_at + (self.sync_soon and SYNC_RETRY or self.auto_sync) then
+      self:sync()
+    end
     local ep, err = pick(self)
-    if not ep then return nil, err end
+    if not ep then
+      if not (with_token and self.auto_sync) then return nil, err end
+      self.sync_soon = true
+      if self.syncing or now() < self.synced_at + SYNC_RETRY or not self:sync() then return nil, err end
+      ep, err = pick(self)
+      if not ep then return nil, err end
+    end
     local t = cached_target(self, ep, with_token)
     local j, e = send(self, t, path, data, opts)
     if j then
@@ -275,7 +331,10 @@ local function post(self, path, body, opts, with_token)
       self:_auth_expired(t.token)
     elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
       self:_failed(ep.url, e)
-      if not (idempotent or never_sent(e)) or tries >= #self.endpoints then return nil, e end
+      if not (idempotent or never_sent(e)) or tries >= #self.endpoints then
+        if self.auto_sync and tries >= #self.endpoints then self.sync_soon = true end
+        return nil, e
+      end
     else
       return nil, e
     end
@@ -299,11 +358,68 @@ function Client:_at(url, path, body, opts)
       local ok, err = self:_authenticate()
       if not ok then return nil, err end
     end
-    local t = target(self, { url = url })
+    local t = target(self, endpoint(url, self.tls))
     local j, err = send(self, t, path, data, opts)
     if j or attempt == 2 or not (t.token and stale_token(err)) then return j, err end
     self:_auth_expired(t.token)
   end
+end
+
+-- The client URLs of the voting members in a member list reply, each once.
+local function member_urls(j)
+  local out, seen = {}, {}
+  for _, m in ipairs(type(j.members) == "table" and j.members or {}) do
+    if not m.isLearner and type(m.clientURLs) == "table" then
+      for _, u in ipairs(m.clientURLs) do
+        if type(u) == "string" and not seen[u] then
+          seen[u] = true
+          out[#out + 1] = u
+        end
+      end
+    end
+  end
+  return out
+end
+
+--- Reads the member list (from the first endpoint that answers: the current ones, then
+--- the ones the client was created with) and makes the members' client URLs the endpoint
+--- list; an endpoint that stays keeps its health. Returns the list of endpoint URLs, or
+--- nil and an error (the list is then left as it was). While a refresh is running, another
+--- caller gets the current list at once. With auto_sync, calls do this by themselves.
+function Client:sync()
+  if self.syncing then
+    local urls = {}
+    for i, ep in ipairs(self.endpoints) do urls[i] = ep.url end
+    return urls
+  end
+  self.syncing = true
+  local guard <close> = setmetatable({}, { __close = function() self.syncing = false end })
+  self.synced_at = now()
+  local tried, j, err = {}, nil, nil
+  for _, list in ipairs { self.endpoints, self.seeds } do
+    for i = 0, #list - 1 do
+      local ep = list[(self.cur - 1 + i) % #list + 1]
+      if not tried[ep.url] then
+        tried[ep.url] = true
+        j, err = self:_at(ep.url, "/v3/cluster/member/list", {}, IDEMPOTENT)
+        if j then break end
+      end
+    end
+    if j then break end
+  end
+  if not j then return nil, err end
+  local urls = member_urls(j)
+  if #urls == 0 then return nil, errors.new("protocol", "the member list has no client URLs") end
+  local old, cur = {}, self.endpoints[self.cur]
+  for _, ep in ipairs(self.endpoints) do old[ep.url] = ep end
+  local list = {}
+  for i, u in ipairs(urls) do
+    list[i] = old[u] or endpoint(u, self.tls)
+    if list[i] == cur then self.cur = i end
+  end
+  if list[self.cur] ~= cur then self.cur = 1 end
+  self.endpoints, self.sync_soon = list, false
+  return urls
 end
 
 -- Wakes every coroutine waiting for the authenticate in flight.
@@ -344,7 +460,8 @@ function Client:_authenticate()
   return j and true, err
 end
 
---- The endpoint to talk to now, as {url, headers, tls, http_version, pipewait, token};
+--- The endpoint to talk to now, as {url (the base requests go to), endpoint (its URL as
+--- given), headers, tls, http_version, pipewait, unix_socket, connect_to, token};
 --- authenticates first when the client has a user and no token. Or nil and an error.
 function Client:_target()
   if self.user and not self.token then
@@ -431,8 +548,6 @@ local function range_result(self, j)
   return list
 end
 M._range_result = range_result
-
-local IDEMPOTENT = { idempotent = true }
 
 --- The kv at key, or nil when absent; the response header second. opts: revision,
 --- serializable.

@@ -63,7 +63,7 @@ end
 --- Sends one request and returns a response {status, headers, body}, or nil and an error.
 --- opts: url (required), method, headers, body, timeout (30 s; 0 = none), connect_timeout
 --- (10 s), tls = {ca_file, ca_path, cert_file, key_file, key_password, verify = true,
---- verify_host}, unix_socket, http_version ("1.1", "2", "2tls", ...), pipewait, max_body,
+--- verify_host}, unix_socket, connect_to (list of "HOST:PORT:TO-HOST:TO-PORT"), http_version ("1.1", "2", "2tls", ...), pipewait, max_body,
 --- expect (a status or list of statuses; any other is an "http" error), resend (libcurl may
 --- send the request again when a reused connection died before any reply; default true
 --- for GET and HEAD only).

@@ -20,17 +20,20 @@ local function check_string(v, fname)
   end
 end
 
---- The services by name, each with its tags. opts: node_meta, filter. Blocking.
+--- The services by name, each with its tags. opts: node_meta, filter; cached, max_age,
+--- stale_if_error (the agent cache). Blocking.
 function Catalog:services(opts)
   opts = check_opts(opts, "services", 1)
-  return self.client:_get("/v1/catalog/services", opts, pick(opts, { "node_meta", "filter" }))
+  return self.client:_get("/v1/catalog/services", opts, pick(opts, { "node_meta", "filter" }), nil, true)
 end
 
---- The nodes providing a service. opts: tag, near, node_meta, filter. Blocking.
+--- The nodes providing a service. opts: tag, near, node_meta, filter; cached, max_age,
+--- stale_if_error (the agent cache). Blocking.
 function Catalog:service(name, opts)
   check_string(name, "service")
   opts = check_opts(opts, "service", 2)
-  return self.client:_get("/v1/catalog/service/" .. segment(name, 1, "service"), opts, pick(opts, { "tag", "near", "node_meta", "filter" }))
+  return self.client:_get("/v1/catalog/service/" .. segment(name, 1, "service"), opts,
+    pick(opts, { "tag", "near", "node_meta", "filter" }), nil, true)
 end
 
 --- The nodes. opts: near, node_meta, filter. Blocking.
@@ -47,9 +50,11 @@ function Catalog:node(name, opts)
   return consul.value(body), meta
 end
 
---- The known datacenters, nearest first.
+--- The known datacenters, nearest first. opts: cached, max_age, stale_if_error (the agent
+--- cache).
 function Catalog:datacenters(opts)
-  return self.client:_get("/v1/catalog/datacenters", check_opts(opts, "datacenters", 1))
+  opts = check_opts(opts, "datacenters", 1)
+  return self.client:_get("/v1/catalog/datacenters", opts, nil, nil, true)
 end
 
 --- Registers a node, service or check in the catalog: def is Consul's JSON registration

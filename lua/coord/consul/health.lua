@@ -15,19 +15,21 @@ local check_opts, pick = consul.check_opts, consul.pick
 local segment = require("coord.url").segment
 
 -- Every call takes one name and returns a list; all support blocking (index + wait) and filter.
-local function read(fname, base, names)
+-- cache: the agent caches this endpoint (options cached, max_age, stale_if_error).
+local function read(fname, base, names, cache)
   return function(self, name, opts)
     if type(name) ~= "string" then
       error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(name)), 2)
     end
     opts = check_opts(opts, fname, 2)
-    return self.client:_get(base .. segment(name, 1, fname), opts, pick(opts, names))
+    return self.client:_get(base .. segment(name, 1, fname), opts, pick(opts, names), nil, cache)
   end
 end
 
 --- The instances of a service with their node and checks ({Node, Service, Checks}).
---- opts: passing (only instances whose checks all pass), tag, near, node_meta, filter.
-Health.service = read("service", "/v1/health/service/", { "passing", "tag", "near", "node_meta", "filter" })
+--- opts: passing (only instances whose checks all pass), tag, near, node_meta, filter;
+--- cached, max_age, stale_if_error (the agent cache: meta.cache says "HIT" or "MISS").
+Health.service = read("service", "/v1/health/service/", { "passing", "tag", "near", "node_meta", "filter" }, true)
 
 --- The checks of a service. opts: near, node_meta, filter.
 Health.checks = read("checks", "/v1/health/checks/", { "near", "node_meta", "filter" })

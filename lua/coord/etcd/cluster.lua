@@ -22,7 +22,7 @@ return function(Client, E)
       if body then return self:_post(path, body, { idempotent = true }) end
       local t, err = self:_target()
       if not t then return nil, err end
-      url = t.url
+      url = t.endpoint
     end
     return self:_at(url, path, body)
   end

@@ -44,7 +44,7 @@ end
 --- replies read.
 function Hub:stats()
   local c = self.counts
-  return { watches = self.count, connected = self.stream and self.target.url or nil,
+  return { watches = self.count, connected = self.stream and self.target.endpoint or nil,
     streams = c.streams, results = c.results, fragments = c.fragments, pauses = c.pauses,
     probes = c.probes, progress = c.progress, last_error = self.last_error }
 end
@@ -407,6 +407,7 @@ function M.run(hub)
         headers = headers_for(target), tls = target.tls,
         http_version = (M.HTTP2 or target.http_version ~= "2tls") and target.http_version or "1.1",
         pipewait = M.HTTP2 and target.pipewait or nil, buffer = STREAM_BUFFER,
+        unix_socket = target.unix_socket, connect_to = target.connect_to,
       }
       hub.stream, hub.target, hub.restarting = s, target, nil
       hub.counts.streams = hub.counts.streams + 1
@@ -429,7 +430,7 @@ function M.run(hub)
         if err and err.kind == "auth" and target.token then
           client:_auth_expired(target.token)
         elseif err and err.kind ~= "canceled" then
-          client:_failed(target.url, err)
+          client:_failed(target.endpoint, err)
         end
         failures = got and 1 or failures + 1
         sched.sleep(jittered(failures))
