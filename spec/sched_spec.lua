@@ -111,6 +111,56 @@ describe("coord scheduler", function()
     end, "inner")
   end)
 
+  -- fn's last wake-up and the time limit land in one loop iteration: a task that blocks the
+  -- loop past the limit, then ends, wakes fn just before the timer wakes the caller
+  local function stall_past(limit)
+    return coord.spawn(function()
+      coord.sleep(limit / 2)
+      local until_t = coord.now() + limit * 2
+      while coord.now() < until_t do end
+      return "token"
+    end)
+  end
+
+  it("timeout returns fn's results when fn ended in the iteration its time ran out", function()
+    local v, err = coord.run(function()
+      local t = stall_past(0.05)
+      return coord.timeout(0.05, function() return select(2, t:join()) end)
+    end)
+    assert.are.same({ "token", nil }, { v, err })
+  end)
+
+  it("timeout closes fn's to-be-closed results when its caller is closed before receiving them", function()
+    local closed = {}
+    local function closable(name)
+      return setmetatable({ name = name }, { __close = function(x) closed[#closed + 1] = x.name end })
+    end
+    coord.run(function()
+      -- fn ended, its caller is canceled before it resumes
+      local caller
+      caller = coord.spawn(function()
+        coord.timeout(10, function()
+          coord.sleep(0)
+          coord.spawn(function() caller:cancel() end)
+          return closable("ended"), "plain"
+        end)
+      end)
+      assert.is_false((caller:join()))
+      -- fn cancels its caller while it runs, then returns without waiting again
+      local caller2
+      caller2 = coord.spawn(function()
+        coord.timeout(10, function()
+          coord.sleep(0)
+          caller2:cancel()
+          return closable("returned")
+        end)
+      end)
+      assert.is_false((caller2:join()))
+    end)
+    table.sort(closed)
+    assert.are.same({ "ended", "returned" }, closed)
+  end)
+
   it("gather runs functions concurrently and returns packed results in order", function()
     local second_started_before_first_ended
     local started = false
