@@ -433,4 +433,22 @@ describe("coord.etcd elections on a 3-member etcd 3.5 whose leader is killed", f
     local l = assert(etcd:campaign("chaos/e", "fresh", { timeout = 10 }))
     assert(l:resign())
   end))
+
+  it("keeps revoking a resigned leadership's lease after a revoke failed for want of a leader", co(function()
+    local l = assert(etcd:campaign("rv/e", "v", { ttl = 60 }))
+    local leader = assert(server:leader(), "no leader member")
+    local other = leader % 3 + 1
+    -- the leader and one more member down: no quorum, every endpoint fails
+    server:kill(leader)
+    server:kill(other)
+    local h, err = etcd:resign(l)
+    assert.is_nil(h)
+    assert.is_truthy(err.kind)
+    assert.is_true(l.keeper.stopped)
+    server:restart(other)
+    -- well before the lease's 60 s TTL could explain it
+    eventually("the key gone", function() return keys(etcd, "rv/e/") == 0 end)
+    server:restart(leader)
+    assert(etcd:campaign("rv/e", "next", { timeout = 10 })):resign()
+  end))
 end)
