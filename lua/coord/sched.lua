@@ -217,13 +217,13 @@ local function close_task(t)
 end
 
 -- Closes the to-be-closed values (a table or userdata with a __close metamethod, such as a
--- lock) among packed results that no caller will receive, which gives them back.
+-- lock) among packed results that no caller will receive, which gives them back. They are
+-- closed in a task of their own: the caller may be the loop, or a coroutine being closed.
 local function close_results(r)
   for i = 1, r.n do
     local mt = getmetatable(r[i])
-    if type(mt) == "table" and mt.__close then
-      local ok, err = pcall(mt.__close, r[i], nil)
-      if not ok then report(err, running(), traceback(tostring(err))) end
+    if type(mt) == "table" and type(mt.__close) == "function" then
+      M.spawn(mt.__close, r[i], nil)
     end
   end
 end
