@@ -122,6 +122,34 @@ for _, version in ipairs { "3.4", "3.5" } do
       eventually("leases back", function() return lease_count(etcd) == base end)
     end))
 
+    it("hands over a leadership won in the loop iteration an outer timeout ran out", co(function()
+      local base = lease_count(etcd)
+      local client = etcd_mod.new { endpoints = { server.endpoint } }
+      local limit, deadline = 2, nil
+      -- once the create txn is answered, a task blocks the loop past the outer limit, then
+      -- ends: that wakes the campaign's last step in the loop iteration the outer timer
+      -- fires in, just before it (as a reply and a timer handled together)
+      local txn = client.txn
+      client.txn = function(self, spec)
+        local r, h = txn(self, spec)
+        if spec.compare and spec.compare[1].create_revision == 0 then
+          coord.spawn(function()
+            local t = deadline + 0.2
+            while coord.now() < t do end
+          end):join()
+        end
+        return r, h
+      end
+      deadline = coord.now() + limit
+      local l, err = coord.timeout(limit, client.campaign, client, "late/e", "v")
+      assert.is_truthy(l, "the leadership was dropped: " .. tostring(err))
+      assert.equal(l.key, etcd:leader("late/e").key)
+      assert(l:resign())
+      assert.equal(0, keys(etcd, "late/"))
+      eventually("lease back", function() return lease_count(etcd) == base end)
+      assert(etcd:campaign("late/e", "w", { timeout = 10 })):resign()
+    end))
+
     it("releases a held lock and a leadership whose task is canceled (<close>)", co(function()
       local base = lease_count(etcd)
       local held = coord.queue()
@@ -361,3 +389,66 @@ for _, version in ipairs { "3.4", "3.5" } do
     end))
   end)
 end
+
+describe("coord.etcd elections on a 3-member etcd 3.5 whose leader is killed", function()
+  local server, etcd
+
+  setup(function()
+    server = servers.etcd { version = "3.5", members = 3 }
+    etcd = etcd_mod.new { endpoints = server.endpoints, timeout = 5 }
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+  end)
+
+  it("leaves no lease or key behind after contenders cut off by outer timeouts", co(function()
+    local base = lease_count(etcd)
+    local running, won, rounds = true, 0, 0
+    -- as the soak's contenders: each round is bounded from outside (0.2-0.8 s), often
+    -- shorter than a hand-over, and the leadership is given back at once
+    local function contender(i)
+      while running and rounds < 2000 do
+        rounds = rounds + 1
+        local l = coord.timeout(0.2 + math.random() * 0.6, etcd.campaign, etcd, "chaos/e", "c" .. i, { ttl = 5 })
+        if l then
+          won = won + 1
+          etcd:resign(l) -- may fail during the leader election: the lease then ends by itself
+        end
+        coord.sleep(0.02) -- pacing, not synchronisation
+      end
+    end
+    local tasks = {}
+    for i = 1, 4 do tasks[i] = coord.spawn(contender, i) end
+    servers.until_true("first leaderships", function() return won >= 10 end, 60)
+    local leader = assert(server:leader(), "no leader member")
+    server:kill(leader)
+    local before = won
+    servers.until_true("leaderships after the kill", function() return won >= before + 10 end, 60)
+    server:restart(leader)
+    running = false
+    for _, t in ipairs(tasks) do assert.is_true((coord.timeout(30, t.join, t))) end
+    eventually("no key left under the election", function() return keys(etcd, "chaos/e/") == 0 end)
+    eventually("no lease left", function() return lease_count(etcd) == base end)
+    local l = assert(etcd:campaign("chaos/e", "fresh", { timeout = 10 }))
+    assert(l:resign())
+  end))
+
+  it("keeps revoking a resigned leadership's lease after a revoke failed for want of a leader", co(function()
+    local l = assert(etcd:campaign("rv/e", "v", { ttl = 60 }))
+    local leader = assert(server:leader(), "no leader member")
+    local other = leader % 3 + 1
+    -- the leader and one more member down: no quorum, every endpoint fails
+    server:kill(leader)
+    server:kill(other)
+    local h, err = etcd:resign(l)
+    assert.is_nil(h)
+    assert.is_truthy(err.kind)
+    assert.is_true(l.keeper.stopped)
+    server:restart(other)
+    -- well before the lease's 60 s TTL could explain it
+    eventually("the key gone", function() return keys(etcd, "rv/e/") == 0 end)
+    server:restart(leader)
+    assert(etcd:campaign("rv/e", "next", { timeout = 10 })):resign()
+  end))
+end)

@@ -88,21 +88,6 @@ describe("coord scheduler", function()
     assert.is_false(after)
   end)
 
-  -- fn's wait and the timeout's timer fall due in the same loop iteration: fn finishes after
-  -- the timer fired but before the caller runs again. What fn returned (here a stand-in for
-  -- a lock it took) must reach the caller, not vanish with nothing left to give it back.
-  it("timeout returns the results of fn that finished in the iteration its timer fired", function()
-    for _ = 1, 20 do
-      local held, err = coord.run(function()
-        return coord.timeout(0, function()
-          coord.sleep(0)
-          return "held lock"
-        end)
-      end)
-      assert.are.equal("held lock", held, tostring(err))
-    end
-  end)
-
   it("nested timeouts cancel from the inside out", function()
     local v, err = coord.run(function()
       return coord.timeout(0.02, function()
@@ -124,6 +109,56 @@ describe("coord scheduler", function()
     assert.has_error(function()
       coord.run(function() coord.timeout(1, function() error("inner", 0) end) end)
     end, "inner")
+  end)
+
+  -- fn's last wake-up and the time limit land in one loop iteration: a task that blocks the
+  -- loop past the limit, then ends, wakes fn just before the timer wakes the caller
+  local function stall_past(limit)
+    return coord.spawn(function()
+      coord.sleep(limit / 2)
+      local until_t = coord.now() + limit * 2
+      while coord.now() < until_t do end
+      return "token"
+    end)
+  end
+
+  it("timeout returns fn's results when fn ended in the iteration its time ran out", function()
+    local v, err = coord.run(function()
+      local t = stall_past(0.05)
+      return coord.timeout(0.05, function() return select(2, t:join()) end)
+    end)
+    assert.are.same({ "token", nil }, { v, err })
+  end)
+
+  it("timeout closes fn's to-be-closed results when its caller is closed before receiving them", function()
+    local closed = {}
+    local function closable(name)
+      return setmetatable({ name = name }, { __close = function(x) closed[#closed + 1] = x.name end })
+    end
+    coord.run(function()
+      -- fn ended, its caller is canceled before it resumes
+      local caller
+      caller = coord.spawn(function()
+        coord.timeout(10, function()
+          coord.sleep(0)
+          coord.spawn(function() caller:cancel() end)
+          return closable("ended"), "plain"
+        end)
+      end)
+      assert.is_false((caller:join()))
+      -- fn cancels its caller while it runs, then returns without waiting again
+      local caller2
+      caller2 = coord.spawn(function()
+        coord.timeout(10, function()
+          coord.sleep(0)
+          caller2:cancel()
+          return closable("returned")
+        end)
+      end)
+      assert.is_false((caller2:join()))
+    end)
+    table.sort(closed)
+    assert.are.same({ "ended", "returned" }, closed)
   end)
 
   it("gather runs functions concurrently and returns packed results in order", function()

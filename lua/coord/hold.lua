@@ -83,10 +83,26 @@ function M.shield(fn, undo, ...)
   return unpack(r, 2, r.n)
 end
 
+local BACKOFF, BACKOFF_MAX = 0.25, 1 -- seconds between retries (nominal, jittered)
+
+--- Retries a give-back that failed (an idempotent one, such as a lease revoke) in a task of
+--- its own: calls fn() after a jittered backoff (0.25 s doubling up to 1 s) until it returns
+--- a true value or raises (reported), or `within` seconds have passed. Returns the task.
+function M.retry(fn, within)
+  return sched.spawn(function()
+    local deadline, backoff = now() + within, BACKOFF
+    while now() < deadline do
+      sched.sleep(math.min(sched.jitter(backoff), deadline - now()))
+      local r = pack(xpcall(fn, debug.traceback))
+      if not r[1] then return sched.report(r[2], coroutine.running(), r[2]) end
+      if r[2] then return end
+      backoff = math.min(backoff * 2, BACKOFF_MAX)
+    end
+  end)
+end
+
 ---------------------------------------------------------------------------------------------
 -- renewal
-
-local BACKOFF, BACKOFF_MAX = 0.25, 1 -- seconds between renewal retries (nominal, jittered)
 
 local Renewal = { __name = "coord.hold.renewal" }
 Renewal.__index = Renewal

@@ -221,12 +221,27 @@ local function close_task(t)
   t.joiners = nil
 end
 
+-- Closes the to-be-closed values (a table or userdata with a __close metamethod, such as a
+-- lock) among packed results that no caller will receive, which gives them back. They are
+-- closed in a task of their own: the caller may be the loop, or a coroutine being closed.
+local function close_results(r)
+  for i = 1, r.n do
+    local mt = getmetatable(r[i])
+    if type(mt) == "table" and type(mt.__close) == "function" then
+      M.spawn(mt.__close, r[i], nil)
+    end
+  end
+end
+
 local function after(co, ok, ...)
   if status(co) == "dead" then
     local t = tasks[co]
     if t then
       tasks[co] = nil
-      if ok and t.canceling then return close_task(t) end
+      if ok and t.canceling then
+        close_results(pack(...)) -- canceled while it ran, it returned before waiting again
+        return close_task(t)
+      end
       finish(t, ok, ...)
     elseif not ok then
       local trace = traceback(co, tostring((...)))
@@ -519,22 +534,34 @@ local function start_child(fn, notify, ...)
   return t
 end
 
+-- Ends a child whose caller gives up on it: closed at once when it waits; when it runs (it
+-- canceled its own caller), at its next wait, or if it returns first, its results are closed.
 local function close_child(t)
-  if not t.done and status(t.co) == "suspended" then
+  if t.done then return end
+  if status(t.co) == "suspended" then
     tasks[t.co] = nil
     t.done = true
     close(t.co)
+  else
+    t.canceling = true
   end
 end
 
 --- Runs fn(...) with a time limit. When s seconds pass first, everything fn waits on is
---- canceled and the result is nil plus a "timeout" error; otherwise fn's results.
+--- canceled and the result is nil plus a "timeout" error; otherwise fn's results. fn's
+--- results are never dropped: when fn ended in the same loop iteration as the time limit
+--- (its last reply and the timer came together), they are returned; when the caller is
+--- closed after fn ended but before it could resume (or while fn runs, and fn then returns),
+--- the results that have a __close metamethod (a lock, a leadership) are closed, which
+--- gives them back.
 function M.timeout(s, fn, ...)
   check_seconds(s, "timeout")
   check_fn(fn, 2, "timeout")
   local child
   local w = M.waiter(function(w)
     timer_cancel(w)
+    if child.results then close_results(child.results) end
+    child.results = nil
     close_child(child)
   end)
   child = start_child(fn, function() wake(w) end, ...)

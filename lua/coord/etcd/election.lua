@@ -3,6 +3,7 @@
 -- the ones locks use (coord/etcd/lock.lua), with the proclaimed value in the key.
 
 local errors = require "coord.errors"
+local hold = require "coord.hold"
 local proto = require "coord.etcd.proto"
 
 local Leadership = { __name = "coord.etcd.leadership" }
@@ -102,11 +103,11 @@ return function(Client, E)
     c.resigned = false
     setmetatable(c, Leadership)
     if c.found ~= value then -- the key was there already (the caller's lease) with another value
+      -- failed, canceled or timed out from outside while proclaiming: resign
+      local guard <close> = hold.guard(self.resign, self, c)
       local h, perr = put_value(self, c, value)
-      if not h then
-        self:resign(c)
-        return nil, perr
-      end
+      if not h then return nil, perr end
+      guard:commit()
       c.header = h
     end
     c.found = nil

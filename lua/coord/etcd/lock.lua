@@ -4,6 +4,7 @@
 local core = require "coord.core"
 local sched = require "coord.sched"
 local errors = require "coord.errors"
+local retry = require("coord.hold").retry
 
 local Lock = { __name = "coord.etcd.lock" }
 Lock.__index = Lock
@@ -51,12 +52,20 @@ return function(Client, E)
   -- Gives a contender's place back: revokes the lease made for it (which deletes its key),
   -- or deletes its key from the caller's lease. A lost lease is not an error. Never stops
   -- the keeper from inside the keeper itself (on_lost runs there, and it is ending anyway).
+  -- The keeper is stopped first, whatever follows; a revoke that fails (every endpoint
+  -- failing through a leader election) is returned, and retried in the background for one
+  -- TTL so that the next contender need not wait for the lease to expire.
   local function release(self, c)
     if c.own then
       if c.keeper and not c.lost then c.keeper:stop() end
       local h, err = self:revoke(c.lease)
       if h then return h end
       if err.kind == "not_found" then return true end
+      local client, lease = self, c.lease
+      retry(function()
+        local rh, rerr = client:revoke(lease)
+        return rh or rerr.kind == "not_found"
+      end, c.lease_ttl)
       return nil, err
     end
     local n, h = self:delete(c.key)
@@ -152,7 +161,7 @@ return function(Client, E)
       c.lease = opts.lease
       return true
     end
-    c.own = true
+    c.own, c.lease_ttl = true, ttl
     local granted, maybe
     for _ = 1, CREATE_TRIES do
       c.lease = c.lease or new_lease_id()
@@ -174,6 +183,7 @@ return function(Client, E)
       if granted then break end
     end
     if not granted then return nil, errors.new("unavailable", "could not grant a lease after " .. CREATE_TRIES .. " tries") end
+    c.lease_ttl = granted
     local user_lost = opts.on_lost
     c.keeper = self:keepalive(c.lease, { ttl = granted, on_lost = function(err)
       c.lost = err
