@@ -10,8 +10,13 @@ local watch_mod = require "coord.etcd.watch"
 
 -- Waits (bounded) for a condition no event reports (the count of leases, the client's own
 -- watch count).
+-- Waits (bounded) until check() holds. A check that fails to read (the cluster is still
+-- recovering from a kill: every endpoint backing off) counts as "not yet", not as the answer.
 local function eventually(what, check)
-  servers.until_true(what, check, 30)
+  servers.until_true(what, function()
+    local ok, v = pcall(check)
+    return ok and v
+  end, 30)
 end
 
 local function co(fn)
