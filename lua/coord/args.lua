@@ -7,6 +7,23 @@ local function typename(v)
   return math.type(v) or type(v)
 end
 
+--- Checks argument #i of fname: its type() is want (or math.type() "integer"), or it is nil
+--- when optional. Returns v. Raises "bad argument #i to 'fname' (want expected, got ...)",
+--- blaming the caller of the function that calls this one.
+function M.check(v, want, i, fname, optional)
+  local t = want == "integer" and math.type(v) or type(v)
+  if t == want or (optional and v == nil) then return v end
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, want .. (optional and " or nil" or ""),
+    typename(v)), 3)
+end
+
+--- An options argument: a table, or nil (then an empty table). Raises like check.
+function M.opts(v, i, fname)
+  if v == nil then return {} end
+  if type(v) == "table" then return v end
+  error(("bad argument #%d to '%s' (table or nil expected, got %s)"):format(i, fname, typename(v)), 3)
+end
+
 --- Checks opts[name] against want ("integer", "number", "string", "boolean", "table",
 --- "function"); returns the value (nil when absent). Raises "bad option" otherwise.
 function M.option(opts, name, want, fname)

@@ -35,5 +35,26 @@ end
 M.by_status = { [400] = "invalid", [401] = "auth", [403] = "permission", [404] = "not_found",
   [409] = "conflict", [413] = "invalid", [429] = "exhausted", [503] = "unavailable" }
 
+-- A metatable for result records (an etcd header, a Consul meta): tostring() gives
+-- "name{field=value, ...}" with the fields in name order.
+local function record_tostring(r)
+  local names = {}
+  for k in pairs(r) do
+    if type(k) == "string" then names[#names + 1] = k end
+  end
+  table.sort(names)
+  for i, k in ipairs(names) do
+    local v = r[k]
+    names[i] = k .. "=" .. (type(v) == "string" and ("%q"):format(v) or tostring(v))
+  end
+  return getmetatable(r).__name .. "{" .. table.concat(names, ", ") .. "}"
+end
+
+--- A metatable named name whose tostring() lists a record's fields, for the metadata
+--- tables coord returns third.
+function M.record(name)
+  return { __name = name, __tostring = record_tostring }
+end
+
 M.Error = Error
 return M
