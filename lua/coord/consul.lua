@@ -221,6 +221,8 @@ local header, u64 = core.header, core.u64
 -- block (core.header takes several names), not one pass per header.
 -- A read through the agent cache (cached) also says whether the cache had it (X-Cache:
 -- "HIT" or "MISS") and how old the value is (Age, seconds).
+local Meta = errors.record("consul.meta")
+
 local function meta_of(res, cached)
   local index, lc, kl, consistency, content_hash, acl = header(res.raw_headers,
     "X-Consul-Index", "X-Consul-LastContact", "X-Consul-KnownLeader",
@@ -228,14 +230,14 @@ local function meta_of(res, cached)
   lc = lc and u64(lc)
   if cached then
     local cache, age = header(res.raw_headers, "X-Cache", "Age")
-    return {
+    return setmetatable({
       status = res.status, index = index and u64(index) or nil,
       known_leader = kl and kl == "true" or nil, last_contact = lc and lc / 1000 or nil,
       consistency = consistency, content_hash = content_hash, default_acl_policy = acl,
       cache = cache, age = age and tonumber(age) or nil,
-    }
+    }, Meta)
   end
-  return {
+  return setmetatable({
     status = res.status,
     index = index and u64(index) or nil,
     known_leader = kl and kl == "true" or nil,
@@ -243,7 +245,7 @@ local function meta_of(res, cached)
     consistency = consistency,
     content_hash = content_hash,
     default_acl_policy = acl,
-  }
+  }, Meta)
 end
 
 local function accepted(list, status)
@@ -456,6 +458,29 @@ function Client:_put(path, body, opts, query, method)
   if not res then return nil, err end
   if res.body == nil then return true, res.meta end
   return res.body, res.meta
+end
+
+--- GET path in the 0.2 convention: the decoded body, nil and the meta (nil, nil, meta for a
+--- status listed in ok: absent); or nil and an error. cache as for _get.
+function Client:_read(path, opts, query, ok, cache)
+  local o = M.call_opts(opts or {}, query)
+  o.ok = ok
+  if cache then cache_opts(o, opts) end
+  local res, err = self:_call("GET", path, o)
+  if not res then return nil, err end
+  if res.status >= 300 then return nil, nil, res.meta end
+  return res.body, nil, res.meta
+end
+
+--- A write (PUT unless method is given) in the 0.2 convention: the decoded body (true when
+--- empty), nil and the meta; or nil and an error.
+function Client:_write(path, body, opts, query, method)
+  local o = M.call_opts(opts or {}, query)
+  o.body = body
+  local res, err = self:_call(method or "PUT", path, o)
+  if not res then return nil, err end
+  if res.body == nil then return true, nil, res.meta end
+  return res.body, nil, res.meta
 end
 
 -- A JSON null or absent field read as nil.

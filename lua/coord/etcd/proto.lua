@@ -62,15 +62,16 @@ end
 
 --- The response header as {cluster_id, member_id, revision, raft_term} integers.
 local EMPTY = {}
+local Header = require("coord.errors").record("etcd.header")
 
 function M.header(j)
   j = j or EMPTY
-  return {
+  return setmetatable({
     cluster_id = uint(j.cluster_id),
     member_id = uint(j.member_id),
     revision = int(j.revision),
     raft_term = int(j.raft_term),
-  }
+  }, Header)
 end
 
 return M
