@@ -18,6 +18,7 @@ local apis = {
   kv = "coord.consul.kv", txn = "coord.consul.txn", agent = "coord.consul.agent",
   health = "coord.consul.health", catalog = "coord.consul.catalog", status = "coord.consul.status",
   event = "coord.consul.event", session = "coord.consul.session",
+  acl = "coord.consul.acl",
 }
 
 function Client.__index(self, k)
@@ -276,6 +277,12 @@ local function server_error(res, method, url)
     { status = res.status, method = method, url = url, body = res.body })
 end
 
+--- The coord error for a reply _call accepted (opts.ok) that a caller finds to be an error
+--- after all: the same error _call would have returned for it.
+function Client:_error(res, method, path)
+  return server_error(res, method, self.base .. path)
+end
+
 -- One exchange with an agent, holding a permit of its limit (two for a blocking read).
 local function send(agent, req, blocking)
   local b <close> = blocking and agent.limit.blocking:acquire() or nil
@@ -298,13 +305,16 @@ local function use_agent(self, i)
   self.cur, self.base, self.unix_socket, self.limit = i, a.base, a.unix_socket, a.limit
 end
 
--- A 403 "ACL not found" with the token of a token file: the file is read again; true when it
--- now holds another token (which becomes the client's). Nothing was applied, so the request
--- may be sent again with it.
+-- A 403 for a request sent with the client's token: true when the request may be sent again
+-- with another token, which is then the client's. That is so when the token was replaced
+-- while the request was out (set_token, or another call read the token file), or when the
+-- answer is "ACL not found" and the token file now holds another token. A 403 applied
+-- nothing, so sending again is safe.
 local function token_rotated(self, res, token)
-  if res.status ~= 403 or not self.token_file then return false end
+  if res.status ~= 403 then return false end
+  if self.token ~= token then return true end
+  if not self.token_file then return false end
   if not (res.body or ""):find("ACL not found", 1, true) then return false end
-  if self.token ~= token then return self.token ~= nil end -- another call read the new one
   local t = read_token_file(self.token_file)
   if not t or t == "" or t == token then return false end
   self.token = t
