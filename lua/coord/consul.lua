@@ -523,6 +523,12 @@ function Client:watch(fn, opts)
   return require("coord.consul.watch").new(self, fn, opts)
 end
 
+--- The instances of a service (plain tables), the current list first and then each change,
+--- from one blocking health query shared by identical watches (see coord.consul.discovery).
+function Client:services_watch(service, opts)
+  return require("coord.consul.discovery").watch(self, service, opts)
+end
+
 args.methods(Client)
 M.Client = Client
 return M

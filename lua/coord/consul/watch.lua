@@ -18,6 +18,8 @@
 -- `share` joins the query of its prefix (starting it for the first watcher), takes the entry of
 -- its own key from each answer and wakes only when that entry changed. The query stops when its
 -- last watcher closes. So W key watches under one prefix cost one connection, not W.
+-- The same machinery (M.shared) serves other reads whose identical watches share one query,
+-- such as services_watch (coord.consul.discovery).
 
 local coord = require "coord"
 local sched = require "coord.sched"
@@ -213,14 +215,17 @@ function Watch:requests()
   return self.p.requests
 end
 
-local function check_rate(opts)
+-- Raises for a bad retry, rate, burst or wait option, blaming the function level frames up
+-- (default 4: the caller of the function calling the one that checks).
+local function check_rate(opts, level, fname)
+  level, fname = level or 4, fname or "watch"
   if opts.retry ~= nil and type(opts.retry) ~= "boolean" then
-    error("bad option 'retry' to 'watch' (boolean expected, got " .. type(opts.retry) .. ")", 4)
+    error("bad option 'retry' to '" .. fname .. "' (boolean expected, got " .. type(opts.retry) .. ")", level)
   end
   for _, k in ipairs { "rate", "burst", "wait" } do
     local v = opts[k]
     if v ~= nil and (type(v) ~= "number" or v <= 0) then
-      error("bad option '" .. k .. "' to 'watch' (positive number expected, got " .. tostring(v) .. ")", 4)
+      error("bad option '" .. k .. "' to '" .. fname .. "' (positive number expected, got " .. tostring(v) .. ")", level)
     end
   end
 end
@@ -258,11 +263,14 @@ end
 local Sub = { __name = "coord.consul.shared_watch" }
 Sub.__index = Sub
 
-local function group_key(prefix, opts)
-  local parts = { prefix }
-  for i, k in ipairs { "token", "dc", "consistency", "stale", "consistent", "ns", "partition" } do
-    parts[i + 1] = tostring(opts[k])
+-- The registry key of a query: its name and the options that change the answer (those of
+-- every read, then the names in more).
+local function group_key(name, opts, more)
+  local parts = { name }
+  for _, k in ipairs { "token", "dc", "consistency", "stale", "consistent", "ns", "partition" } do
+    parts[#parts + 1] = tostring(opts[k])
   end
+  for _, k in ipairs(more or {}) do parts[#parts + 1] = tostring(opts[k]) end
   return table.concat(parts, "\0")
 end
 
@@ -276,9 +284,7 @@ local function group_loop(g)
       g.error = meta
       if g.registry[g.key] == g then g.registry[g.key] = nil end
     else
-      local byk = {}
-      for _, e in ipairs(list) do byk[e.key] = e end
-      g.entries, g.meta = byk, meta
+      g.value, g.meta = g.digest(list), meta
       g.version = g.version + 1
     end
     for sub in pairs(g.subs) do
@@ -288,31 +294,45 @@ local function group_loop(g)
   end
 end
 
-local function join(kv, prefix, opts)
-  local registry = kv.client._shared
-  local key = group_key(prefix, opts)
+-- The group of client's registry under key, started with fetch (a poller's read) when it is
+-- new; digest(answer) makes what its watchers pick their values from.
+local function join(client, key, fetch, digest, opts)
+  local registry = client._shared
   local g = registry[key]
   if not g then
-    g = { subs = {}, n = 0, version = 0, registry = registry, key = key }
-    g.p = poller(function(o) return kv:list(prefix, merge(opts, o)) end, opts)
+    g = { subs = {}, n = 0, version = 0, registry = registry, key = key, digest = digest }
+    g.p = poller(fetch, opts)
     g.job = start(function() group_loop(g) end)
     registry[key] = g
   end
   return g
 end
 
---- The next change of this key's entry (false when absent) and the meta of the prefix read.
+-- A watcher of group g: pick(g.value) is its value; kv says values are kv entries; conv that
+-- it yields in the 0.2 convention (value, nil, meta; nil, err).
+local function subscribe(g, pick, kv, conv)
+  local sub = setmetatable({ g = g, pick = pick, seen = 0, kv = kv, conv = conv }, Sub)
+  g.subs[sub] = true
+  g.n = g.n + 1
+  return iterator(sub)
+end
+
+--- The next change of this key's entry (false when absent) and the meta of the prefix read
+--- (a watch made by M.shared: the next changed value, nil and the meta).
 function Sub:next()
   local g = self.g
   while not self.closed do
     if g.version > self.seen then
       local after_reset = (g.reset_version or 0) > self.seen
       self.seen = g.version
-      local v = g.entries[self.key] or false
-      if v and self.raw then v = v.value end
-      if changed(self, v, after_reset) then return v, g.meta end
+      local v = self.pick(g.value)
+      if changed(self, v, after_reset) then
+        if self.conv then return v, nil, g.meta end
+        return v, g.meta
+      end
     elseif g.error then
       self.error = g.error
+      if self.conv then return nil, g.error end
       return nil
     else
       self.w = sched.waiter(function(w) if self.w == w then self.w = nil end end)
@@ -344,6 +364,25 @@ function Sub:requests()
   return self.g.p.requests
 end
 
+-- A prefix list as a table of its entries by key.
+local function by_key(list)
+  local byk = {}
+  for _, e in ipairs(list) do byk[e.key] = e end
+  return byk
+end
+
+M.check_rate = check_rate
+
+--- A watch on the query named name (with the options in more telling identical watches apart)
+--- (its options checked with check_rate first) shared by every identical watch of client:
+--- fetch(opts) is the poller's read (opts with index/hash/wait added; value, meta or nil,
+--- err), digest(value) what each answer is turned into once; each watcher's value is the
+--- digest (compared in full for changes), yielded as value, nil, meta.
+function M.shared(client, name, opts, more, fetch, digest)
+  local g = join(client, group_key(name, opts, more), function(o) return fetch(merge(opts, o)) end, digest, opts)
+  return subscribe(g, function(v) return v end, false, true)
+end
+
 --- kv:watch(key, opts): the key's entry (false when absent), or with recurse = true the
 --- entries under the prefix; with share (a prefix of key, or true for the key's parent
 --- "directory"), the key's entry taken from a prefix query shared with other watches.
@@ -357,11 +396,13 @@ function M.kv(kv, key, opts)
     end
     local o = merge(opts, {})
     o.share, o.recurse, o.raw = nil, nil, nil
-    local g = join(kv, share, o)
-    local sub = setmetatable({ g = g, key = key, seen = 0, kv = true, raw = opts.raw and true or nil }, Sub)
-    g.subs[sub] = true
-    g.n = g.n + 1
-    return iterator(sub)
+    local g = join(kv.client, group_key(share, o), function(r) return kv:list(share, merge(o, r)) end, by_key, o)
+    local raw = opts.raw
+    return subscribe(g, function(byk)
+      local e = byk[key] or false
+      if e and raw then return e.value end
+      return e
+    end, true)
   end
   local read = opts.recurse and kv.list or kv.get
   return new_watch(function(o) return read(kv, key, o) end, opts, true)
