@@ -292,6 +292,28 @@ describe("coord.consul.acl", function()
     assert.are.equal(b.AccessorID, assert(c.acl:token_self()).AccessorID)
   end)
 
+  it("keeps a mirror following with the token set_token gives it", function()
+    local acl = admin.acl
+    assert(acl:policy_create { Name = "mir-read", Rules = 'key_prefix "mir/" { policy = "read" }' })
+    local a = assert(acl:token_create { Description = "A", Policies = { { Name = "mir-read" } } })
+    local b = assert(acl:token_create { Description = "B", Policies = { { Name = "mir-read" } } })
+    assert(admin.kv:put("mir/k", "1"))
+    local c = consul_mod.new { address = server.address, token = a.SecretID }
+    coord.run(function()
+      local m <close> = coord.mirror(c, "mir/")
+      assert(m:wait(function(mm) return mm:get("mir/k") == "1" end, 20))
+      assert.is_true(c:set_token(b.SecretID))
+      assert.is_true((acl:token_delete(a.AccessorID)))
+      assert(admin.kv:put("mir/k", "2"))
+      assert(m:wait(function(mm) return mm:get("mir/k") == "2" end, 20))
+      assert(admin.kv:put("mir/k", "3"))
+      assert(m:wait(function(mm) return mm:get("mir/k") == "3" end, 20))
+      local st = m:status()
+      assert.is_true(st.synced)
+      assert.is_nil(st.error)
+    end)
+  end)
+
   it("sends a refused call again when set_token replaced its token while it was out", function()
     local peer = helpers.start_peer { upstream = server.port }
     assert(admin.acl:policy_create { Name = "late-read", Rules = 'key_prefix "late/" { policy = "read" }' })
