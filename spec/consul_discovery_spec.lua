@@ -127,6 +127,8 @@ describe("consul:services_watch", function()
       "bad option 'passing' to 'services_watch' (boolean expected, got string)")
     assert.has_error(function() c:services_watch("web", { rate = -1 }) end,
       "bad option 'rate' to 'services_watch' (positive number expected, got -1)")
+    assert.has_error(function() c:services_watch("web", { dc = 5 }) end,
+      "bad option 'dc' to 'services_watch' (string expected, got integer)")
     assert.has_error(function() c:services_watch("..") end)
   end)
 end)

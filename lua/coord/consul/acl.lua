@@ -25,7 +25,9 @@ local function read_ambiguous(client, path, opts)
   local res, err = client:_call("GET", path, o)
   if not res then return nil, err end
   if res.status < 300 then return res.body, nil, res.meta end
-  if res.body ~= "ACL not found" then return client:_error(res, "GET", path) end
+  if type(res.body) ~= "string" or not res.body:find("ACL not found", 1, true) then
+    return client:_error(res, "GET", path)
+  end
   local token = opts.token
   if token == nil then token = client.token end
   if token ~= nil and token ~= "" then

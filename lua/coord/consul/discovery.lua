@@ -39,19 +39,25 @@ end
 -- The options that make two watches of one service different queries.
 local distinct = { "passing", "tag", "near", "filter", "cached" }
 
+-- The options checked here, before the shared query's task could raise on them.
+local option_types = {
+  passing = "boolean", tag = "string", near = "string", filter = "string", cached = "boolean",
+  token = "string", dc = "string", consistency = "string", stale = "boolean", consistent = "boolean",
+  ns = "string", partition = "string", timeout = "number",
+}
+
 --- consul:services_watch(service, opts): see doc/consul.md.
 function M.watch(client, service, opts)
   local seg = url.segment(service, 1, "services_watch")
   opts = args.opts(opts, 2, "services_watch")
-  args.option(opts, "passing", "boolean", "services_watch")
-  args.option(opts, "tag", "string", "services_watch")
-  args.option(opts, "near", "string", "services_watch")
-  args.option(opts, "filter", "string", "services_watch")
-  args.option(opts, "cached", "boolean", "services_watch")
+  for name, want in pairs(option_types) do
+    if opts[name] ~= nil then args.option(opts, name, want, "services_watch") end
+  end
   watch.check_rate(opts, 3, "services_watch")
   local path = "/v1/health/service/" .. seg
   local query = { passing = opts.passing, tag = opts.tag, near = opts.near, filter = opts.filter }
   local function fetch(o)
+    o.max_age, o.stale_if_error = nil, nil -- not offered: the agent cache refreshes a blocking read itself
     local list, err, meta = client:_read(path, o, query, nil, true)
     if err then return nil, err end
     return list, meta
