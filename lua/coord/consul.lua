@@ -18,6 +18,7 @@ local apis = {
   kv = "coord.consul.kv", txn = "coord.consul.txn", agent = "coord.consul.agent",
   health = "coord.consul.health", catalog = "coord.consul.catalog", status = "coord.consul.status",
   event = "coord.consul.event", session = "coord.consul.session",
+  query = "coord.consul.query", coordinate = "coord.consul.coordinate", operator = "coord.consul.operator",
 }
 
 function Client.__index(self, k)
