@@ -62,7 +62,8 @@ local function public_api()
   local consul = coord.consul.new { address = "127.0.0.1:1" }
   functions(coord.consul, "consul.", names)
   functions(require("coord.consul").Client, "consul:", names)
-  for _, api in ipairs { "kv", "txn", "agent", "health", "catalog", "status", "event", "session" } do
+  for _, api in ipairs { "kv", "txn", "agent", "health", "catalog", "status", "event", "session",
+    "query", "coordinate", "operator" } do
     local o = consul[api]
     functions(getmetatable(o) and type(getmetatable(o).__index) == "table" and getmetatable(o).__index or o,
       "consul." .. api .. ":", names)
