@@ -102,6 +102,7 @@ function M.new(event, name, opts)
       self.seen, self.meta = ids(list), b or a
     end
   end
+  -- client:watch's read function answers value, meta (nil, err on failure)
   self.inner = event.client:watch(function(wo)
     local list, a, b = event:list(wo)
     if list == nil then return nil, a end
