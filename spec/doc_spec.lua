@@ -63,7 +63,7 @@ local function public_api()
   functions(coord.consul, "consul.", names)
   functions(require("coord.consul").Client, "consul:", names)
   for _, api in ipairs { "kv", "txn", "agent", "health", "catalog", "status", "event", "session",
-    "acl" } do
+    "acl", "query", "coordinate", "operator" } do
     local o = consul[api]
     functions(getmetatable(o) and type(getmetatable(o).__index) == "table" and getmetatable(o).__index or o,
       "consul." .. api .. ":", names)

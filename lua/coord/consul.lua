@@ -19,6 +19,7 @@ local apis = {
   health = "coord.consul.health", catalog = "coord.consul.catalog", status = "coord.consul.status",
   event = "coord.consul.event", session = "coord.consul.session",
   acl = "coord.consul.acl",
+  query = "coord.consul.query", coordinate = "coord.consul.coordinate", operator = "coord.consul.operator",
 }
 
 function Client.__index(self, k)

@@ -106,6 +106,29 @@ function Agent:self(opts)
   return self.client:_get("/v1/agent/self", check_opts(opts, "self", 1))
 end
 
+local args = require "coord.args"
+
+-- Maintenance mode on or off: enable=false must be sent too, so it goes as a string.
+local function maintenance(self, path, enable, reason, opts, i, fname)
+  args.check(enable, "boolean", i, fname)
+  args.check(reason, "string", i + 1, fname, true)
+  return self.client:_write(path, nil, args.opts(opts, i + 2, fname), { enable = tostring(enable), reason = reason })
+end
+
+--- Puts this agent's node in maintenance mode (enable = true, with an optional reason) or
+--- takes it out: while on, the critical check `_node_maintenance` (Notes = reason) keeps every
+--- service of the node out of healthy answers. Returns true.
+function Agent:maintenance(enable, reason, opts)
+  return maintenance(self, "/v1/agent/maintenance", enable, reason, opts, 1, "maintenance")
+end
+
+--- Maintenance mode for one service of this agent: the critical check
+--- `_service_maintenance:<id>`. An unknown service is an error of kind "not_found". Returns true.
+function Agent:service_maintenance(id, enable, reason, opts)
+  local path = "/v1/agent/service/maintenance/" .. segment(id, 1, "service_maintenance")
+  return maintenance(self, path, enable, reason, opts, 2, "service_maintenance")
+end
+
 require("coord.args").methods(Agent)
 
 return M

@@ -43,6 +43,12 @@ function Event:list(opts)
   return body, meta
 end
 
+--- A watch that delivers each event named name (nil: every event) once, in LTime order
+--- (see coord.consul.event_watch). opts: from ("now" or "all"), and the watch options.
+function Event:watch(name, opts)
+  return require("coord.consul.event_watch").new(self, name, opts)
+end
+
 require("coord.args").methods(Event)
 
 return M
