@@ -5,6 +5,7 @@
 #include "file.h"
 #include "json.h"
 #include "request.h"
+#include "sha256.h"
 
 static int global_ready;
 
@@ -22,6 +23,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_codec_register(L);
   coord_json_register(L);
   coord_file_register(L);
+  coord_sha256_register(L);
   coord_dispatch_register(L);
   lua_pushfstring(L, "libcurl/%s libuv/%s", info->version, uv_version_string());
   lua_setfield(L, -2, "versions");

@@ -289,6 +289,24 @@ end
 Etcd.__gc = Etcd.stop
 Etcd.__close = Etcd.stop
 
+--- Starts one more etcd member that joins the running cluster with --initial-cluster-state
+--- existing, at the peer URL http://127.0.0.1:<peer_port> that the spec has added (e.g. with
+--- etcd:member_add) first. Returns the member {name, url, port, peer_port, peer_url, dir,
+--- proc}, not in self.members: the spec stops its proc. Waits for nothing (a learner may not
+--- answer /health until it has caught up).
+function Etcd:join(peer_port)
+  local m = { name = "j" .. peer_port, port = M.free_port(), peer_port = peer_port }
+  m.dir, m.url = self.dir .. "/" .. m.name, "http://127.0.0.1:" .. m.port
+  m.peer_url = "http://127.0.0.1:" .. peer_port
+  local cmd = { sh_quote(self.bin), "--name", m.name, "--data-dir", sh_quote(m.dir), "--logger=zap",
+    "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
+    "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+    "--initial-cluster", sh_quote(self.initial_cluster .. "," .. m.name .. "=" .. m.peer_url),
+    "--initial-cluster-token", "coord-spec", "--initial-cluster-state", "existing" }
+  m.proc = M.spawn(table.concat(cmd, " "), m.dir .. ".log")
+  return m
+end
+
 ---------------------------------------------------------------------------------------------
 -- Consul
 

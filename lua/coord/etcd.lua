@@ -681,7 +681,7 @@ end
 -- the rest of the API, in one file per service
 
 for _, name in ipairs { "coord.etcd.txn", "coord.etcd.lease", "coord.etcd.lock", "coord.etcd.election",
-  "coord.etcd.cluster" } do
+  "coord.etcd.cluster", "coord.etcd.maintenance", "coord.etcd.auth" } do
   require(name)(Client, M)
 end
 require("coord.args").methods(Client)
