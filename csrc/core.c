@@ -5,6 +5,7 @@
 #include "file.h"
 #include "json.h"
 #include "request.h"
+#include "srv.h"
 
 static int global_ready;
 
@@ -17,6 +18,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   if (!(info->features & CURL_VERSION_ASYNCHDNS))
     return luaL_error(L, "coord: libcurl %s resolves names synchronously; it would block the loop", info->version);
   coord_req_register(L);
+  coord_srv_register(L);
   lua_newtable(L);
   coord_loop_register(L);
   coord_codec_register(L);
