@@ -1,4 +1,5 @@
 /* core.c: luaopen_coord_core: checks what libcurl offers and registers the engine. */
+#include <ares.h>
 #include <stdio.h>
 #include "codec.h"
 #include "dispatch.h"
@@ -25,7 +26,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_json_register(L);
   coord_file_register(L);
   coord_dispatch_register(L);
-  lua_pushfstring(L, "libcurl/%s libuv/%s", info->version, uv_version_string());
+  lua_pushfstring(L, "libcurl/%s libuv/%s c-ares/%s", info->version, uv_version_string(), ares_version(NULL));
   lua_setfield(L, -2, "versions");
   lua_pushboolean(L, (info->features & CURL_VERSION_HTTP2) != 0);
   lua_setfield(L, -2, "http2");

@@ -100,7 +100,8 @@ end
 --- user, password, tls = {ca_file, cert_file, key_file, server_name, ...} (as coord.http;
 --- server_name: the name the server's certificate is checked against), prefix (a
 --- namespace), auto_sync (seconds: refresh the endpoints from the member list that often,
---- and after every endpoint failed).
+--- and after every endpoint failed), discovery_srv (a domain: the endpoints come from its
+--- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery).
 function M.new(opts)
   opts = check(opts, "table", 1, "new", true) or {}
   local tls = opts.tls
