@@ -83,7 +83,15 @@ describe("coord.dns and etcd discovery", function()
       assert.has_error(function() dns.srv(1) end, "bad argument #1 to 'srv' (string expected, got integer)")
       assert.has_error(function() dns.srv("x.test", 1) end, "bad argument #2 to 'srv' (table or nil expected, got integer)")
       assert.has_error(function() dns.srv("x.test", { timeout = "1" }) end, "bad option 'timeout' to 'srv' (number expected, got string)")
-      assert.has_error(function() coord.run(dns.srv, "x.test", { dns_server = "not a server" }) end)
+      assert.has_error(function() dns.srv("x.test", { timeout = 0 }) end,
+        "bad option 'timeout' to 'srv' (seconds above 0, at most 3600, expected)")
+      for _, bad in ipairs { "not a server", "127.0.0.1:", "127.0.0.1:53,", "::1" } do
+        assert.has_error(function() dns.srv("x.test", { dns_server = bad }) end,
+          ("bad option 'dns_server' to 'srv' (\"host:port\" expected, IPv6 as \"[addr]:port\", several separated by commas; got %q)"):format(bad))
+      end
+      -- what the check lets through, c-ares takes
+      local list = coord.run(dns.srv, "_probe._tcp.probe.test", { dns_server = "127.0.0.1:1," .. ns.server })
+      assert.are.equal(1, list and #list)
       assert.are.equal(0, core.inflight())
     end)
 
@@ -214,7 +222,7 @@ describe("coord.dns and etcd discovery", function()
       assert.has_error(function() etcd_mod.new { discovery_srv = "a.test", endpoints = { "http://x:1" } } end,
         "bad option 'endpoints' to 'new' (discovery_srv finds the endpoints: give one or the other)")
       assert.has_error(function() etcd_mod.new { discovery_srv = "a.test", dns_server = 5 } end,
-        "bad option 'dns_server' to 'new' (string expected, got number)")
+        "bad option 'dns_server' to 'new' (\"host:port\" expected, IPv6 as \"[addr]:port\", several separated by commas; got number)")
     end)
   end)
 end)

@@ -33,9 +33,7 @@ function M.new(opts)
   if sname ~= nil and (type(sname) ~= "string" or not sname:find("^[%w][%w%-]*$")) then
     error("bad option 'discovery_srv_name' to 'new' (a service name suffix expected)", 3)
   end
-  if server ~= nil and type(server) ~= "string" then
-    error("bad option 'dns_server' to 'new' (string expected, got " .. type(server) .. ")", 3)
-  end
+  dns._check_server(server, "new")
   local suffix = sname and ("-" .. sname) or ""
   domain = domain:gsub("%.$", "")
   return setmetatable({
