@@ -216,6 +216,17 @@ describe("coord.dns and etcd discovery", function()
       moving.stop()
     end))
 
+    it("looks the records up again every auto_sync seconds", co(function()
+      local c = etcd_mod.new { discovery_srv = "example.test", dns_server = ns.server, auto_sync = 0.3 }
+      assert(c:put("disc/a", "v"))
+      assert.are.equal(1, c.discovery.gen)
+      servers.until_true("looked up again", function()
+        assert(c:get("disc/a"))
+        return c.discovery.gen > 1
+      end, 10)
+      assert.are.equal("http://127.0.0.1:" .. etcd.members[1].port, c.seeds[1].url)
+    end))
+
     it("raises on bad options", function()
       assert.has_error(function() etcd_mod.new { discovery_srv = 1 } end,
         "bad option 'discovery_srv' to 'new' (a domain name expected)")
