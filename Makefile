@@ -2,14 +2,14 @@
 # `make test` and `make demo` install what is missing on Debian 12 (see .ci/deps).
 
 LUA      ?= lua5.4
-PKGS     := lua5.4 libuv libcurl
+PKGS     := lua5.4 libuv libcurl libcares
 CC       ?= gcc
 WARN     := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
 SRCS     := $(wildcard csrc/*.c)
 HDRS     := $(wildcard csrc/*.h)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS   = $(shell pkg-config --libs libuv libcurl)
+PKG_LIBS   = $(shell pkg-config --libs libuv libcurl libcares)
 BUSTED   := $(LUA) /usr/bin/busted
 SPEC_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(1)/?.so;;" COORD_PEER="$(CURDIR)/build/peer$(2)"

@@ -1,4 +1,5 @@
 /* core.c: luaopen_coord_core: checks what libcurl offers and registers the engine. */
+#include <ares.h>
 #include <stdio.h>
 #include "codec.h"
 #include "dispatch.h"
@@ -6,6 +7,7 @@
 #include "json.h"
 #include "request.h"
 #include "sha256.h"
+#include "srv.h"
 
 static int global_ready;
 
@@ -18,6 +20,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   if (!(info->features & CURL_VERSION_ASYNCHDNS))
     return luaL_error(L, "coord: libcurl %s resolves names synchronously; it would block the loop", info->version);
   coord_req_register(L);
+  coord_srv_register(L);
   lua_newtable(L);
   coord_loop_register(L);
   coord_codec_register(L);
@@ -25,7 +28,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_file_register(L);
   coord_sha256_register(L);
   coord_dispatch_register(L);
-  lua_pushfstring(L, "libcurl/%s libuv/%s", info->version, uv_version_string());
+  lua_pushfstring(L, "libcurl/%s libuv/%s c-ares/%s", info->version, uv_version_string(), ares_version(NULL));
   lua_setfield(L, -2, "versions");
   lua_pushboolean(L, (info->features & CURL_VERSION_HTTP2) != 0);
   lua_setfield(L, -2, "http2");

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include "request.h"
+#include "srv.h"
 
 static coord_loop *loop_open(void) {
   coord_loop *lp = calloc(1, sizeof *lp);
@@ -39,6 +40,7 @@ void coord_loop_destroy(coord_loop *lp) {
   while (lp->active) coord_req_detach(lp, lp->active);
   while (lp->ready_head) coord_req_detach(lp, lp->ready_head);
   while (lp->cancels) coord_req_detach(lp, lp->cancels);
+  coord_srv_detach_all(lp);
   while (lp->npool > 0) curl_easy_cleanup(lp->pool[--lp->npool]);
   if (lp->multi) curl_multi_cleanup(lp->multi);
   lp->multi = NULL;
@@ -127,7 +129,8 @@ static int l_poll(lua_State *L) {
   if (lp->polling) return luaL_error(L, "coord: poll re-entered (called from a finalizer?)");
   lp->polling = 1;
   apply_cancels(L, lp);
-  if (lp->ready_head) timeout = 0;
+  coord_srv_apply_cancels(L, lp);
+  if (lp->ready_head || lp->srv_ready) timeout = 0;
   if (timeout == 0) {
     uv_run(&lp->uv, UV_RUN_NOWAIT);
   } else {
@@ -156,9 +159,10 @@ static int l_poll(lua_State *L) {
     }
     coord_req_settle(L, r);
   }
+  n = coord_srv_drain(L, lp, 2, n);
   lp->polling = 0;
   lua_pushinteger(L, n);
-  lua_pushinteger(L, (lua_Integer)lp->nactive);
+  lua_pushinteger(L, (lua_Integer)(lp->nactive + lp->nsrv));
   return 2;
 }
 
@@ -167,7 +171,7 @@ static int l_poll(lua_State *L) {
 static int l_fd(lua_State *L) {
   coord_loop *lp = coord_loop_get(L, lua_upvalueindex(1));
   lua_pushinteger(L, uv_backend_fd(&lp->uv));
-  int t = lp->ready_head || lp->cancels ? 0 : uv_loop_alive(&lp->uv) ? uv_backend_timeout(&lp->uv) : -1;
+  int t = lp->ready_head || lp->cancels || lp->srv_ready || lp->srv_cancels ? 0 : uv_loop_alive(&lp->uv) ? uv_backend_timeout(&lp->uv) : -1;
   if (t < 0) lua_pushnil(L);
   else lua_pushnumber(L, t / 1000.0);
   return 2;
@@ -182,7 +186,7 @@ static int l_now(lua_State *L) {
 
 static int l_inflight(lua_State *L) {
   coord_holder *h = lua_touserdata(L, lua_upvalueindex(1));
-  lua_pushinteger(L, h->loop ? (lua_Integer)h->loop->nactive : 0);
+  lua_pushinteger(L, h->loop ? (lua_Integer)(h->loop->nactive + h->loop->nsrv) : 0);
   return 1;
 }
 
@@ -198,7 +202,7 @@ static int l_holder_gc(lua_State *L) {
 /* Expects the module table on top; leaves it there. Functions share the holder as upvalue 1. */
 void coord_loop_register(lua_State *L) {
   static const luaL_Reg fns[] = {{"poll", l_poll}, {"fd", l_fd}, {"request", coord_req_new},
-                                 {"inflight", l_inflight}, {NULL, NULL}};
+                                 {"inflight", l_inflight}, {"srv_lookup", coord_srv_lookup}, {NULL, NULL}};
   coord_holder *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->loop = NULL;
   h->closed = 0;

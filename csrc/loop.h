@@ -9,6 +9,7 @@
 
 typedef struct coord_req coord_req;
 typedef struct coord_sock coord_sock;
+typedef struct coord_srv coord_srv;
 
 #define COORD_POOL_MAX 128       /* idle easy handles kept for reuse */
 #define COORD_MAX_IDLE_CONNS 256 /* connections curl keeps open for reuse */
@@ -29,6 +30,10 @@ typedef struct coord_loop {
   int npool;
   int polling;           /* re-entry guard for coord_loop_poll */
   int stalled;           /* some request has recv_over set (see coord_req_unpolled) */
+  coord_srv *srv_active; /* DNS lookups in flight, finished, canceled (srv.c) */
+  coord_srv *srv_ready;
+  coord_srv *srv_cancels;
+  unsigned nsrv;
 } coord_loop;
 
 /* The full userdata holding the loop pointer: created closed (NULL), opened on first use. */

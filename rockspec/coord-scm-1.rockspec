@@ -22,6 +22,7 @@ external_dependencies = {
    -- no header check: Debian keeps curl/curl.h under the multiarch include dir, which the
    -- compiler searches but luarocks does not
    LIBCURL = { library = "curl" },
+   CARES = { header = "ares.h", library = "cares" },
 }
 build = {
    -- rockspec/rock.mk builds coord.core into build/rock/: the builtin backend would write
@@ -35,6 +36,8 @@ build = {
       LIBUV_INCDIR = "$(LIBUV_INCDIR)",
       LIBUV_LIBDIR = "$(LIBUV_LIBDIR)",
       LIBCURL_LIBDIR = "$(LIBCURL_LIBDIR)",
+      CARES_INCDIR = "$(CARES_INCDIR)",
+      CARES_LIBDIR = "$(CARES_LIBDIR)",
    },
    install_pass = false,
    install = {
@@ -67,6 +70,8 @@ build = {
          ["coord.etcd.lease"] = "lua/coord/etcd/lease.lua",
          ["coord.etcd.lock"] = "lua/coord/etcd/lock.lua",
          ["coord.etcd.txn"] = "lua/coord/etcd/txn.lua",
+         ["coord.dns"] = "lua/coord/dns.lua",
+         ["coord.etcd.discovery"] = "lua/coord/etcd/discovery.lua",
          ["coord.consul.session"] = "lua/coord/consul/session.lua",
          ["coord.consul.lock"] = "lua/coord/consul/lock.lua",
          ["coord.consul.semaphore"] = "lua/coord/consul/semaphore.lua",

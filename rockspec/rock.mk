@@ -7,5 +7,5 @@ OUT  := build/rock/coord/core.so
 
 $(OUT): $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -std=gnu11 -Wall -Wextra -fvisibility=hidden -I$(LUA_INCDIR) -I$(LIBUV_INCDIR) \
-	  $(LIBFLAG) -o $@ $(SRCS) -L$(LIBUV_LIBDIR) -L$(LIBCURL_LIBDIR) -luv -lcurl
+	$(CC) $(CFLAGS) -std=gnu11 -Wall -Wextra -fvisibility=hidden -I$(LUA_INCDIR) -I$(LIBUV_INCDIR) -I$(CARES_INCDIR) \
+	  $(LIBFLAG) -o $@ $(SRCS) -L$(LIBUV_LIBDIR) -L$(LIBCURL_LIBDIR) -L$(CARES_LIBDIR) -luv -lcurl -lcares

@@ -35,8 +35,8 @@ end
 local core_public = { json_decode = true, json_encode = true, b64encode = true, b64decode = true,
   u64 = true, u64tostring = true, i64 = true }
 local core_internal = { request = true, poll = true, fd = true, inflight = true, now = true,
-  header = true, parse_headers = true, write_atomic = true }
-core_internal.sha256 = true -- the snapshot checksum (coord.etcd.maintenance)
+  header = true, parse_headers = true, write_atomic = true,
+  srv_lookup = true, sha256 = true }
 
 local function public_api()
   local names = {}

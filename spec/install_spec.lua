@@ -59,6 +59,7 @@ describe("tested versions", function()
       Lua = { first("lua5.4 -v", "^Lua (%d+%.%d+%.%d+)") },
       libcurl = { (assert(coord.versions:match("libcurl/(%S+)"), coord.versions)) },
       libuv = { (assert(coord.versions:match("libuv/(%S+)"), coord.versions)) },
+      ["c-ares"] = { (assert(coord.versions:match("c%-ares/(%S+)"), coord.versions)) },
       etcd = etcd,
       Consul = { first(q(servers.bin.consul) .. " version", "^Consul v(%S+)") },
       LuaRocks = { first("luarocks --version", "^%S+ (%d[%d.]*)") },

@@ -494,4 +494,34 @@ function Consul:up()
   self:wait_node()
 end
 
+---------------------------------------------------------------------------------------------
+-- DNS
+
+--- A dnsmasq on a free 127.0.0.1 port answering SRV records: srv is a list of dnsmasq
+--- --srv-host values ("_svc._tcp.domain,target,port[,priority[,weight]]"); names under .test
+--- that it does not know get NXDOMAIN. opts.port reuses a port (a restart with other records).
+--- Returns {port, server = "127.0.0.1:PORT", proc}; stop() stops it.
+function M.dnsmasq(srv, opts)
+  local port = opts and opts.port or M.free_port()
+  local dir = M.tmpdir()
+  local args = { "dnsmasq", "--no-daemon", "--port=" .. port, "--listen-address=127.0.0.1", "--bind-interfaces",
+    "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--user=root", "--pid-file=" .. dir .. "/pid",
+    "--local=/test/", "--srv-host=_probe._tcp.probe.test,localhost,1" }
+  for _, r in ipairs(srv) do args[#args + 1] = "--srv-host=" .. r end
+  for i, a in ipairs(args) do args[i] = sh_quote(a) end
+  table.insert(args, 1, "env -u LD_PRELOAD") -- under make asan, libasan makes dnsmasq hang at start
+  local self = { port = port, server = "127.0.0.1:" .. port, dir = dir }
+  self.proc = M.spawn(table.concat(args, " "), dir .. "/log")
+  local dns = require "coord.dns"
+  M.until_true("dnsmasq", function()
+    return dns.srv("_probe._tcp.probe.test", { dns_server = self.server, timeout = 0.5 }) ~= nil
+  end, 30, self.proc)
+  function self.stop()
+    self.proc:send("CONT")
+    self.proc:stop()
+    M.rmdir(dir)
+  end
+  return self
+end
+
 return M

@@ -6,6 +6,7 @@ local http = require "coord.http"
 local sched = require "coord.sched"
 local errors = require "coord.errors"
 local proto = require "coord.etcd.proto"
+local discovery = require "coord.etcd.discovery"
 
 local M = {}
 
@@ -99,7 +100,8 @@ end
 --- user, password, tls = {ca_file, cert_file, key_file, server_name, ...} (as coord.http;
 --- server_name: the name the server's certificate is checked against), prefix (a
 --- namespace), auto_sync (seconds: refresh the endpoints from the member list that often,
---- and after every endpoint failed).
+--- and after every endpoint failed), discovery_srv (a domain: the endpoints come from its
+--- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery).
 function M.new(opts)
   opts = check(opts, "table", 1, "new", true) or {}
   local tls = opts.tls
@@ -112,8 +114,10 @@ function M.new(opts)
   if auto_sync ~= nil and not (type(auto_sync) == "number" and auto_sync > 0) then
     error("bad option 'auto_sync' to 'new' (seconds above 0 expected)", 2)
   end
+  local disc = discovery.new(opts)
   local self = setmetatable({
-    endpoints = endpoint_list(opts),
+    endpoints = disc and {} or endpoint_list(opts),
+    discovery = disc, -- discovery_srv: the endpoints come from DNS at first use
     cur = 1,
     timeout = opts.timeout or DEFAULT_TIMEOUT,
     user = opts.user,
@@ -142,6 +146,10 @@ end
 -- The healthy endpoint to use, starting from the current one; nil when every endpoint is
 -- backing off after failures.
 local function pick(self)
+  if self.discovery then
+    local ok, err = self.discovery:refresh(self)
+    if not ok then return nil, err end
+  end
   local eps, t = self.endpoints, now()
   for i = 0, #eps - 1 do
     local k = (self.cur - 1 + i) % #eps + 1
@@ -392,6 +400,7 @@ function Client:sync()
     for i, ep in ipairs(self.endpoints) do urls[i] = ep.url end
     return urls
   end
+  if self.discovery then self.discovery:refresh(self) end
   self.syncing = true
   local guard <close> = setmetatable({}, { __close = function() self.syncing = false end })
   self.synced_at = now()
@@ -410,16 +419,28 @@ function Client:sync()
   if not j then return nil, err end
   local urls = member_urls(j)
   if #urls == 0 then return nil, errors.new("protocol", "the member list has no client URLs") end
-  local old, cur = {}, self.endpoints[self.cur]
+  self:_set_endpoints(self:_endpoints_for(urls))
+  self.sync_soon = false
+  return urls
+end
+
+--- Endpoints for a list of URLs: one the client already has keeps its health.
+function Client:_endpoints_for(urls)
+  local old = {}
   for _, ep in ipairs(self.endpoints) do old[ep.url] = ep end
   local list = {}
-  for i, u in ipairs(urls) do
-    list[i] = old[u] or endpoint(u, self.tls)
-    if list[i] == cur then self.cur = i end
+  for i, u in ipairs(urls) do list[i] = old[u] or endpoint(u, self.tls) end
+  return list
+end
+
+--- Makes list the endpoint list; the current endpoint stays current if it is in it.
+function Client:_set_endpoints(list)
+  local cur = self.endpoints[self.cur]
+  self.cur = 1
+  for i, ep in ipairs(list) do
+    if ep == cur then self.cur = i end
   end
-  if list[self.cur] ~= cur then self.cur = 1 end
-  self.endpoints, self.sync_soon = list, false
-  return urls
+  self.endpoints = list
 end
 
 -- Wakes every coroutine waiting for the authenticate in flight.
