@@ -67,6 +67,7 @@ build = {
          ["coord.etcd.lease"] = "lua/coord/etcd/lease.lua",
          ["coord.etcd.lock"] = "lua/coord/etcd/lock.lua",
          ["coord.etcd.txn"] = "lua/coord/etcd/txn.lua",
+         ["coord.etcd.recipes"] = "lua/coord/etcd/recipes.lua",
          ["coord.consul.session"] = "lua/coord/consul/session.lua",
          ["coord.consul.lock"] = "lua/coord/consul/lock.lua",
          ["coord.consul.semaphore"] = "lua/coord/consul/semaphore.lua",
