@@ -198,6 +198,32 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.is_nil(value(etcd, "own/gone"))
     end))
 
+    it("lists a prefix in the view; a key created or deleted under it conflicts", co(function()
+      assert(etcd:put("rg/a", "1"))
+      assert(etcd:put("rg/b", "2"))
+      local runs, views = 0, {}
+      local function keys(list)
+        local t = {}
+        for i, kv in ipairs(list) do t[i] = kv.key .. "=" .. kv.value end
+        return table.concat(t, " ")
+      end
+      local r, err = etcd:atomically(function(tx)
+        runs = runs + 1
+        views[runs] = keys(assert(tx:range("rg/")))
+        if runs == 1 then assert(etcd:put("rg/new", "x")) end
+        if runs == 2 then assert(etcd:delete("rg/b")) end
+        tx:put("rg/c", "3")
+        tx:delete("rg/a")
+        return keys(tx:range("rg/"))
+      end)
+      assert.is_nil(err)
+      assert.equal(3, runs)
+      assert.same({ "rg/a=1 rg/b=2", "rg/a=1 rg/b=2 rg/new=x", "rg/a=1 rg/new=x" }, views)
+      assert.equal("rg/c=3 rg/new=x", r)
+      assert.equal(2, #assert(etcd:range("rg/", { prefix = true })))
+      assert.equal("3", value(etcd, "rg/c"))
+    end))
+
     it("runs fn again after a conflict with a fresh view", co(function()
       assert(etcd:put("again/k", "0"))
       local runs, views = 0, {}

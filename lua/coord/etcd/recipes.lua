@@ -118,6 +118,44 @@ return function(Client, E)
     return kv and kv.value or nil
   end
 
+  --- The keys under prefix in this transaction, in key order, as a list of {key, value}:
+  --- etcd's at the snapshot (read once), with what the transaction wrote. At commit every
+  --- key listed is compared, and the range is compared for keys created since the snapshot.
+  function Tx:range(prefix)
+    args.check(prefix, "string", 1, "range")
+    live(self, "range")
+    local c = self.client
+    if not self.ranges[prefix] then
+      local body = E._range_request(c, prefix, { prefix = true, revision = self.revision })
+      local j, err = c:_post("/v3/kv/range", body, IDEMPOTENT)
+      if not j then
+        self.err = self.err or err
+        return nil, err
+      end
+      if not self.revision then self.revision = header_of(j.header).revision end
+      for _, jkv in ipairs(j.kvs or {}) do
+        local kv = proto.kv(jkv, #c.prefix)
+        if not self.reads[kv.key] then
+          self.reads[kv.key] = { kv = kv }
+          self.read_order[#self.read_order + 1] = kv.key
+        end
+      end
+      self.ranges[prefix] = true
+      self.range_order[#self.range_order + 1] = prefix
+    end
+    local seen, out = {}, {}
+    local function add(key)
+      if seen[key] or key:sub(1, #prefix) ~= prefix then return end
+      seen[key] = true
+      local v = self:get(key)
+      if v then out[#out + 1] = { key = key, value = v } end
+    end
+    for _, key in ipairs(self.read_order) do add(key) end
+    for _, key in ipairs(self.write_order) do add(key) end
+    table.sort(out, function(a, b) return a.key < b.key end)
+    return out
+  end
+
   local function write(tx, key, w)
     if not tx.writes[key] then tx.write_order[#tx.write_order + 1] = key end
     tx.writes[key] = w
@@ -149,6 +187,11 @@ return function(Client, E)
       cmp[i] = kv and compare(self, key, "MOD", "EQUAL", "mod_revision", kv.mod_revision)
         or compare(self, key, "VERSION", "EQUAL", "version", 0)
     end
+    for _, prefix in ipairs(tx.range_order) do
+      local k, re = E._key_range(self, prefix, { prefix = true })
+      cmp[#cmp + 1] = { key = b64(k), range_end = b64(re), target = "MOD", result = "LESS",
+        mod_revision = tostring(tx.revision + 1) }
+    end
     for i, key in ipairs(tx.write_order) do
       local w = tx.writes[key]
       ops[i] = w.delete and { request_delete_range = E._delete_request(self, key, {}) }
@@ -167,7 +210,8 @@ return function(Client, E)
     opts = args.opts(opts, 2, "atomically")
     local retries = retries_option(opts, "atomically", ATOMIC_RETRIES)
     for attempt = 1, retries + 1 do
-      local tx <close> = setmetatable({ client = self, reads = {}, read_order = {}, writes = {}, write_order = {} }, Tx)
+      local tx <close> = setmetatable({ client = self, reads = {}, read_order = {}, writes = {}, write_order = {},
+        ranges = {}, range_order = {} }, Tx)
       local result = fn(tx)
       tx.done = true
       if tx.err then return nil, tx.err end
