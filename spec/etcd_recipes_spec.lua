@@ -381,4 +381,31 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.equal("v", ev.kv.value)
     end))
   end)
+
+  describe("etcd " .. version .. " over TLS with a server name and a path", function()
+    local server
+
+    setup(function()
+      server = servers.etcd { version = version, tls = true }
+    end)
+
+    teardown(function()
+      if server then server:stop() end
+    end)
+
+    -- the certificate names localhost; the connection goes to 127.0.0.1 and the port given,
+    -- and the path reaches etcd (which serves nothing under /etcd: 404)
+    it("keeps the path and the port", co(function()
+      local function client(url)
+        local tls = server:client_tls()
+        tls.server_name = "localhost"
+        return etcd_mod.new { endpoints = { url }, tls = tls, timeout = 10 }
+      end
+      assert(client(server.endpoint .. "/"):put("tp/a", "1"))
+      local kv, err = client(server.endpoint .. "/etcd"):get("tp/a")
+      assert.is_nil(kv)
+      assert.equal("not_found", err.kind, tostring(err))
+      assert.equal(404, err.status)
+    end))
+  end)
 end
