@@ -107,8 +107,11 @@ for _, version in ipairs { "3.4", "3.5" } do
     it("checks its arguments", co(function()
       assert.has_error(function() etcd:append(1, "v") end, "bad argument #1 to 'append' (string expected, got integer)")
       assert.has_error(function() etcd:append("q/", nil) end, "bad argument #2 to 'append' (string expected, got nil)")
-      assert.has_error(function() etcd:append("", "v") end)
-      assert.has_error(function() etcd:append("coord-append:", "v") end)
+      local msg = 'bad argument #1 to \'append\' (non-empty prefix expected, not a start of "coord-append:" nor under it)'
+      assert.has_error(function() etcd:append("coord", "v") end, msg)
+      assert.has_error(function() etcd:append("", "v") end, msg)
+      assert.has_error(function() etcd:append("coord-append:", "v") end, msg)
+      assert.has_error(function() etcd:append("coord-append:coord-append:x", "v") end, msg)
       assert.has_error(function() etcd:append("q/", "v", { lease = "x" }) end,
         "bad option 'lease' to 'append' (integer expected, got string)")
       assert.has_error(function() etcd:append("q/", "v", { retries = -1 }) end)

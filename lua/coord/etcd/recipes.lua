@@ -40,20 +40,22 @@ return function(Client, E)
   --- Makes a new key under prefix whose name sorts in creation order: prefix followed by 20
   --- digits. Returns the kv made, nil, the header. opts: lease, retries (default 20).
   ---
-  --- The digits are R + 1, R being a revision at which the marker key "coord-append:"..prefix
-  --- had not changed since; one txn writes the key and the marker only if the marker still has
-  --- not changed (mod_revision <= R) and the key does not exist, else it is tried again with
-  --- the revision of its answer. So every append made before it committed at a revision <= R,
-  --- with a name <= R: names grow with commit order, and listing the prefix in key order lists
-  --- the keys in create_revision order. A name is at most its key's create_revision.
+  --- The digits are R + 1, R being a revision read after the marker key
+  --- "coord-append:"..prefix was last written; one txn writes the key and the marker only if
+  --- the marker has not been written since (mod_revision <= R) and the key does not exist,
+  --- else it is tried again with the revision of its answer. So every append made before it
+  --- committed at a revision <= R, with a name <= R: names grow with commit order, and listing
+  --- the prefix in key order lists them in create_revision order. A name is at most its key's
+  --- create_revision.
   function Client:append(prefix, value, opts)
     args.check(prefix, "string", 1, "append")
     args.check(value, "string", 2, "append")
     opts = args.opts(opts, 3, "append")
-    local mark = MARK .. prefix
-    if prefix == "" or mark:sub(1, #prefix) == prefix then
-      error("bad argument #1 to 'append' (a prefix that is not empty and does not start with the marker's)", 2)
+    -- (so the marker is never under the prefix, nor the prefix among the markers)
+    if MARK:sub(1, #prefix) == prefix or prefix:sub(1, #MARK) == MARK then
+      error("bad argument #1 to 'append' (non-empty prefix expected, not a start of \"" .. MARK .. "\" nor under it)", 2)
     end
+    local mark = MARK .. prefix
     local lease = args.option(opts, "lease", "integer", "append")
     local retries = retries_option(opts, "append", APPEND_RETRIES)
     local j, err = self:_post("/v3/kv/range", { key = b64(raw(self, mark)), keys_only = true }, IDEMPOTENT)
