@@ -64,11 +64,11 @@ local function endpoint(u, tls)
   if path then
     ep.base, ep.unix_socket = "http://localhost", path
   elseif tls and tls.server_name and u:sub(1, 8) == "https://" then
-    local authority, path = u:match("^https://([^/]*)(.*)$")
+    local authority, under = u:match("^https://([^/]*)(.*)$")
     local host, port = authority:match("^(.+):(%d+)$")
     if not host then host, port = authority, "443" end
     local name = tls.server_name
-    ep.base = "https://" .. name .. ":" .. port .. path
+    ep.base = "https://" .. name .. ":" .. port .. under
     ep.connect_to = { name .. ":" .. port .. ":" .. host .. ":" .. port }
   end
   return ep
