@@ -69,6 +69,9 @@ local function public_api()
     functions(getmetatable(o) and type(getmetatable(o).__index) == "table" and getmetatable(o).__index or o,
       "consul." .. api .. ":", names)
   end
+  coord.spawn(function()
+    etcd:atomically(function(tx) functions(getmetatable(tx).__index, "tx:", names) end)
+  end)
   local m = coord.mirror(etcd, "x")
   functions(getmetatable(m).__index, "m:", names)
   m:close()

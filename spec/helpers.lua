@@ -18,13 +18,15 @@ end
 -- opts.upstream (a port on 127.0.0.1) starts it as a proxy in front of that server (see
 -- spec/peer/README.md): then peer.arm(path[, times]) makes the next requests for path be
 -- applied upstream and their connection dropped unanswered, and peer.count(path) says how
--- many requests for path arrived.
+-- many requests for path arrived. opts.strip (a path such as "/etcd", with upstream) makes it
+-- forward only paths under that prefix, without it.
 function M.start_peer(opts)
   local bin = assert(os.getenv("COORD_PEER"), "COORD_PEER is not set: run the specs through make")
   local fifo = tmpname()
   assert(os.execute("mkfifo " .. sh_quote(fifo)))
   local args = " --max-seconds 900"
   if opts and opts.upstream then args = args .. " --upstream " .. math.tointeger(opts.upstream) end
+  if opts and opts.strip then args = args .. " --strip " .. sh_quote(opts.strip) end
   local proc = assert(io.popen("exec " .. sh_quote(bin) .. args .. " > " .. sh_quote(fifo), "w"))
   local f = assert(io.open(fifo, "r"))
   local line = f:read("l")

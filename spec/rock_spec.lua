@@ -11,3 +11,22 @@ describe("rockspec", function()
     assert.matches("rock ok: installed offline", out)
   end)
 end)
+
+describe("the rockspec's module list", function()
+  it("installs every Lua file under lua/ (a new module not listed would be missing from a rock)", function()
+    local f = assert(io.open("rockspec/coord-scm-1.rockspec"))
+    local spec = f:read("a")
+    f:close()
+    local p = assert(io.popen("cd lua && find . -name '*.lua' | sort"))
+    local missing, n = {}, 0
+    for path in p:lines() do
+      path = path:gsub("^%./", "")
+      n = n + 1
+      local mod = path:gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
+      if not spec:find('["' .. mod .. '"] = "lua/' .. path .. '"', 1, true) then missing[#missing + 1] = path end
+    end
+    p:close()
+    assert.is_true(n > 30)
+    assert.same({}, missing)
+  end)
+end)

@@ -55,7 +55,8 @@ M._option = option
 -- One endpoint from a URL: http(s)://host[:port], or unix:///path (HTTP over that socket).
 -- With tls.server_name, an https endpoint is asked for under that name (the certificate is
 -- checked against it) while the connection goes to the URL's host and port. url is the
--- endpoint's identity; base is what requests are sent to.
+-- endpoint's identity; base is what requests are sent to. A path after host:port (etcd behind
+-- a reverse proxy at /etcd) stays in base: every request, watch streams included, goes under it.
 local function endpoint(u, tls)
   if not u:find("://", 1, true) then u = "http://" .. u end
   u = u:gsub("/+$", "")
@@ -64,10 +65,11 @@ local function endpoint(u, tls)
   if path then
     ep.base, ep.unix_socket = "http://localhost", path
   elseif tls and tls.server_name and u:sub(1, 8) == "https://" then
-    local host, port = u:match("^https://(.+):(%d+)$")
-    if not host then host, port = u:sub(9), "443" end
+    local authority, under = u:match("^https://([^/]*)(.*)$")
+    local host, port = authority:match("^(.+):(%d+)$")
+    if not host then host, port = authority, "443" end
     local name = tls.server_name
-    ep.base = "https://" .. name .. ":" .. port
+    ep.base = "https://" .. name .. ":" .. port .. under
     ep.connect_to = { name .. ":" .. port .. ":" .. host .. ":" .. port }
   end
   return ep
@@ -702,7 +704,7 @@ end
 -- the rest of the API, in one file per service
 
 for _, name in ipairs { "coord.etcd.txn", "coord.etcd.lease", "coord.etcd.lock", "coord.etcd.election",
-  "coord.etcd.cluster", "coord.etcd.maintenance", "coord.etcd.auth" } do
+  "coord.etcd.cluster", "coord.etcd.maintenance", "coord.etcd.auth", "coord.etcd.recipes" } do
   require(name)(Client, M)
 end
 require("coord.args").methods(Client)

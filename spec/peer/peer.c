@@ -6,13 +6,15 @@
  * garbage replies, resets, stalls, chunked lines split across segments,
  * floods against slow readers and full-duplex chunked streams.
  *
- *   peer [--port N] [--max-seconds S] [--upstream PORT]
+ *   peer [--port N] [--max-seconds S] [--upstream PORT [--strip PREFIX]]
  *
  * Listens on 127.0.0.1 (an ephemeral port unless --port N), prints one line
  * "PORT <n>" on stdout once listening, and exits on SIGTERM/SIGINT, when
  * stdin reaches EOF (the parent died) or after S seconds (default 600).
  * With --upstream, it is a proxy in front of 127.0.0.1:PORT that can drop the
- * connection after the upstream has answered, and counts arrivals by path.
+ * connection after the upstream has answered, and counts arrivals by path;
+ * with --strip, it forwards only paths under PREFIX, without it (a server
+ * behind a reverse proxy at a path).
  *
  * Build: gcc -std=gnu11 -O1 -g -Wall -Wextra -Werror -pthread -o peer peer.c
  */
@@ -87,6 +89,7 @@ static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ev_cond;   /* initialised in main (monotonic clock) */
 static struct event *events;
 static int upstream_port;       /* --upstream: proxy mode, forward to 127.0.0.1:port */
+static const char *strip_prefix; /* --strip: forward only paths under it, without it */
 
 /* ---------------------------------------------------------------- utils */
 
@@ -759,6 +762,16 @@ static int read_upstream(struct conn *u, bool head_only)
     }
 }
 
+/* The path to forward for a request path in proxy mode: without --strip's prefix; NULL
+ * when the path is outside that prefix. */
+static const char *upstream_path(const char *path)
+{
+    if (!strip_prefix) return path;
+    size_t n = strlen(strip_prefix);
+    if (strncmp(path, strip_prefix, n) != 0 || (path[n] != '/' && path[n] != '\0')) return NULL;
+    return path[n] ? path + n : "/";
+}
+
 /* Any request in proxy mode: counted by path, forwarded to the upstream on a connection of
  * its own, and its reply relayed on the client's keep-alive connection; unless a drop is
  * armed for the path: then the client's connection is closed once the upstream has
@@ -766,6 +779,8 @@ static int read_upstream(struct conn *u, bool head_only)
 static int route_proxy(struct conn *c)
 {
     struct request *rq = &c->rq;
+    const char *path = upstream_path(rq->path);
+    if (!path) return reply_text(c, 404, "outside the proxied prefix");
     pthread_mutex_lock(&ev_lock);
     struct event *e = ev_get(rq->path);
     e->arrivals++;
@@ -774,7 +789,7 @@ static int route_proxy(struct conn *c)
     pthread_mutex_unlock(&ev_lock);
 
     struct buf out = { 0 };
-    buf_printf(&out, "%s %s%s%s HTTP/1.1\r\n", rq->method, rq->path, *rq->query ? "?" : "", rq->query);
+    buf_printf(&out, "%s %s%s%s HTTP/1.1\r\n", rq->method, path, *rq->query ? "?" : "", rq->query);
     for (int i = 0; i < rq->nhdr; i++)
         if (!hop_header(rq->hdr[i].name))
             buf_printf(&out, "%s: %s\r\n", rq->hdr[i].name, rq->hdr[i].value);
@@ -806,6 +821,52 @@ static int route_proxy(struct conn *c)
     free(u->rq.body.p);
     free(u);
     return keep;
+}
+
+/* A streamed request in proxy mode (chunked body with Expect: 100-continue, as a watch
+ * stream sends): counted, its head forwarded with the path rewritten, then bytes relayed
+ * both ways as they come until either side closes. No drop: the connection is the stream. */
+static int route_tunnel(struct conn *c)
+{
+    struct request *rq = &c->rq;
+    const char *path = upstream_path(rq->path);
+    if (!path) {
+        c->rq.keep_alive = false;
+        return reply_text(c, 404, "outside the proxied prefix");
+    }
+    pthread_mutex_lock(&ev_lock);
+    ev_get(rq->path)->arrivals++;
+    pthread_mutex_unlock(&ev_lock);
+    int fd = connect_upstream();
+    if (fd < 0) {
+        c->rq.keep_alive = false;
+        return reply_text(c, 502, "upstream unreachable");
+    }
+    struct buf out = { 0 };
+    buf_printf(&out, "%s %s%s%s HTTP/1.1\r\n", rq->method, path, *rq->query ? "?" : "", rq->query);
+    for (int i = 0; i < rq->nhdr; i++)
+        if (strcasecmp(rq->hdr[i].name, "Connection") != 0)
+            buf_printf(&out, "%s: %s\r\n", rq->hdr[i].name, rq->hdr[i].value);
+    buf_printf(&out, "Connection: close\r\n\r\n");
+    buf_add(&out, c->rbuf + c->rpos, c->rlen - c->rpos);
+    c->rpos = c->rlen;
+    if (send_buf(fd, &out) == 0) {
+        struct pollfd p[2] = { { .fd = c->fd, .events = POLLIN }, { .fd = fd, .events = POLLIN } };
+        char chunk[RBUF_SIZE];
+        for (bool open = true; open;) {
+            if (poll(p, 2, -1) < 0) {
+                if (errno == EINTR) continue;
+                break;
+            }
+            for (int i = 0; i < 2 && open; i++) {
+                if (!p[i].revents) continue;
+                ssize_t n = recv(p[i].fd, chunk, sizeof chunk, 0);
+                open = n > 0 && send_all(p[1 - i].fd, chunk, (size_t)n) == 0;
+            }
+        }
+    }
+    close(fd);
+    return 0;
 }
 
 /* /_peer/arm?path=P&times=N: the next N requests for path P get the drop (default 1). */
@@ -857,6 +918,7 @@ static int handle_request(struct conn *c)
     bool control = strncmp(c->rq.path, "/_peer/", 7) == 0;
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
         if (strcmp(routes[i].path, c->rq.path) == 0 && (control || !upstream_port)) rt = &routes[i];
+    if (!rt && upstream_port && !control && c->rq.chunked && c->rq.expect_continue) return route_tunnel(c);
     if (!rt || !rt->streams_body) {
         int r = read_body(c, sink_store, NULL);
         if (r == BODY_BIG || r == BODY_BAD) {
@@ -1028,7 +1090,7 @@ static const char *run(int lfd, long long max_seconds)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: peer [--port N] [--max-seconds S] [--upstream PORT]\n");
+    fprintf(stderr, "usage: peer [--port N] [--max-seconds S] [--upstream PORT [--strip PREFIX]]\n");
     exit(2);
 }
 
@@ -1049,6 +1111,8 @@ int main(int argc, char **argv)
             port = parse_arg(argv[++i], 0, 65535);
         else if (strcmp(argv[i], "--upstream") == 0)
             upstream_port = (int)parse_arg(argv[++i], 1, 65535);
+        else if (strcmp(argv[i], "--strip") == 0 && argv[i + 1] && argv[i + 1][0] == '/')
+            strip_prefix = argv[++i];
         else if (strcmp(argv[i], "--max-seconds") == 0)
             max_seconds = parse_arg(argv[++i], 1, 86400LL * 365);
         else
@@ -1069,6 +1133,7 @@ int main(int argc, char **argv)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&ev_cond, &ca);
 
+    if (strip_prefix && !upstream_port) usage();
     int lfd = listen_on((int)port);
     if (lfd < 0 || pipe2(wake_pipe, O_CLOEXEC) < 0) {
         perror("peer: listen");

@@ -8,11 +8,11 @@ local header_of, int, uint = proto.header, proto.int, proto.uint
 return function(Client, E)
   local check = E._check
 
-  -- A member's URL is a base URL: http(s)://host[:port], no path, query or credentials.
+  -- A member's URL is a base URL: http(s)://host[:port][/path prefix], no query or credentials.
   local function check_endpoint(url, fname)
     check(url, "string", 1, fname, true)
-    if url and not url:find("^https?://[%w%.%-%[%]:]+/?$") then
-      error(("bad argument #1 to '%s' (endpoint URL http(s)://host:port expected, got %q)"):format(fname, url:sub(1, 60)), 3)
+    if url and not url:find("^https?://[%w%.%-%[%]:]+[%w%.%-_~/]*$") then
+      error(("bad argument #1 to '%s' (endpoint URL http(s)://host:port[/path] expected, got %q)"):format(fname, url:sub(1, 60)), 3)
     end
   end
 
