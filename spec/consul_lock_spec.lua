@@ -31,8 +31,8 @@ describe("coord.consul locks", function()
   local function await_key(key, pred, limit)
     local deadline, index = coord.now() + (limit or 20), nil
     while true do
-      local e, meta = c.kv:get(key, { index = index, wait = index and 5 })
-      assert(e or not coord.is_error(meta), tostring(meta))
+      local e, err, meta = c.kv:get(key, { index = index, wait = index and 5 })
+      assert(not err, tostring(err))
       if pred(e) then return e end
       assert(coord.now() < deadline, "timed out waiting on " .. key)
       index = meta.index
@@ -41,7 +41,7 @@ describe("coord.consul locks", function()
 
   -- True when key stays absent for `s` seconds (a blocking read that sees no change).
   local function stays_absent(key, s)
-    local e, meta = c.kv:get(key)
+    local e, _, meta = c.kv:get(key)
     if e then return false end
     e = c.kv:get(key, { index = meta.index, wait = s })
     return e == nil
@@ -63,7 +63,7 @@ describe("coord.consul locks", function()
   local function await_other_session(mine)
     local deadline, index = coord.now() + 20, nil
     while true do
-      local list, meta = assert(c.session:list { index = index, wait = 5 })
+      local list, _, meta = assert(c.session:list { index = index, wait = 5 })
       for _, e in ipairs(list) do
         if not mine[e.id] then return e end
       end
@@ -260,7 +260,10 @@ describe("coord.consul locks", function()
     it("elects one leader, lets observers follow it, and fails over", run(function()
       local opts = { lock_delay = 0 }
       local e1, e2 = c:election("elect/leader", opts), c:election("elect/leader", opts)
-      assert.is_false(e1:leader())
+      local none, nerr, nmeta = e1:leader()
+      assert.is_nil(none)
+      assert.is_nil(nerr)
+      assert.are.equal("integer", math.type(nmeta.index))
       local leaders = coord.queue()
       local watcher = coord.spawn(function()
         for leader in c:election("elect/leader"):observe() do
@@ -288,7 +291,7 @@ describe("coord.consul locks", function()
       assert.are.equal("three", assert(e2:leader()).value)
       watcher:cancel()
       assert.is_true(e1:resign())
-      assert.is_false(e1:leader())
+      assert.is_nil(e1:leader())
     end))
   end)
 
@@ -299,7 +302,7 @@ describe("coord.consul locks", function()
     local function await_sessions(held, limit)
       local deadline, index = coord.now() + (limit or 20), nil
       while true do
-        local list, meta = assert(c.session:list { index = index, wait = 2 })
+        local list, _, meta = assert(c.session:list { index = index, wait = 2 })
         local ids, n, want = {}, 0, 0
         for _, e in ipairs(list) do ids[e.id], n = true, n + 1 end
         local same = true

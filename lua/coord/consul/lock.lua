@@ -6,6 +6,7 @@ local core = require "coord.core"
 local errors = require "coord.errors"
 local session = require "coord.consul.session"
 local hold = require "coord.hold"
+local args = require "coord.args"
 
 local M = {}
 
@@ -17,16 +18,12 @@ local RETRY = 5         -- pause after an acquire refused by a lock-delay
 local MONITOR_WAIT = 60 -- seconds one blocking read of the monitor waits
 
 local function check_args(key, opts, fname)
-  if type(key) ~= "string" then
-    error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(key)), 3)
+  args.check(key, "string", 1, fname)
+  opts = args.opts(opts, 2, fname)
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
+    error(("bad option 'timeout' to '%s' (non-negative number expected)"):format(fname), 3)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #2 to '%s' (table expected, got %s)"):format(fname, type(opts)), 3)
-  end
-  if opts and opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
-    error(("bad argument #2 to '%s' (timeout: non-negative number expected)"):format(fname), 3)
-  end
-  return opts or {}
+  return opts
 end
 
 local Lock = { __name = "coord.consul.lock" }
@@ -45,8 +42,8 @@ local function acquire(l, timeout)
       return nil, errors.new("timeout", ("lock %s not acquired within %g s"):format(l.key, timeout))
     end
     tries = tries + 1
-    local e, meta = kv:get(l.key, { index = index, wait = index and math.min(WAIT, left) })
-    if errors.is(meta) then return nil, meta end
+    local e, err, meta = kv:get(l.key, { index = index, wait = index and math.min(WAIT, left) })
+    if err then return nil, err end
     if e and e.flags ~= M.FLAG then
       return nil, errors.new("conflict", "existing key " .. l.key .. " does not match lock use (flags differ)")
     end
@@ -71,9 +68,9 @@ end
 -- One blocking read of the monitor: is the key still held by our session?
 local function still_held(l)
   return function(index)
-    local e, meta = l.client.kv:get(l.key, { index = index, wait = index and MONITOR_WAIT, consistent = true })
-    if errors.is(meta) then return nil, meta end
-    return e ~= nil and e.session == l.session, meta
+    local e, err, meta = l.client.kv:get(l.key, { index = index, wait = index and MONITOR_WAIT, consistent = true })
+    if err then return nil, err end
+    return e ~= nil and e.session == l.session, nil, meta
   end
 end
 
@@ -172,25 +169,25 @@ function Election:resign()
   return l:unlock()
 end
 
---- The current leader as { value, session } or false when there is none, and meta; or
---- nil, err. opts: index, wait (a blocking read), consistent, stale.
+--- The current leader as { value, session }, nil and the meta; nil, nil, meta when there is
+--- none; or nil, err. opts: index, wait (a blocking read), consistent, stale.
 function Election:leader(opts)
-  local e, meta = self.client.kv:get(self.key, opts)
-  if errors.is(meta) then return nil, meta end
-  if e and e.session then return { value = e.value, session = e.session }, meta end
-  return false, meta
+  local e, err, meta = self.client.kv:get(self.key, opts)
+  if err then return nil, err end
+  if e and e.session then return { value = e.value, session = e.session }, nil, meta end
+  return nil, nil, meta
 end
 
---- Iterates over leader changes: `for leader, meta in election:observe() do`, where leader
---- is as from leader() (false: none). The first step gives the current state; later steps
---- come only when the leader's session or value changed. Read errors are retried every
---- second; break out of the loop to stop.
+--- Iterates over leader changes: `for leader, _, meta in election:observe() do`, where
+--- leader is as from leader(), or false when there is none (a nil would end the loop). The
+--- first step gives the current state; later steps come only when the leader's session or
+--- value changed. Read errors are retried every second; break out of the loop to stop.
 function Election:observe()
   local index, last
   return function()
     while true do
-      local leader, meta = self:leader({ index = index, wait = index and MONITOR_WAIT })
-      if leader == nil then
+      local leader, err, meta = self:leader({ index = index, wait = index and MONITOR_WAIT })
+      if err then
         index = nil
         sched.sleep(1)
       else
@@ -198,7 +195,7 @@ function Election:observe()
         local key = leader and (leader.session .. "\0" .. (leader.value or "")) or ""
         if key ~= last then
           last = key
-          return leader, meta
+          return leader or false, nil, meta
         end
       end
     end

@@ -7,6 +7,7 @@ local errors = require "coord.errors"
 local consul = require "coord.consul"
 local hold = require "coord.hold"
 local url = require "coord.url"
+local args = require "coord.args"
 
 local uuid, segment = url.uuid, url.segment
 
@@ -14,13 +15,6 @@ local M = {}
 
 local now = core.now
 
-local function check(v, want, i, fname)
-  if type(v) ~= want then
-    error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, want, type(v)), 3)
-  end
-end
-
-local check_opts = consul.check_opts
 
 ---------------------------------------------------------------------------------------------
 -- durations: seconds (floats) on the Lua side, Go duration strings on the wire
@@ -92,20 +86,20 @@ function M.next_index(old, new)
 end
 
 --- Watches that obj (a lock or semaphore slot) is still held, until it is lost. read(index)
---- does one blocking read and returns held (boolean) and the meta table, or nil, err.
+--- does one blocking read and returns held (boolean), nil and the meta table, or nil, err.
 --- Read errors are retried every second; after a whole TTL (obj.ttl) without a successful
 --- read the slot is reported lost too, as its session has likely expired by then.
 function M.monitor(obj, read)
   local index, last = nil, now()
   while true do
-    local held, meta = read(index)
+    local held, err, meta = read(index)
     if held then
       index, last = M.next_index(index, meta.index), now()
     elseif held == false then
       return M.lose(obj, errors.new("lost", obj.what .. " is no longer held"))
     elseif now() - last >= obj.ttl then
-      return M.lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(meta),
-        { cause = meta }))
+      return M.lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(err),
+        { cause = err }))
     else
       index = nil
       sched.sleep(1)
@@ -138,8 +132,8 @@ local function entry(e)
     id = e.ID, name = e.Name, node = e.Node, behavior = e.Behavior,
     ttl = M.parse_duration(e.TTL),
     lock_delay = math.type(delay) == "integer" and delay / 1e9 or M.parse_duration(delay),
-    checks = consul.value(e.Checks), node_checks = consul.value(e.NodeChecks),
-    service_checks = consul.value(e.ServiceChecks),
+    checks = consul._value(e.Checks), node_checks = consul._value(e.NodeChecks),
+    service_checks = consul._value(e.ServiceChecks),
     create_index = e.CreateIndex, modify_index = e.ModifyIndex,
   }
 end
@@ -165,11 +159,11 @@ end
 --- Creates a session. opts: name, ttl (seconds, 10..86400), lock_delay (seconds; Consul's
 --- default 15), behavior ("release" or "delete"), checks, node_checks, service_checks
 --- (lists; an empty list means none, not even serfHealth), node, dc, token.
---- Returns the session ID and the meta table. The 500s of an agent whose node is not
+--- Returns the session ID, nil and the meta table (nil, err on failure). The 500s of an agent whose node is not
 --- registered yet ("Missing node registration", "Missing check 'serfHealth' registration")
 --- are retried for up to 5 s.
 function Sessions:create(opts)
-  opts = check_opts(opts, "create", 1)
+  opts = args.opts(opts, 1, "create")
   check_ttl(opts.ttl, 1, "create", "ttl")
   check_ttl(opts.lock_delay, 1, "create", "lock_delay")
   local body = {
@@ -182,21 +176,21 @@ function Sessions:create(opts)
   }
   local deadline, backoff = now() + CREATE_RETRY, 0.1
   while true do
-    local res, meta = self.client:_put("/v1/session/create", body, opts)
-    if res then return res.ID, meta end
+    local res, err, meta = self.client:_write("/v1/session/create", body, opts)
+    if res then return res.ID, nil, meta end
     -- refused, not applied: a new agent has a leader before its node is registered
-    if not (unregistered(meta) and now() < deadline) then return nil, meta end
+    if not (unregistered(err) and now() < deadline) then return nil, err end
     sched.sleep(math.min(sched.jitter(backoff), math.max(deadline - now(), 0)))
     backoff = math.min(backoff * 2, 1)
   end
 end
 
 --- Renews a session's TTL. Returns the session entry (its ttl may have been raised by the
---- server) and meta, or nil and a "lost" error (status 404) when it no longer exists.
+--- server), nil and the meta; or nil and a "lost" error (status 404) when it no longer exists.
 function Sessions:renew(id, opts)
-  check(id, "string", 1, "renew")
-  opts = check_opts(opts, "renew", 2)
-  local o = consul.call_opts(opts)
+  args.check(id, "string", 1, "renew")
+  opts = args.opts(opts, 2, "renew")
+  local o = consul._call_opts(opts, nil, "renew")
   o.ok, o.raw = { 404 }, true -- the 404 body is plain text
   local res, err = self.client:_call("PUT", "/v1/session/renew/" .. uuid(id, 1, "renew"), o)
   if not res then return nil, err end
@@ -205,46 +199,46 @@ function Sessions:renew(id, opts)
   if not e then
     return nil, errors.new("lost", "session " .. id .. " expired or was destroyed", { status = res.status })
   end
-  return e, res.meta
+  return e, nil, res.meta
 end
 
---- Destroys a session (its locks are released or deleted per its behavior). Returns true
---- and meta; destroying an unknown session also succeeds.
+--- Destroys a session (its locks are released or deleted per its behavior). Returns true,
+--- nil and the meta; destroying an unknown session also succeeds.
 function Sessions:destroy(id, opts)
-  check(id, "string", 1, "destroy")
-  opts = check_opts(opts, "destroy", 2)
-  local ok, meta = self.client:_put("/v1/session/destroy/" .. uuid(id, 1, "destroy"), nil, opts)
-  if not ok then return nil, meta end
-  return true, meta
+  args.check(id, "string", 1, "destroy")
+  opts = args.opts(opts, 2, "destroy")
+  local ok, err, meta = self.client:_write("/v1/session/destroy/" .. uuid(id, 1, "destroy"), nil, opts)
+  if not ok then return nil, err end
+  return true, nil, meta
 end
 
 -- GET a list of sessions, blocking when opts.index is given.
 local function query(self, path, opts)
-  local list, meta = self.client:_get(path, opts)
-  if not list then return nil, meta end
+  local list, err, meta = self.client:_read(path, opts)
+  if err then return nil, err end
   local out = {}
   for i, e in ipairs(type(list) == "table" and list or {}) do out[i] = entry(e) end -- null: none
-  return out, meta
+  return out, nil, meta
 end
 
---- The session's entry, or nil when it does not exist; and meta. opts: index, wait, stale,
---- consistent, dc, token.
+--- The session's entry, nil and the meta; nil, nil, meta when it does not exist. opts: index,
+--- wait, stale, consistent, dc, token.
 function Sessions:info(id, opts)
-  check(id, "string", 1, "info")
-  local list, meta = query(self, "/v1/session/info/" .. uuid(id, 1, "info"), check_opts(opts, "info", 2))
-  if not list then return nil, meta end
-  return list[1], meta
+  args.check(id, "string", 1, "info")
+  local list, err, meta = query(self, "/v1/session/info/" .. uuid(id, 1, "info"), args.opts(opts, 2, "info"))
+  if err then return nil, err end
+  return list[1], nil, meta
 end
 
---- All sessions (an array of entries) and meta. opts as for info.
+--- All sessions (an array of entries), nil and the meta. opts as for info.
 function Sessions:list(opts)
-  return query(self, "/v1/session/list", check_opts(opts, "list", 1))
+  return query(self, "/v1/session/list", args.opts(opts, 1, "list"))
 end
 
---- The sessions of one node and meta. opts as for info.
+--- The sessions of one node, nil and the meta. opts as for info.
 function Sessions:node(node, opts)
-  check(node, "string", 1, "node")
-  return query(self, "/v1/session/node/" .. segment(node, 1, "node"), check_opts(opts, "node", 2))
+  args.check(node, "string", 1, "node")
+  return query(self, "/v1/session/node/" .. segment(node, 1, "node"), args.opts(opts, 2, "node"))
 end
 
 ---------------------------------------------------------------------------------------------
@@ -260,7 +254,7 @@ Session.wait_lost = M.wait_lost
 --- Returns the session object (id, ttl, lost, close, wait_lost) or nil, err. A caller
 --- canceled while the create request is in flight destroys the session once it exists.
 function Sessions:open(opts)
-  opts = check_opts(opts, "open", 1)
+  opts = args.opts(opts, 1, "open")
   local o = setmetatable({ ttl = opts.ttl or 15 }, { __index = opts })
   local dopts = { token = opts.token, dc = opts.dc }
   local id, err = hold.shield(self.create, function(gone)
@@ -322,6 +316,6 @@ function M.left(deadline)
   return deadline and deadline - now() or math.huge
 end
 
-require("coord.args").methods(Sessions)
+args.methods(Sessions)
 
 return M

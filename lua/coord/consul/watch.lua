@@ -83,11 +83,11 @@ end
 local function run(self, fn)
   local job
   local w = sched.waiter(function() abandon(job) end)
-  job = start(fn, function(a, b) sched.wake(w, a, b) end)
+  job = start(fn, function(...) sched.wake(w, table.pack(...)) end)
   self.job, self.w = job, w
-  local a, b = sched.wait(w)
+  local r = sched.wait(w)
   self.job, self.w = nil, nil
-  return a, b
+  if r then return table.unpack(r, 1, r.n) end
 end
 
 ---------------------------------------------------------------------------------------------
@@ -121,8 +121,8 @@ local function backoff(p)
   coord.sleep(sched.jitter(p.delay))
 end
 
--- One successful read (false for an absent value) and its meta; or nil, err for an error
--- that retrying cannot fix (or any error, with opts.retry == false). p.after_reset tells
+-- One successful read (false for an absent value), nil and its meta; or nil, err for an
+-- error that retrying cannot fix (or any error, with opts.retry == false). p.after_reset tells
 -- whether the read returned is the first after an index reset.
 local function poll(p)
   while true do
@@ -130,13 +130,16 @@ local function poll(p)
     p.requests = p.requests + 1
     local o = { wait = p.wait, retries = 0 } -- the loop backs off itself
     if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
-    local v, meta = p.fetch(o)
-    if v == nil and errors.is(meta) then
+    local v, err, meta = p.fetch(o)
+    if err ~= nil then
+      if not errors.is(err) then
+        error("coord.consul watch: the read returned a second value that is not a coord error: " .. tostring(err), 0)
+      end
       -- The agent may have restarted with fresh indexes: a blocking read with an index above
       -- its own would wait the whole `wait` before rule 1 could notice. Read once without
       -- blocking instead; an unchanged answer is not delivered again.
       p.index, p.hash, p.reset = 0, nil, true
-      if not retryable(meta) or p.opts.retry == false then return nil, meta end
+      if not retryable(err) or p.opts.retry == false then return nil, err end
       backoff(p)
     else
       p.delay = 0
@@ -150,7 +153,7 @@ local function poll(p)
       p.hash = meta and meta.content_hash
       p.after_reset, p.reset = p.reset, false
       if v == nil then v = false end
-      return v, meta
+      return v, nil, meta
     end
   end
 end
@@ -179,16 +182,17 @@ local function changed(self, v, after_reset)
   return true
 end
 
---- The next changed value and its meta; nil when closed or failed (see watch.error).
+--- The next changed value (false when absent), nil and its meta; nil, err when the watch
+--- failed (also kept in watch.error); nil when it is closed.
 function Watch:next()
   while not self.closed do
-    local v, meta = run(self, function() return poll(self.p) end)
+    local v, err, meta = run(self, function() return poll(self.p) end)
     if self.closed then return nil end
     if v == nil then
-      self.error = meta
-      return nil
+      self.error = err
+      return nil, err
     end
-    if changed(self, v, self.p.after_reset) then return v, meta end
+    if changed(self, v, self.p.after_reset) then return v, nil, meta end
   end
   return nil
 end
@@ -242,10 +246,14 @@ local function new_watch(read, opts, kv)
   return iterator(w)
 end
 
---- A watch over any blocking read: fn(opts) gets opts with index/hash/wait added.
+--- A watch over any blocking read: fn(opts) gets opts with index/hash/wait added and
+--- returns value, err, meta (the 0.2 convention; a nil value with no error is absent).
 function M.new(_, fn, opts)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'watch' (function expected, got " .. type(fn) .. ")", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'watch' (table or nil expected, got " .. type(opts) .. ")", 3)
   end
   opts = opts or {}
   check_rate(opts)
@@ -270,10 +278,10 @@ end
 -- the watchers that wait.
 local function group_loop(g)
   while true do
-    local list, meta = poll(g.p)
+    local list, err, meta = poll(g.p)
     if list and g.p.after_reset then g.reset_version = g.version + 1 end
     if list == nil then
-      g.error = meta
+      g.error = err
       if g.registry[g.key] == g then g.registry[g.key] = nil end
     else
       local byk = {}
@@ -301,7 +309,8 @@ local function join(kv, prefix, opts)
   return g
 end
 
---- The next change of this key's entry (false when absent) and the meta of the prefix read.
+--- The next change of this key's entry (false when absent), nil and the meta of the prefix
+--- read; nil, err when the shared query failed; nil when closed.
 function Sub:next()
   local g = self.g
   while not self.closed do
@@ -310,10 +319,10 @@ function Sub:next()
       self.seen = g.version
       local v = g.entries[self.key] or false
       if v and self.raw then v = v.value end
-      if changed(self, v, after_reset) then return v, g.meta end
+      if changed(self, v, after_reset) then return v, nil, g.meta end
     elseif g.error then
       self.error = g.error
-      return nil
+      return nil, g.error
     else
       self.w = sched.waiter(function(w) if self.w == w then self.w = nil end end)
       sched.wait(self.w)
