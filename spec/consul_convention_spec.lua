@@ -94,6 +94,18 @@ describe("coord.consul return convention", function()
     end)
   end)
 
+  it("ends a consul:watch whose function returns the old value, meta shape, with kind invalid", function()
+    coord.run(function()
+      local n = 0
+      local f, s, ctl, w = c:watch(function(o) return c.kv:list("conv/", o) and "x", { index = 1 } end)
+      for _ in f, s, ctl, w do n = n + 1 end
+      assert.are.equal(0, n)
+      assert.are.equal("invalid", w.error.kind)
+      assert.matches("return value, err, meta", w.error.message, 1, true)
+      assert.are.equal(1, w:requests())
+    end)
+  end)
+
   it("reads a txn that was rolled back as an answer, not an error", function()
     local res, err, meta = c.txn:run { { verb = "check-index", key = "conv/nokey", index = 12345 } }
     assert.is_nil(err)
@@ -164,21 +176,22 @@ describe("coord.consul return convention", function()
       assert(c.kv:put("conv/cap", "1"))
       local _, _, meta = c.kv:get("conv/cap")
       local t0 = coord.now()
-      -- wait 30 s, timeout 1.5 s: Consul is asked to wait at most (1.5 - 0.15) * 16/17 s
-      local e, err, m2 = c.kv:get("conv/cap", { index = meta.index, wait = 30, timeout = 1.5 })
+      -- wait 60 s, timeout 5 s: Consul is asked to wait (5 - 0.5) * 16/17 s, and answers
+      -- within 4.5 s (its jitter adds up to wait/16), leaving 0.5 s for the reply
+      local e, err, m2 = c.kv:get("conv/cap", { index = meta.index, wait = 60, timeout = 5 })
       local dt = coord.now() - t0
       assert.is_nil(err, tostring(err))
       assert.are.equal("1", e.value)
       assert.are.equal(meta.index, m2.index, "nothing changed: the wait ran out")
-      assert.is_true(dt < 1.5, "returned after " .. dt)
-      assert.is_true(dt >= 1, "returned after " .. dt)
+      assert.is_true(dt < 5, "returned after " .. dt)
+      assert.is_true(dt >= 4, "returned after " .. dt)
       -- the request went out with the shortened wait
       local sent
       for line in io.lines(server.dir .. "/consul.log") do
         local w = line:match("/v1/kv/conv/cap%?[^ ]*wait=(%d+ms)")
         if w then sent = w end
       end
-      assert.are.equal("1271ms", sent)
+      assert.are.equal("4236ms", sent)
     end)
   end)
 end)

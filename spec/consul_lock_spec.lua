@@ -104,7 +104,7 @@ describe("coord.consul locks", function()
       assert.is_nil(l)
       assert.are.equal("conflict", err.kind)
       assert.are.equal(0, #assert(c.session:list()))
-      assert.has_error(function() c:lock(1) end, "bad argument #1 to 'lock' (string expected, got number)")
+      assert.has_error(function() c:lock(1) end, "bad argument #1 to 'lock' (string expected, got integer)")
       assert.has_error(function() c:lock("k", { timeout = "1" }) end)
     end))
 

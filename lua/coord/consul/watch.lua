@@ -132,8 +132,9 @@ local function poll(p)
     if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
     local v, err, meta = p.fetch(o)
     if err ~= nil then
-      if not errors.is(err) then
-        error("coord.consul watch: the read returned a second value that is not a coord error: " .. tostring(err), 0)
+      if not errors.is(err) then -- a function written for the old value, meta shape
+        return nil, errors.new("invalid", "the watched function returned a second value that is not an error: "
+          .. tostring(err) .. " (return value, err, meta)")
       end
       -- The agent may have restarted with fresh indexes: a blocking read with an index above
       -- its own would wait the whole `wait` before rule 1 could notice. Read once without
