@@ -574,7 +574,7 @@ local function start_sessions(S, n)
         if s then
           X.opened = X.opened + 1
           X.open[i] = s
-          local lost = s:wait_lost()
+          local _, lost = s:wait_lost()
           X.open[i] = nil
           if lost then
             if S.consul_epoch == epoch then X.lost_same_epoch = X.lost_same_epoch + 1

@@ -63,7 +63,7 @@ function M.finish(obj)
   for _, w in ipairs(ws) do sched.wake(w) end
 end
 
---- Waits until obj is lost (returns the "lost" error) or released (returns nil).
+--- Waits until obj is lost (returns nil and the "lost" error) or released (returns true).
 function M.wait_lost(obj)
   if not obj.ended then
     local w = sched.waiter(function(w)
@@ -75,7 +75,8 @@ function M.wait_lost(obj)
     obj.lost_waiters[#obj.lost_waiters + 1] = w
     sched.wait(w)
   end
-  return obj.lost
+  if obj.lost then return nil, obj.lost end
+  return true
 end
 
 --- The index for the next blocking read: reset when it went backwards, never below 1.
