@@ -106,6 +106,18 @@ describe("coord.consul return convention", function()
     end)
   end)
 
+  it("checks self and arguments of the lock, election and semaphore objects", function()
+    local e = c:election("conv/el")
+    assert.has_error(function() e.leader() end, "calling 'leader' on bad self (use ':')")
+    assert.has_error(function() e:leader(5) end, "bad argument #1 to 'leader' (table or nil expected, got integer)")
+    assert.has_error(function() e:campaign(5) end, "bad argument #1 to 'campaign' (string or nil expected, got integer)")
+    local sem = c:semaphore("conv/sem", 1)
+    assert.has_error(function() sem.acquire() end, "calling 'acquire' on bad self (use ':')")
+    assert.has_error(function() sem:acquire("x") end, "bad argument #1 to 'acquire' (table or nil expected, got string)")
+    assert.has_error(function() sem:acquire { timeout = "1" } end,
+      "bad option 'timeout' to 'acquire' (number expected, got string)")
+  end)
+
   it("reads a txn that was rolled back as an answer, not an error", function()
     local res, err, meta = c.txn:run { { verb = "check-index", key = "conv/nokey", index = 12345 } }
     assert.is_nil(err)

@@ -28,7 +28,7 @@ end
 
 local Lock = { __name = "coord.consul.lock" }
 Lock.__index = Lock
-Lock.wait_lost = session.wait_lost
+Lock.wait_lost = session._wait_lost
 
 -- Waits until l.session holds the key: blocking reads while another session holds it, a
 -- pause while a lock-delay refuses it. Returns true or nil, err.
@@ -37,7 +37,7 @@ local function acquire(l, timeout)
   local deadline = timeout and core.now() + timeout
   local index, refused, tries = nil, false, 0
   while true do
-    local left = session.left(deadline)
+    local left = session._left(deadline)
     if left <= 0 and tries > 0 then -- timeout = 0: one try
       return nil, errors.new("timeout", ("lock %s not acquired within %g s"):format(l.key, timeout))
     end
@@ -49,7 +49,7 @@ local function acquire(l, timeout)
     end
     if e and e.session == l.session then return true end
     if e and e.session then
-      index, refused = session.next_index(index, meta.index), false
+      index, refused = session._next_index(index, meta.index), false
     elseif refused then
       sched.sleep(math.min(RETRY, left))
       index, refused = nil, false
@@ -83,7 +83,7 @@ function M.lock(client, key, opts)
   opts = check_args(key, opts, "lock")
   local l = setmetatable({ client = client, key = key, value = opts.value or "", on_lost = opts.on_lost,
     what = "lock " .. key }, Lock)
-  local ok, err = session.hold(client, l, opts, { name = "Consul API Lock" })
+  local ok, err = session._hold(client, l, opts, { name = "Consul API Lock" })
   if not ok then return nil, err end
   -- failed, timed out, canceled or closed before the lock is held: unlock (destroying our
   -- own session releases the key even if an acquire was applied unseen)
@@ -91,7 +91,7 @@ function M.lock(client, key, opts)
   ok, err = acquire(l, opts.timeout)
   if not ok then return nil, err end
   guard:commit()
-  l.monitor = sched.spawn(session.monitor, l, still_held(l))
+  l.monitor = sched.spawn(session._monitor, l, still_held(l))
   return l
 end
 
@@ -122,7 +122,7 @@ function Lock:unlock()
   if self.released then return true end
   self.released = true
   hold.stop(self.monitor)
-  session.finish(self)
+  session._finish(self)
   return hold.cleanup(give_back, self)
 end
 
@@ -146,10 +146,12 @@ end
 --- Waits until this process leads (holds the lock, with value as the key's value). opts:
 --- timeout, on_lost. Returns the held lock or nil, err. Campaigning while leading raises.
 function Election:campaign(value, opts)
+  args.check(value, "string", 1, "campaign", true)
+  opts = args.opts(opts, 2, "campaign")
   if self.lock and not self.lock.released then error("campaign: already leading (resign first)", 2) end
   local o = {}
   for k, v in pairs(self.opts) do o[k] = v end
-  for k, v in pairs(opts or {}) do o[k] = v end
+  for k, v in pairs(opts) do o[k] = v end
   o.value = value
   local l, err = M.lock(self.client, self.key, o)
   self.lock = l
@@ -172,6 +174,7 @@ end
 --- The current leader as { value, session }, nil and the meta; nil, nil, meta when there is
 --- none; or nil, err. opts: index, wait (a blocking read), consistent, stale.
 function Election:leader(opts)
+  opts = args.opts(opts, 1, "leader")
   local e, err, meta = self.client.kv:get(self.key, opts)
   if err then return nil, err end
   if e and e.session then return { value = e.value, session = e.session }, nil, meta end
@@ -191,7 +194,7 @@ function Election:observe()
         index = nil
         sched.sleep(1)
       else
-        index = session.next_index(index, meta.index)
+        index = session._next_index(index, meta.index)
         local key = leader and (leader.session .. "\0" .. (leader.value or "")) or ""
         if key ~= last then
           last = key
@@ -201,5 +204,8 @@ function Election:observe()
     end
   end
 end
+
+args.methods(Lock)
+args.methods(Election)
 
 return M

@@ -19,7 +19,7 @@ local CAS_TRIES = 20    -- attempts to remove ourselves from the holders on rele
 
 local Semaphore = { __name = "coord.consul.semaphore" }
 Semaphore.__index = Semaphore
-Semaphore.wait_lost = session.wait_lost
+Semaphore.wait_lost = session._wait_lost
 
 --- A semaphore with `limit` slots on prefix (all contenders must agree on limit). opts:
 --- value (stored in our contender key), timeout (seconds acquire waits; default forever),
@@ -83,7 +83,7 @@ local function take_slot(s, timeout)
   local deadline = timeout and core.now() + timeout
   local index, tries = nil, 0
   while true do
-    local left = session.left(deadline)
+    local left = session._left(deadline)
     if left <= 0 and tries > 0 then -- timeout = 0: one try
       return nil, errors.new("timeout", ("no slot of %s free within %g s"):format(s.prefix, timeout))
     end
@@ -99,7 +99,7 @@ local function take_slot(s, timeout)
       if ok == nil then return nil, serr end
       index = nil -- lost a race with another contender: read again
     else
-      index = session.next_index(index, meta.index)
+      index = session._next_index(index, meta.index)
     end
   end
 end
@@ -117,11 +117,12 @@ end
 --- for other flags or another limit, or the request's error). Acquiring twice raises. A
 --- failure, timeout, cancel or close before the slot is held gives everything back.
 function Semaphore:acquire(opts)
+  opts = args.opts(opts, 1, "acquire")
   if self.held then error("acquire: semaphore slot already held (release first)", 2) end
-  local timeout = (opts and opts.timeout) or self.opts.timeout
+  local timeout = args.option(opts, "timeout", "number", "acquire") or self.opts.timeout
   self.lost, self.ended, self.monitor, self.keeper = nil, nil, nil, nil
   self.on_lost = self.opts.on_lost
-  local ok, err = session.hold(self.client, self, self.opts, { name = "Consul API Semaphore", behavior = "delete" })
+  local ok, err = session._hold(self.client, self, self.opts, { name = "Consul API Semaphore", behavior = "delete" })
   if not ok then return nil, err end
   self.held = true
   self.contender = self.prefix .. "/" .. self.session
@@ -134,7 +135,7 @@ function Semaphore:acquire(opts)
   if ok then ok, err = take_slot(self, timeout) end
   if not ok then return nil, err end
   guard:commit()
-  self.monitor = sched.spawn(session.monitor, self, still_holder(self))
+  self.monitor = sched.spawn(session._monitor, self, still_holder(self))
   return self
 end
 
@@ -168,12 +169,14 @@ function Semaphore:release()
   if not self.held then return true end
   self.held = false
   hold.stop(self.monitor)
-  session.finish(self)
+  session._finish(self)
   return hold.cleanup(give_back, self, { session = self.session, contender = self.contender, keeper = self.keeper })
 end
 
 function Semaphore:__close()
   self:release()
 end
+
+args.methods(Semaphore)
 
 return M

@@ -22,7 +22,7 @@ local now = core.now
 local units = { ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 }
 
 --- Seconds in a Go duration string ("15s", "1m30s", "150ms"); nil for "" or garbage.
-function M.parse_duration(s)
+function M._parse_duration(s)
   if type(s) ~= "string" or s == "" then return nil end
   local total, rest = 0, s
   while rest ~= "" do
@@ -38,7 +38,7 @@ local function duration(s)
   if s == math.floor(s) then return ("%ds"):format(s) end
   return ("%dms"):format(math.floor(s * 1000 + 0.5))
 end
-M.duration = duration
+M._duration = duration
 
 ---------------------------------------------------------------------------------------------
 -- the "lost" signal shared by self-renewing sessions, locks and semaphores (the helpers
@@ -47,16 +47,16 @@ M.duration = duration
 
 --- Marks obj lost with err (once): sets obj.lost, wakes obj:wait_lost() callers and calls
 --- obj.on_lost(err, obj) if set (its errors go to the coroutine error handler).
-function M.lose(obj, err)
+function M._lose(obj, err)
   if obj.lost or obj.ended then return end
   obj.lost = err
   hold.stop(obj.monitor)
-  M.finish(obj)
+  M._finish(obj)
   if obj.on_lost then obj.on_lost(err, obj) end
 end
 
 -- Ends obj's life (lost or released): wakes everyone in wait_lost.
-function M.finish(obj)
+function M._finish(obj)
   obj.ended = true
   local ws = obj.lost_waiters or {}
   obj.lost_waiters = nil
@@ -64,7 +64,7 @@ function M.finish(obj)
 end
 
 --- Waits until obj is lost (returns nil and the "lost" error) or released (returns true).
-function M.wait_lost(obj)
+function M._wait_lost(obj)
   if not obj.ended then
     local w = sched.waiter(function(w)
       for i, x in ipairs(obj.lost_waiters or {}) do
@@ -80,7 +80,7 @@ function M.wait_lost(obj)
 end
 
 --- The index for the next blocking read: reset when it went backwards, never below 1.
-function M.next_index(old, new)
+function M._next_index(old, new)
   if math.type(new) ~= "integer" then return nil end
   if old and new < old then return nil end
   return math.max(new, 1)
@@ -90,16 +90,16 @@ end
 --- does one blocking read and returns held (boolean), nil and the meta table, or nil, err.
 --- Read errors are retried every second; after a whole TTL (obj.ttl) without a successful
 --- read the slot is reported lost too, as its session has likely expired by then.
-function M.monitor(obj, read)
+function M._monitor(obj, read)
   local index, last = nil, now()
   while true do
     local held, err, meta = read(index)
     if held then
-      index, last = M.next_index(index, meta.index), now()
+      index, last = M._next_index(index, meta.index), now()
     elseif held == false then
-      return M.lose(obj, errors.new("lost", obj.what .. " is no longer held"))
+      return M._lose(obj, errors.new("lost", obj.what .. " is no longer held"))
     elseif now() - last >= obj.ttl then
-      return M.lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(err),
+      return M._lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(err),
         { cause = err }))
     else
       index = nil
@@ -131,14 +131,14 @@ local function entry(e)
   local delay = e.LockDelay
   return {
     id = e.ID, name = e.Name, node = e.Node, behavior = e.Behavior,
-    ttl = M.parse_duration(e.TTL),
-    lock_delay = math.type(delay) == "integer" and delay / 1e9 or M.parse_duration(delay),
+    ttl = M._parse_duration(e.TTL),
+    lock_delay = math.type(delay) == "integer" and delay / 1e9 or M._parse_duration(delay),
     checks = consul._value(e.Checks), node_checks = consul._value(e.NodeChecks),
     service_checks = consul._value(e.ServiceChecks),
     create_index = e.CreateIndex, modify_index = e.ModifyIndex,
   }
 end
-M.entry = entry
+M._entry = entry
 
 local function check_ttl(v, i, fname, what)
   if v ~= nil and (type(v) ~= "number" or v < 0) then
@@ -247,7 +247,7 @@ end
 
 local Session = { __name = "coord.consul.session" }
 Session.__index = Session
-Session.wait_lost = M.wait_lost
+Session.wait_lost = M._wait_lost
 
 --- Creates a session (opts as for create; ttl defaults to 15 s) and keeps it alive in a
 --- background task (renewed every TTL/2, retried until a whole TTL has passed since the
@@ -271,7 +271,7 @@ function Sessions:open(opts)
       s.ttl = e.ttl or s.ttl
       return s.ttl
     end,
-    lost = function(lerr) M.lose(s, lerr) end,
+    lost = function(lerr) M._lose(s, lerr) end,
   }
   s.task = s.renewal.task
   return s
@@ -285,7 +285,7 @@ function Session:close()
   if self.closed then return true end
   self.closed = true
   self.renewal:stop()
-  M.finish(self)
+  M._finish(self)
   return hold.cleanup(self.sessions.destroy, self.sessions, self.id, { token = self.opts.token, dc = self.opts.dc })
 end
 
@@ -296,7 +296,7 @@ end
 --- For locks and semaphores: takes opts.session (an ID the caller keeps alive) or opens a
 --- self-renewing session (opts.ttl, opts.lock_delay, opts.session_name or defaults.name,
 --- defaults.behavior) whose loss marks obj lost. Sets obj.session, obj.keeper, obj.ttl.
-function M.hold(client, obj, opts, defaults)
+function M._hold(client, obj, opts, defaults)
   obj.ttl = opts.ttl or 15
   if opts.session then
     obj.session = opts.session
@@ -305,7 +305,7 @@ function M.hold(client, obj, opts, defaults)
   local keeper, err = M.new(client):open {
     name = opts.session_name or defaults.name, ttl = obj.ttl, lock_delay = opts.lock_delay,
     behavior = defaults.behavior, token = opts.token, dc = opts.dc,
-    on_lost = function(e) M.lose(obj, e) end,
+    on_lost = function(e) M._lose(obj, e) end,
   }
   if not keeper then return nil, err end
   obj.session, obj.keeper = keeper.id, keeper
@@ -313,10 +313,11 @@ function M.hold(client, obj, opts, defaults)
 end
 
 --- The seconds left before deadline (math.huge without one).
-function M.left(deadline)
+function M._left(deadline)
   return deadline and deadline - now() or math.huge
 end
 
 args.methods(Sessions)
+args.methods(Session)
 
 return M
