@@ -11,7 +11,7 @@ print(("etcd:   %s = %q (version %d, revision %d)"):format(kv.key, kv.value, kv.
 print("etcd:   a missing key reads as", (etcd:get("plain/missing")))
 
 assert(consul.kv:put("plain/greeting", "hello from consul"))
-local entry, meta = assert(consul.kv:get("plain/greeting"))
+local entry, _, meta = assert(consul.kv:get("plain/greeting"))
 print(("consul: %s = %q (modify index %d, index %d)"):format(entry.key, entry.value, entry.modify_index, meta.index))
 print("consul: a missing key reads as", (consul.kv:get("plain/missing")))
 

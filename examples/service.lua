@@ -29,7 +29,7 @@ coord.run(function()
   -- the "work": until Consul reports the instance passing, then a little longer
   local index
   for _ = 1, 20 do
-    local nodes, meta = assert(consul.health:service("demo-web", { passing = true, index = index, wait = 2 }))
+    local nodes, _, meta = assert(consul.health:service("demo-web", { passing = true, index = index, wait = 2 }))
     index = meta.index
     if #nodes > 0 then
       print(("health: %d passing instance(s) of demo-web"):format(#nodes))

@@ -14,14 +14,17 @@ describe("coord.consul API", function()
   describe("txn", function()
     it("applies KV operations together, base64 and uint64 flags included", function()
       local flags = math.mininteger + 0x2ddccbc0 -- above 2^63 as a uint64
-      local ok, results = c.txn:run {
+      local res, err, meta = c.txn:run {
         { verb = "set", key = "txn/a", value = "\0\255bin", flags = flags },
         { verb = "set", key = "txn/b", value = "b" },
         { verb = "get", key = "txn/a" },
         { verb = "get-tree", key = "txn/" },
         { verb = "check-not-exists", key = "txn/none" },
       }
-      assert.is_true(ok)
+      assert.is_nil(err)
+      assert.is_true(res.applied)
+      assert.are.equal(200, meta.status)
+      local results = res.results
       -- one result per set and get, one per entry of get-tree
       assert.are.equal(5, #results)
       assert.are.equal("\0\255bin", results[3].kv.value)
@@ -30,21 +33,25 @@ describe("coord.consul API", function()
       assert.are.equal("txn/b", results[5].kv.key)
       local e = c.kv:get("txn/a")
       assert.are.equal(flags, e.flags)
-      ok, results = c.txn:run {
+      res, err, meta = c.txn:run {
         { verb = "cas", key = "txn/b", value = "c", index = c.kv:get("txn/b").modify_index },
         { verb = "delete-cas", key = "txn/a", index = e.modify_index },
         { verb = "lock", key = "txn/l", value = "x", session = "00000000-0000-0000-0000-000000000000" },
       }
-      assert.is_false(ok)
-      assert.are.equal(3, results[1].op)
-      assert.is_string(results[1].what)
+      -- rolled back: an answer (result, nil, meta), not a failure
+      assert.is_nil(err)
+      assert.is_false(res.applied)
+      assert.is_nil(res.results)
+      assert.are.equal(409, meta.status)
+      assert.are.equal(3, res.errors[1].op)
+      assert.is_string(res.errors[1].what)
       assert.are.equal("b", c.kv:get("txn/b").value, "rolled back")
       assert.are.equal(e.modify_index, c.kv:get("txn/a").modify_index)
-      ok = c.txn:run {
+      res = assert(c.txn:run {
         { verb = "delete", key = "txn/b" }, { verb = "delete-tree", key = "txn/" },
         { verb = "check-not-exists", key = "txn/a" },
-      }
-      assert.is_true(ok)
+      })
+      assert.is_true(res.applied)
     end)
 
     it("refuses a transaction over the operation limit before sending it", function()
@@ -56,7 +63,7 @@ describe("coord.consul API", function()
       assert.is_nil(err.status)
       assert.are.same({}, (c.kv:keys("txn/many/")))
       ops[65] = nil
-      assert.is_true((c.txn:run(ops)))
+      assert.is_true(c.txn:run(ops).applied)
       assert.are.equal(64, #c.kv:keys("txn/many/"))
     end)
 
@@ -110,10 +117,10 @@ describe("coord.consul API", function()
 
     it("blocks on the content hash of an agent service until it changes", function()
       assert(c.agent:service_register { Name = "hashy", ID = "hashy", Port = 1 })
-      local svc, meta = c.agent:service("hashy")
+      local svc, _, meta = c.agent:service("hashy")
       assert.is_string(meta.content_hash)
       local t0 = coord.now()
-      local _, same = c.agent:service("hashy", { hash = meta.content_hash, wait = 0.5 })
+      local _, _, same = c.agent:service("hashy", { hash = meta.content_hash, wait = 0.5 })
       assert.is_true(coord.now() - t0 >= 0.4)
       assert.are.equal(meta.content_hash, same.content_hash)
       local seen = coord.run(function()
@@ -155,13 +162,13 @@ describe("coord.consul API", function()
     end)
 
     it("blocks on the catalog index until a service appears", function()
-      local _, meta = c.catalog:services()
+      local _, _, meta = c.catalog:services()
       local got = coord.run(function()
         local waiter = coord.spawn(function()
           return c.catalog:services { index = meta.index, wait = 10 }
         end)
         assert(c.catalog:register { Node = "ext2", Address = "10.0.0.8", Service = { Service = "late" } })
-        local ok, services, m = waiter:join()
+        local ok, services, _, m = waiter:join()
         assert.is_true(ok)
         assert.is_true(m.index > meta.index)
         return services
@@ -182,7 +189,7 @@ describe("coord.consul API", function()
       local e = assert(c.event:fire("deploy", "\0\1\2", {}))
       assert.are.equal("deploy", e.Name)
       assert.are.equal("\0\1\2", e.Payload)
-      local list, meta = c.event:list { name = "deploy" }
+      local list, _, meta = c.event:list { name = "deploy" }
       assert.are.equal(e.ID, list[#list].ID)
       assert.are.equal("\0\1\2", list[#list].Payload)
       local got = coord.run(function()

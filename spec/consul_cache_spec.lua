@@ -17,14 +17,14 @@ describe("coord.consul agent cache", function()
   teardown(function() server:stop() end)
 
   it("reads health:service through the cache: a MISS, then a HIT with its age", function()
-    local plain, pmeta = assert(c.health:service("consul"))
+    local plain, _, pmeta = assert(c.health:service("consul"))
     assert.equal(1, #plain)
     assert.is_nil(pmeta.cache)
     assert.is_nil(pmeta.age)
-    local first, m1 = assert(c.health:service("consul", { cached = true }))
+    local first, _, m1 = assert(c.health:service("consul", { cached = true }))
     assert.equal("MISS", m1.cache)
     assert.same(plain, first)
-    local second, m2 = assert(c.health:service("consul", { cached = true }))
+    local second, _, m2 = assert(c.health:service("consul", { cached = true }))
     assert.equal("HIT", m2.cache)
     assert.equal("integer", math.type(m2.age))
     assert.is_true(m2.age >= 0)
@@ -38,8 +38,8 @@ describe("coord.consul agent cache", function()
       function(o) return c.catalog:service("consul", o) end,
       function(o) return c.catalog:datacenters(o) end,
     } do
-      local _, m1 = assert(read { cached = true })
-      local _, m2 = assert(read { cached = true })
+      local _, _, m1 = assert(read { cached = true })
+      local _, _, m2 = assert(read { cached = true })
       assert.equal("MISS", m1.cache)
       assert.equal("HIT", m2.cache)
     end
@@ -47,10 +47,10 @@ describe("coord.consul agent cache", function()
 
   it("sends max_age and stale_if_error as Cache-Control", function()
     -- catalog:datacenters is a simple cache: max-age=0 makes every read fetch again
-    local _, m = assert(c.catalog:datacenters { cached = true, max_age = 0 })
-    _, m = assert(c.catalog:datacenters { cached = true, max_age = 0, stale_if_error = 60 })
+    local _, _, m = assert(c.catalog:datacenters { cached = true, max_age = 0 })
+    _, _, m = assert(c.catalog:datacenters { cached = true, max_age = 0, stale_if_error = 60 })
     assert.equal("MISS", m.cache)
-    _, m = assert(c.catalog:datacenters { cached = true, max_age = 3600, stale_if_error = 60 })
+    _, _, m = assert(c.catalog:datacenters { cached = true, max_age = 3600, stale_if_error = 60 })
     assert.equal("HIT", m.cache)
   end)
 

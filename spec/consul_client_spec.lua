@@ -208,7 +208,7 @@ describe("coord.consul client", function()
       local c = consul_mod.new { address = server.address, max_connections = 4 }
       local c2 = consul_mod.new { address = server.address, max_connections = 4 }
       assert.are.equal(c.limit, c2.limit, "clients of one agent share the limit")
-      local _, meta = c.kv:get("busy")
+      local _, _, meta = c.kv:get("busy")
       coord.run(function()
         local tasks = {}
         for i = 1, 40 do

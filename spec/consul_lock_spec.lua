@@ -31,8 +31,8 @@ describe("coord.consul locks", function()
   local function await_key(key, pred, limit)
     local deadline, index = coord.now() + (limit or 20), nil
     while true do
-      local e, meta = c.kv:get(key, { index = index, wait = index and 5 })
-      assert(e or not coord.is_error(meta), tostring(meta))
+      local e, err, meta = c.kv:get(key, { index = index, wait = index and 5 })
+      assert(not err, tostring(err))
       if pred(e) then return e end
       assert(coord.now() < deadline, "timed out waiting on " .. key)
       index = meta.index
@@ -41,7 +41,7 @@ describe("coord.consul locks", function()
 
   -- True when key stays absent for `s` seconds (a blocking read that sees no change).
   local function stays_absent(key, s)
-    local e, meta = c.kv:get(key)
+    local e, _, meta = c.kv:get(key)
     if e then return false end
     e = c.kv:get(key, { index = meta.index, wait = s })
     return e == nil
@@ -63,7 +63,7 @@ describe("coord.consul locks", function()
   local function await_other_session(mine)
     local deadline, index = coord.now() + 20, nil
     while true do
-      local list, meta = assert(c.session:list { index = index, wait = 5 })
+      local list, _, meta = assert(c.session:list { index = index, wait = 5 })
       for _, e in ipairs(list) do
         if not mine[e.id] then return e end
       end
@@ -89,7 +89,7 @@ describe("coord.consul locks", function()
       assert.is_nil(c.kv:get("basic/.lock"))
       assert.is_nil(c.session:info(l.session))
       assert.is_nil(l.lost)
-      assert.is_nil(l:wait_lost())
+      assert.is_true(l:wait_lost())
       assert.is_true(l:unlock())
       do
         local l2 <close> = assert(c:lock("basic/.lock", { timeout = 5 }))
@@ -104,7 +104,7 @@ describe("coord.consul locks", function()
       assert.is_nil(l)
       assert.are.equal("conflict", err.kind)
       assert.are.equal(0, #assert(c.session:list()))
-      assert.has_error(function() c:lock(1) end, "bad argument #1 to 'lock' (string expected, got number)")
+      assert.has_error(function() c:lock(1) end, "bad argument #1 to 'lock' (string expected, got integer)")
       assert.has_error(function() c:lock("k", { timeout = "1" }) end)
     end))
 
@@ -157,7 +157,8 @@ describe("coord.consul locks", function()
       local seen
       local l = assert(c:lock("lost/.lock", { on_lost = function(err) seen = err end }))
       assert(c.session:destroy(l.session))
-      local err = coord.timeout(10, l.wait_lost, l)
+      local none, err = coord.timeout(10, l.wait_lost, l)
+      assert.is_nil(none)
       assert.are.equal("lost", err.kind)
       assert.are.equal(err, l.lost)
       assert.are.equal(err, seen)
@@ -171,7 +172,7 @@ describe("coord.consul locks", function()
       local l = assert(c:lock("expiring/.lock", { session = sid }))
       local got
       local t = coord.spawn(function() got = assert(c:lock("expiring/.lock", { timeout = 40 })) end)
-      local err = coord.timeout(40, l.wait_lost, l)
+      local _, err = coord.timeout(40, l.wait_lost, l)
       assert.are.equal("lost", err.kind)
       assert.is_nil(c.session:info(sid))
       assert.is_true(t:join())
@@ -237,7 +238,7 @@ describe("coord.consul locks", function()
     it("reports a slot lost when its session is destroyed", run(function()
       local s = assert(c:semaphore("semlost", 1):acquire())
       assert(c.session:destroy(s.session))
-      local err = coord.timeout(10, s.wait_lost, s)
+      local _, err = coord.timeout(10, s.wait_lost, s)
       assert.are.equal("lost", err.kind)
       assert.is_true(s:release())
       local other <close> = assert(c:semaphore("semlost", 1):acquire { timeout = 5 })
@@ -260,7 +261,10 @@ describe("coord.consul locks", function()
     it("elects one leader, lets observers follow it, and fails over", run(function()
       local opts = { lock_delay = 0 }
       local e1, e2 = c:election("elect/leader", opts), c:election("elect/leader", opts)
-      assert.is_false(e1:leader())
+      local none, nerr, nmeta = e1:leader()
+      assert.is_nil(none)
+      assert.is_nil(nerr)
+      assert.are.equal("integer", math.type(nmeta.index))
       local leaders = coord.queue()
       local watcher = coord.spawn(function()
         for leader in c:election("elect/leader"):observe() do
@@ -282,13 +286,13 @@ describe("coord.consul locks", function()
       assert(c.session:destroy(e2.lock.session))
       assert.is_true((t1:join()))
       assert.are.equal("three", leaders:get())
-      assert.are.equal("lost", e2.lock:wait_lost().kind)
+      assert.are.equal("lost", select(2, e2.lock:wait_lost()).kind)
       assert.is_false(e2:is_leader())
       assert.is_true(e2:resign())
       assert.are.equal("three", assert(e2:leader()).value)
       watcher:cancel()
       assert.is_true(e1:resign())
-      assert.is_false(e1:leader())
+      assert.is_nil(e1:leader())
     end))
   end)
 
@@ -299,7 +303,7 @@ describe("coord.consul locks", function()
     local function await_sessions(held, limit)
       local deadline, index = coord.now() + (limit or 20), nil
       while true do
-        local list, meta = assert(c.session:list { index = index, wait = 2 })
+        local list, _, meta = assert(c.session:list { index = index, wait = 2 })
         local ids, n, want = {}, 0, 0
         for _, e in ipairs(list) do ids[e.id], n = true, n + 1 end
         local same = true

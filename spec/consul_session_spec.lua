@@ -26,8 +26,9 @@ describe("coord.consul.session", function()
   end
 
   it("creates, reads, lists, renews and destroys a session", run(function()
-    local id, meta = c.session:create { name = "spec", ttl = 10, lock_delay = 0.5, behavior = "delete" }
+    local id, cerr, meta = c.session:create { name = "spec", ttl = 10, lock_delay = 0.5, behavior = "delete" }
     assert.is_string(id)
+    assert.is_nil(cerr)
     assert.is_table(meta)
     local e = assert(c.session:info(id))
     assert.are.same({ "spec", "coord-test", "delete", 10, 0.5 }, { e.name, e.node, e.behavior, e.ttl, e.lock_delay })
@@ -39,8 +40,9 @@ describe("coord.consul.session", function()
     assert.are.equal(id, r.id)
     assert.is_true(r.ttl >= 10)
     assert.is_true(c.session:destroy(id))
-    local gone, m = c.session:info(id)
+    local gone, gerr, m = c.session:info(id)
     assert.is_nil(gone)
+    assert.is_nil(gerr)
     assert.are.equal("integer", math.type(m.index))
     local nothing, err = c.session:renew(id)
     assert.is_nil(nothing)
@@ -57,10 +59,10 @@ describe("coord.consul.session", function()
   end))
 
   it("blocks on the session list until it changes", run(function()
-    local _, meta = assert(c.session:list())
+    local _, _, meta = assert(c.session:list())
     local id
     local t = coord.spawn(function() id = assert(c.session:create { name = "later" }) end)
-    local list, m = assert(c.session:list { index = meta.index, wait = 10 })
+    local list, _, m = assert(c.session:list { index = meta.index, wait = 10 })
     assert.is_true(t:join())
     assert.is_true(m.index > meta.index)
     assert.is_truthy(ids(list)[id])
@@ -80,7 +82,7 @@ describe("coord.consul.session", function()
     assert.is_nil(s.lost)
     assert.is_true(s:close())
     assert.is_nil(c.session:info(s.id))
-    assert.is_nil(s:wait_lost())
+    assert.is_true(s:wait_lost())
     assert.is_true(s:close())
     do
       local s2 <close> = assert(c.session:open { ttl = 10 })
@@ -97,12 +99,12 @@ describe("coord.consul.session", function()
     local l = assert(c2:lock("gone/.lock", { ttl = 10 }))
     local t0 = coord.now()
     other:stop()
-    local err = coord.timeout(20, s.wait_lost, s)
+    local _, err = coord.timeout(20, s.wait_lost, s)
     local waited = coord.now() - t0
     assert.are.equal("lost", err.kind)
     assert.are.equal("connect", err.cause.kind)
     assert.is_true(waited > 9 and waited < 13, "lost after " .. waited .. " s")
-    err = coord.timeout(5, l.wait_lost, l)
+    _, err = coord.timeout(5, l.wait_lost, l)
     assert.are.equal("lost", err.kind)
     s:close()
     l:unlock()
@@ -113,11 +115,11 @@ describe("coord.consul.session", function()
     local s = assert(c.session:open { ttl = 10, on_lost = function(err, obj) seen = { err, obj } end })
     assert(c.session:destroy(s.id))
     -- the next renewal (after TTL/2) gets a 404
-    local err = coord.timeout(8, s.wait_lost, s)
+    local _, err = coord.timeout(8, s.wait_lost, s)
     assert.are.equal("lost", err.kind)
     assert.are.equal(err, s.lost)
     assert.are.same({ err, s }, seen)
-    assert.are.equal(err, s:wait_lost())
+    assert.are.equal(err, select(2, s:wait_lost()))
     assert.is_true(s:close())
   end))
 
@@ -135,20 +137,20 @@ describe("coord.consul.session", function()
     -- the two 500s of a fresh agent, made deterministic: a node that registers (first the
     -- node, then its check) only after create was refused for it
     local c3 = consul_mod.new { address = server.address }
-    local put, refused = c3._put, {}
+    local put, refused = c3._write, {}
     local steps = {
       { Node = "late-node", Address = "127.0.0.2" },
       { Node = "late-node", Address = "127.0.0.2",
         Check = { CheckID = "serfHealth", Name = "Serf Health Status", Status = "passing" } },
     }
-    c3._put = function(self, path, ...)
-      local res, meta = put(self, path, ...)
+    c3._write = function(self, path, ...)
+      local res, err, meta = put(self, path, ...)
       if path == "/v1/session/create" and not res then
-        refused[#refused + 1] = meta.message
+        refused[#refused + 1] = err.message
         local step = table.remove(steps, 1)
         if step then assert(c.catalog:register(step)) end
       end
-      return res, meta
+      return res, err, meta
     end
     local id = assert(c3.session:create { node = "late-node", ttl = 10 })
     assert.are.same({ "late-node" }, { assert(c.session:info(id)).node })
@@ -176,10 +178,10 @@ describe("coord.consul.session", function()
     servers.until_true("session destroyed", function() return c.session:info(s.id) == nil end, 20)
     assert.is_true(s.task.done)
     -- canceled 0 to 3 loop iterations after its create request starts (observed by wrapping
-    -- the client's _put), mostly while it is in flight: destroyed once it exists
+    -- the client's _write), mostly while it is in flight: destroyed once it exists
     local c2 = consul_mod.new { address = server.address }
-    local put, armed = c2._put, nil
-    c2._put = function(self, path, ...)
+    local put, armed = c2._write, nil
+    c2._write = function(self, path, ...)
       if armed and path == "/v1/session/create" then
         local k, victim = armed.k, armed.task
         armed = nil

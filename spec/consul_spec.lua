@@ -15,10 +15,11 @@ describe("coord.consul", function()
   -- The agent registers its own node shortly after electing itself: block on the catalog
   -- (blocking queries, at most 20 reads) until it is there.
   local function await_node()
-    local node, meta = c.catalog:node("coord-test")
+    local node, err, meta = c.catalog:node("coord-test")
     for _ = 1, 20 do
+      assert.is_nil(err)
       if node then return end
-      node, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
+      node, err, meta = c.catalog:node("coord-test", { index = meta.index, wait = 2 })
     end
     assert(node, "the agent did not register its node")
   end
@@ -52,7 +53,7 @@ describe("coord.consul", function()
 
     it("blocks with index and wait, and returns when the wait is over", function()
       assert(c.kv:put("call/block", "1"))
-      local _, meta = assert(c.kv:get("call/block"))
+      local _, _, meta = assert(c.kv:get("call/block"))
       local t0 = coord.now()
       local res = assert(c:_call("GET", "/v1/kv/call/block", { index = meta.index, wait = 0.3 }))
       local dt = coord.now() - t0
@@ -65,7 +66,8 @@ describe("coord.consul", function()
     it("puts, gets, lists, lists keys and deletes", function()
       assert.is_true((c.kv:put("kv/a", "one")))
       assert.is_true((c.kv:put("kv/b/c", "two", { flags = 42 })))
-      local e, meta = c.kv:get("kv/a")
+      local e, err, meta = c.kv:get("kv/a")
+      assert.is_nil(err)
       assert.are.equal("kv/a", e.key)
       assert.are.equal("one", e.value)
       assert.are.equal(0, e.flags)
@@ -171,7 +173,7 @@ describe("coord.consul", function()
 
     it("blocks get, list and keys on an index until a change", function()
       assert(c.kv:put("blk/a", "1"))
-      local _, meta = c.kv:get("blk/a")
+      local _, _, meta = c.kv:get("blk/a")
       local got = coord.run(function()
         local r = {}
         local t = coord.spawn(function()
@@ -195,13 +197,13 @@ describe("coord.consul", function()
     end)
 
     it("takes per-call dc, consistency and token overrides", function()
-      local _, meta = c.kv:get("kv/none", { consistency = "stale" })
+      local _, _, meta = c.kv:get("kv/none", { consistency = "stale" })
       assert.are.equal("integer", math.type(meta.index))
       local _, err = c.kv:get("kv/none", { dc = "nowhere" })
       assert.are.equal("http", err.kind)
       assert.are.equal(500, err.status)
       assert.matches("datacenter", err.message)
-      local e2 = select(2, c.kv:get("kv/none", { consistent = true }))
+      local e2 = select(3, c.kv:get("kv/none", { consistent = true }))
       assert.is_true(e2.known_leader)
       local cs = consul_mod.new { address = server.address, consistency = "stale", datacenter = "dc1" }
       assert.is_true((cs.kv:put("over", "x")))
@@ -222,8 +224,9 @@ describe("coord.consul", function()
     end)
 
     it("reads an absent key as nil with the index", function()
-      local e, meta = c.kv:get("kv/none")
+      local e, err, meta = c.kv:get("kv/none")
       assert.is_nil(e)
+      assert.is_nil(err)
       assert.are.equal("integer", math.type(meta.index))
       assert.is_nil((c.kv:get("kv/none", { raw = true })))
     end)

@@ -108,7 +108,10 @@ describe("coord.consul watch", function()
       local q = coord.queue()
       local w = c.kv:watch("restart/k", { wait = 2 })
       local watcher = coord.spawn(function()
-        for e, meta in w do q:put({ e and e.value or false, meta.index }) end
+        for e, err, meta in w do
+          assert(err == nil)
+          q:put({ e and e.value or false, meta.index })
+        end
       end)
       assert(c.kv:put("restart/k", "before"))
       local got
@@ -116,7 +119,7 @@ describe("coord.consul watch", function()
       local old = got[2]
       server:restart()
       assert(c.kv:put("restart/k", "after"))
-      local _, meta = c.kv:get("restart/k")
+      local _, _, meta = c.kv:get("restart/k")
       assert.is_true(meta.index < old, "the new agent's index should be below the old one")
       repeat got = assert(coord.timeout(20, q.get, q)) until got[1] == "after"
       w:close()
@@ -166,7 +169,7 @@ describe("coord.consul watch", function()
         sent[#sent + 1] = o.index or 0
         i = i + 1
         local s = script[i]
-        return s[1], { index = s[2] }
+        return s[1], nil, { index = s[2] }
       end
       for v in c:watch(fn, { burst = 10, rate = 100 }) do
         out[#out + 1] = v

@@ -13,8 +13,9 @@ local function warm_etcd(c)
 end
 
 local function warm_consul(c)
-  local e, meta = c.kv:get("ws/warm")
+  local e, err, meta = c.kv:get("ws/warm")
   assert.is_nil(e)
+  assert.is_nil(err, tostring(err))
   assert.are.equal(404, meta.status, tostring(meta))
 end
 

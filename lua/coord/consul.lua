@@ -33,15 +33,6 @@ function Client.__index(self, k)
 end
 
 ---------------------------------------------------------------------------------------------
--- escaping (coord.url: one set of rules for both clients)
-
---- Percent-encodes s for a URL path, keeping "/" (a KV key keeps its hierarchy).
-M.escape_path = url.path
-
---- Percent-encodes s for a query value.
-M.escape = url.query
-
----------------------------------------------------------------------------------------------
 -- the client
 
 local function getenv(name)
@@ -99,14 +90,6 @@ local function limiter(agent, n)
   return l
 end
 
-local function check_opts(opts, fname, i)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #%d to '%s' (table or nil expected, got %s)"):format(i, fname, type(opts)), 3)
-  end
-  return opts or {}
-end
-M.check_opts = check_opts
-
 local consistencies = { default = true, stale = true, consistent = true }
 
 -- One agent or server the client can talk to: its base URL, Unix socket, and the
@@ -139,7 +122,7 @@ end
 --- CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_SSL_VERIFY), timeout (30 s),
 --- max_connections (100: concurrent requests to this agent from this process).
 function M.new(opts)
-  opts = check_opts(opts, "new", 1)
+  opts = args.opts(opts, 1, "new")
   local addresses = address_list(opts.address or getenv("CONSUL_HTTP_ADDR") or "127.0.0.1:8500")
   local token, token_file = opts.token, opts.token_file
   if token_file ~= nil and type(token_file) ~= "string" then
@@ -193,9 +176,18 @@ local function duration(s)
   return ("%dms"):format(math.ceil(s * 1000))
 end
 
+-- The wait of a blocking read whose whole call must end within timeout seconds: Consul
+-- answers after wait plus up to wait/16 of jitter, so the wait is shortened until that
+-- answer, and a margin for the round trip (a tenth of timeout, at most 0.5 s), fit in it.
+-- Never below 1 ms: Consul reads a wait of 0 as its default of 5 minutes.
+local function capped_wait(wait, timeout)
+  local max = (timeout - math.min(0.5, timeout / 10)) * 16 / 17
+  return math.max(math.min(wait, max), 0.001)
+end
+
 local function add(q, k, v)
   if v == nil or v == false then return end
-  q[#q + 1] = v == true and k or k .. "=" .. M.escape(tostring(v))
+  q[#q + 1] = v == true and k or k .. "=" .. url.query(tostring(v))
 end
 
 local function build_query(self, method, opts, wait)
@@ -336,22 +328,26 @@ end
 --- Sends one request to the agent. path: "/v1/..." (already escaped). opts: query (params:
 --- string, number or true), body (a string sent raw, or a table sent as JSON), ok (list of
 --- non-2xx statuses to accept), token, dc, consistency/stale/consistent, ns, partition,
---- index/hash + wait (a blocking query; the deadline becomes wait + wait/16 + timeout),
---- timeout, raw (keep the body as a string), retries (default 2 for a GET that does not
+--- index/hash + wait (a blocking query: with a per-call timeout the wait is shortened so
+--- that the call ends within it; else the deadline is wait + wait/16 + the client's
+--- timeout), timeout, raw (keep the body as a string), retries (default 2 for a GET that does not
 --- block, else 0; a write is only retried when it was certainly not sent). Returns
 --- {status, body, meta} or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
   local wait = opts.wait or (blocking and 300) or nil
+  local timeout = opts.timeout
+  if wait then
+    if timeout then wait = capped_wait(wait, timeout) else timeout = wait + wait / 16 + self.timeout end
+  end
+  timeout = timeout or self.timeout
   local q = build_query(self, method, opts, wait)
   local rest = path .. (#q > 0 and "?" .. table.concat(q, "&") or "")
   local body = opts.body
   if type(body) == "table" then body = core.json_encode(body) end
   local token = opts.token
   if token == nil then token = self.token end
-  local timeout = opts.timeout or self.timeout
-  if wait then timeout = wait + wait / 16 + timeout end
   -- only the fields that are set: a constructor sizes the table for every field it names
   local req = { method = method, url = false, timeout = timeout }
   if body ~= nil then req.body = body end
@@ -406,12 +402,12 @@ local call_option_types = {
   timeout = "number", retries = "integer",
 }
 
---- Copies the options every call accepts (token, dc, consistency, ns, partition, blocking,
---- timeout) from a user's opts into a _call opts table with the given query, checking their
---- types.
-function M.call_opts(opts, query)
+-- Copies the options every call accepts (token, dc, consistency, ns, partition, blocking,
+-- timeout) from a user's opts into a _call opts table with the given query, checking their
+-- types. For the API modules, not a public API.
+function M._call_opts(opts, query, fname)
   for name, want in pairs(call_option_types) do
-    if opts[name] ~= nil then args.option(opts, name, want) end
+    if opts[name] ~= nil then args.option(opts, name, want, fname) end
   end
   return {
     query = query, token = opts.token, dc = opts.dc, consistency = opts.consistency,
@@ -419,6 +415,7 @@ function M.call_opts(opts, query)
     index = opts.index, hash = opts.hash, wait = opts.wait, timeout = opts.timeout, retries = opts.retries,
   }
 end
+local call_opts = M._call_opts
 
 -- Adds the agent cache options of a user's opts to o (a _call opts table), for the reads
 -- the agent caches: cached (send ?cached), max_age and stale_if_error (seconds, sent as
@@ -442,39 +439,18 @@ local function cache_opts(o, opts)
   return o
 end
 
---- A query table of the fields of opts named in names (a list).
-function M.pick(opts, names)
+-- A query table of the fields of opts named in names (a list). For the API modules.
+function M._pick(opts, names)
   local q = {}
   for _, k in ipairs(names) do q[k] = opts[k] end
   return q
 end
 
---- GET path; returns the decoded body (nil for a status listed in ok) and the meta.
---- cache: the endpoint is one the agent caches (opts may hold cache_opts' options).
-function Client:_get(path, opts, query, ok, cache)
-  local o = M.call_opts(opts or {}, query)
-  o.ok = ok
-  if cache then cache_opts(o, opts) end
-  local res, err = self:_call("GET", path, o)
-  if not res then return nil, err end
-  if res.status >= 300 then return nil, res.meta end
-  return res.body, res.meta
-end
-
---- A write (PUT unless method is given); returns the decoded body (true when empty) and the meta.
-function Client:_put(path, body, opts, query, method)
-  local o = M.call_opts(opts or {}, query)
-  o.body = body
-  local res, err = self:_call(method or "PUT", path, o)
-  if not res then return nil, err end
-  if res.body == nil then return true, res.meta end
-  return res.body, res.meta
-end
-
---- GET path in the 0.2 convention: the decoded body, nil and the meta (nil, nil, meta for a
---- status listed in ok: absent); or nil and an error. cache as for _get.
+-- GET path in the 0.2 convention: the decoded body, nil and the meta (nil, nil, meta for a
+-- status listed in ok: absent); or nil and an error. cache: the endpoint is one the agent
+-- caches (opts may hold cache_opts' options).
 function Client:_read(path, opts, query, ok, cache)
-  local o = M.call_opts(opts or {}, query)
+  local o = call_opts(opts or {}, query)
   o.ok = ok
   if cache then cache_opts(o, opts) end
   local res, err = self:_call("GET", path, o)
@@ -483,10 +459,10 @@ function Client:_read(path, opts, query, ok, cache)
   return res.body, nil, res.meta
 end
 
---- A write (PUT unless method is given) in the 0.2 convention: the decoded body (true when
---- empty), nil and the meta; or nil and an error.
+-- A write (PUT unless method is given) in the 0.2 convention: the decoded body (true when
+-- empty), nil and the meta; or nil and an error.
 function Client:_write(path, body, opts, query, method)
-  local o = M.call_opts(opts or {}, query)
+  local o = call_opts(opts or {}, query)
   o.body = body
   local res, err = self:_call(method or "PUT", path, o)
   if not res then return nil, err end
@@ -494,10 +470,40 @@ function Client:_write(path, body, opts, query, method)
   return res.body, nil, res.meta
 end
 
--- A JSON null or absent field read as nil.
-function M.value(v)
+-- A JSON null or absent field read as nil. For the API modules.
+function M._value(v)
   if v == core.null then return nil end
   return v
+end
+
+local request_option_types = { method = "string", path = "string", query = "table", raw = "boolean" }
+
+--- Any Consul HTTP endpoint, through the same pipeline as every call (failover, retries of
+--- reads, token rotation, connection limits, error kinds). req: method ("GET"), path
+--- ("/v1/...", used as it is: escape what goes in it), query ({name = string, number or
+--- true}), body (a string sent as it is, or a table sent as JSON), raw (keep the reply body
+--- a string), and the options every call takes (token, dc, consistency, stale, consistent,
+--- ns, partition, index, hash, wait, timeout, retries). Returns the decoded body (true when
+--- the reply is empty), nil and the meta; or nil and an error for a failure or a non-2xx
+--- reply (err.kind from the status, err.status, err.message: Consul's text).
+function Client:request(req)
+  args.check(req, "table", 1, "request")
+  for name, want in pairs(request_option_types) do args.option(req, name, want, "request") end
+  local path = req.path
+  if path == nil or path:sub(1, 1) ~= "/" then
+    error("bad option 'path' to 'request' (a path starting with '/' expected, got " .. tostring(path) .. ")", 2)
+  end
+  local body = req.body
+  if body ~= nil and type(body) ~= "string" and type(body) ~= "table" then
+    error("bad option 'body' to 'request' (string or table expected, got " .. type(body) .. ")", 2)
+  end
+  local method = req.method and req.method:upper() or "GET"
+  local o = call_opts(req, req.query, "request")
+  o.body, o.raw = body, req.raw
+  local res, err = self:_call(method, path, o)
+  if not res then return nil, err end
+  if res.body == nil then return true, nil, res.meta end
+  return res.body, nil, res.meta
 end
 
 ---------------------------------------------------------------------------------------------
@@ -519,7 +525,7 @@ function Client:election(key, opts)
 end
 
 --- A watch over any blocking read: fn(opts) is called with index/hash/wait added to opts and
---- returns value, meta (see coord.consul.watch).
+--- returns value, err, meta (see coord.consul.watch).
 function Client:watch(fn, opts)
   return require("coord.consul.watch").new(self, fn, opts)
 end

@@ -371,7 +371,7 @@ local function run_consul(self)
   local by_content = false
   while not self.closed do
     local w <close> = self.client.kv:watch(self.prefix, { recurse = true, wait = self.blocking_wait, retry = false })
-    for entries, meta in w do
+    for entries, _, meta in w do
       local list = {}
       for i, e in ipairs(entries or {}) do
         list[i] = { key = e.key, raw = e.value, ver = e.modify_index, tag = consul_tag(e) }
@@ -440,7 +440,7 @@ function M.new(client, prefix, opts)
     error("bad argument #2 to 'mirror' (string expected, got " .. type(prefix) .. ")", 2)
   end
   -- a prefix Consul cannot address raises here, not later in the mirror's task
-  if kind == "consul" then require("coord.consul.kv").check_key(prefix, "mirror", 2) end
+  if kind == "consul" then require("coord.consul.kv")._check_key(prefix, "mirror", 2) end
   opts = check_opts(opts)
   local self = setmetatable({
     client = client, prefix = prefix, backend = kind, data = {}, version = {}, raw = {}, tag = {}, waiters = {},

@@ -383,10 +383,10 @@ local function etcd_counter_check(S)
 end
 
 local function consul_read_ctr(S)
-  local e, meta = S.consul.kv:get("soak/ctr")
+  local e, err = S.consul.kv:get("soak/ctr")
   if e then return tonumber(e.value), e.modify_index end
-  if meta and not coord.is_error(meta) then return 0, 0 end
-  return nil, nil, meta
+  if not err then return 0, 0 end
+  return nil, nil, err
 end
 
 local function consul_counter(S)
@@ -574,7 +574,7 @@ local function start_sessions(S, n)
         if s then
           X.opened = X.opened + 1
           X.open[i] = s
-          local lost = s:wait_lost()
+          local _, lost = s:wait_lost()
           X.open[i] = nil
           if lost then
             if S.consul_epoch == epoch then X.lost_same_epoch = X.lost_same_epoch + 1

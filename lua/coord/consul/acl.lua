@@ -20,7 +20,7 @@ end
 -- that token tells: when it succeeds the thing read is absent (nil, nil, meta of the read);
 -- when it fails, its error (the caller's token is unknown) is returned.
 local function read_ambiguous(client, path, opts)
-  local o = consul.call_opts(opts)
+  local o = consul._call_opts(opts)
   o.ok = { 403 }
   local res, err = client:_call("GET", path, o)
   if not res then return nil, err end

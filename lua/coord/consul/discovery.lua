@@ -8,7 +8,7 @@ local watch = require "coord.consul.watch"
 
 local M = {}
 
-local value = consul.value
+local value = consul._value
 
 -- Check statuses from best to worst; an instance's status is its worst check's.
 local rank = { passing = 1, warning = 2, critical = 3 }
@@ -58,9 +58,7 @@ function M.watch(client, service, opts)
   local query = { passing = opts.passing, tag = opts.tag, near = opts.near, filter = opts.filter }
   local function fetch(o)
     o.max_age, o.stale_if_error = nil, nil -- not offered: the agent cache refreshes a blocking read itself
-    local list, err, meta = client:_read(path, o, query, nil, true)
-    if err then return nil, err end
-    return list, meta
+    return client:_read(path, o, query, nil, true)
   end
   return watch.shared(client, "\0services\0" .. service, opts, distinct, fetch, instances)
 end

@@ -49,14 +49,13 @@ function EventWatch:next()
     end
     if self.closed then return nil end
     if self.error then return nil, self.error end
-    -- the list and its meta: (list, meta) or (list, nil, meta)
-    local list, a, b = self.inner:next()
+    local list, err, meta = self.inner:next()
     if self.closed then return nil end
     if list == nil then
-      self.error = self.inner.error or a
+      self.error = self.inner.error or err
       return nil, self.error
     end
-    self.meta = b or a
+    self.meta = meta
     take(self, list)
   end
 end
@@ -95,19 +94,14 @@ function M.new(event, name, opts)
   local self = setmetatable({ queue = {}, head = 1, seen = {}, baseline = 0 }, EventWatch)
   if from == "now" then
     self.baseline = 1
-    local list, a, b = event:list(o)
+    local list, err, meta = event:list(o)
     if list == nil then
-      self.error = a
+      self.error = err
     else
-      self.seen, self.meta = ids(list), b or a
+      self.seen, self.meta = ids(list), meta
     end
   end
-  -- client:watch's read function answers value, meta (nil, err on failure)
-  self.inner = event.client:watch(function(wo)
-    local list, a, b = event:list(wo)
-    if list == nil then return nil, a end
-    return list, b or a
-  end, o)
+  self.inner = event.client:watch(function(wo) return event:list(wo) end, o)
   return self, nil, nil, self
 end
 

@@ -11,18 +11,17 @@ function M.new(client)
   return setmetatable({ client = client }, Health)
 end
 
-local check_opts, pick = consul.check_opts, consul.pick
+local args = require "coord.args"
+local pick = consul._pick
 local segment = require("coord.url").segment
 
--- Every call takes one name and returns a list; all support blocking (index + wait) and filter.
+-- Every call takes one name and returns a list, nil and the meta; all support blocking (index + wait) and filter.
 -- cache: the agent caches this endpoint (options cached, max_age, stale_if_error).
 local function read(fname, base, names, cache)
   return function(self, name, opts)
-    if type(name) ~= "string" then
-      error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(name)), 2)
-    end
-    opts = check_opts(opts, fname, 2)
-    return self.client:_get(base .. segment(name, 1, fname), opts, pick(opts, names), nil, cache)
+    args.check(name, "string", 1, fname)
+    opts = args.opts(opts, 2, fname)
+    return self.client:_read(base .. segment(name, 1, fname), opts, pick(opts, names), nil, cache)
   end
 end
 
@@ -40,6 +39,6 @@ Health.node = read("node", "/v1/health/node/", { "filter" })
 --- The checks in a state ("any", "passing", "warning", "critical"). opts: near, node_meta, filter.
 Health.state = read("state", "/v1/health/state/", { "near", "node_meta", "filter" })
 
-require("coord.args").methods(Health)
+args.methods(Health)
 
 return M

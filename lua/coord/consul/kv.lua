@@ -12,7 +12,9 @@ function M.new(client)
   return setmetatable({ client = client }, KV)
 end
 
-local call_opts, check_opts, value = consul.call_opts, consul.check_opts, consul.value
+local args = require "coord.args"
+local url = require "coord.url"
+local call_opts, value = consul._call_opts, consul._value
 
 -- Paths of recently used keys, so that a program reading the same keys over and over does not
 -- check and escape them on every call. Only keys that passed check_key are stored. Bounded:
@@ -33,8 +35,9 @@ local function check_key(key, fname, i)
   end
 end
 
---- Raises an argument error (argument i of fname) unless key can be addressed in a KV URL.
-function M.check_key(key, fname, i)
+-- Raises an argument error (argument i of fname) unless key can be addressed in a KV URL.
+-- For coord.mirror; not a public API.
+function M._check_key(key, fname, i)
   return check_key(key, fname, i)
 end
 
@@ -42,15 +45,15 @@ end
 local function path(key)
   local p = paths[key]
   if p then return p end
-  p = "/v1/kv/" .. consul.escape_path(key)
+  p = "/v1/kv/" .. url.path(key)
   if npaths >= 1024 then paths, npaths = {}, 0 end
   paths[key], npaths = p, npaths + 1
   return p
 end
 
---- An entry table from the JSON Consul sends: Value is base64, Flags a uint64 (above 2^63-1
---- it is the negative Lua integer with the same bits).
-function M.entry(e)
+-- An entry table from the JSON Consul sends: Value is base64, Flags a uint64 (above 2^63-1
+-- it is the negative Lua integer with the same bits). For coord.consul.txn.
+function M._entry(e)
   local v = value(e.Value)
   return {
     key = e.Key, value = v and assert(core.b64decode(v)) or "", flags = e.Flags,
@@ -70,89 +73,95 @@ end
 local NO_QUERY, NOT_FOUND_OK = {}, { 404 }
 local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK }
 
---- The entry at key, or nil when absent; and the meta. opts.raw = true: the value alone.
+--- The entry at key, nil and the meta; nil, nil, meta when absent; nil, err on failure.
+--- opts.raw = true: the value alone.
 function KV:get(key, opts)
   check_key(key, "get")
   local o, raw = PLAIN_GET, nil
   if opts ~= nil then
-    opts = check_opts(opts, "get", 2)
+    opts = args.opts(opts, 2, "get")
     raw = opts.raw
-    o = call_opts(opts, { raw = raw })
+    o = call_opts(opts, { raw = raw }, "get")
     o.ok, o.raw = NOT_FOUND_OK, raw
   end
   local res, err = self.client:_call("GET", path(key), o)
   if not res then return nil, err end
-  if res.status == 404 then return nil, res.meta end
-  if raw then return res.body or "", res.meta end
-  return M.entry(res.body[1]), res.meta
+  if res.status == 404 then return nil, nil, res.meta end
+  if raw then return res.body or "", nil, res.meta end
+  return M._entry(res.body[1]), nil, res.meta
 end
 
---- The entries under prefix (an empty table when none), and the meta.
+--- The entries under prefix (an empty table when none), nil and the meta.
 function KV:list(prefix, opts)
   check_key(prefix, "list")
-  opts = check_opts(opts, "list", 2)
-  local o = call_opts(opts, { recurse = true })
+  opts = args.opts(opts, 2, "list")
+  local o = call_opts(opts, { recurse = true }, "list")
   o.ok = { 404 }
   local res, err = self.client:_call("GET", path(prefix), o)
   if not res then return nil, err end
   local out = {}
   if res.status ~= 404 then
-    for i, e in ipairs(res.body) do out[i] = M.entry(e) end
+    for i, e in ipairs(res.body) do out[i] = M._entry(e) end
   end
-  return out, res.meta
+  return out, nil, res.meta
 end
 
---- The key names under prefix (up to the first separator after it, if given), and the meta.
+--- The key names under prefix (up to the first separator after it, if given), nil and the meta.
 function KV:keys(prefix, opts)
   check_key(prefix, "keys")
-  opts = check_opts(opts, "keys", 2)
-  local o = call_opts(opts, { keys = true, separator = opts.separator })
+  opts = args.opts(opts, 2, "keys")
+  args.option(opts, "separator", "string", "keys")
+  local o = call_opts(opts, { keys = true, separator = opts.separator }, "keys")
   o.ok = { 404 }
   local res, err = self.client:_call("GET", path(prefix), o)
   if not res then return nil, err end
-  return res.status == 404 and {} or res.body, res.meta
+  return res.status == 404 and {} or res.body, nil, res.meta
 end
 
 --- Writes value (any bytes) at key. opts: flags, cas (0 = only if absent), acquire/release
---- (a session ID). Returns true, or false when a cas/acquire/release did not apply; and the meta.
+--- (a session ID). Returns true, nil, meta; false, nil, meta when a cas/acquire/release did
+--- not apply; nil, err on failure.
 function KV:put(key, value_, opts)
   check_key(key, "put")
-  if type(value_) ~= "string" then
-    error("bad argument #2 to 'put' (string expected, got " .. type(value_) .. ")", 2)
-  end
+  args.check(value_, "string", 2, "put")
   local o
   if opts == nil then
     o = { query = NO_QUERY, body = value_ }
   else
-    opts = check_opts(opts, "put", 3)
+    opts = args.opts(opts, 3, "put")
+    args.option(opts, "cas", "integer", "put")
+    args.option(opts, "acquire", "string", "put")
+    args.option(opts, "release", "string", "put")
     o = call_opts(opts, { flags = flags_string(opts.flags), cas = opts.cas,
-      acquire = opts.acquire, release = opts.release })
+      acquire = opts.acquire, release = opts.release }, "put")
     o.body = value_
   end
   local res, err = self.client:_call("PUT", path(key), o)
   if not res then return nil, err end
-  return res.body == true, res.meta
+  return res.body == true, nil, res.meta
 end
 
 --- Deletes key, or every key under it with recurse = true; cas = index deletes only if the
---- key's modify index is still that. Returns true (false when the cas failed), and the meta.
+--- key's modify index is still that. Returns true, nil, meta (false, nil, meta when the cas
+--- failed); nil, err on failure.
 function KV:delete(key, opts)
   check_key(key, "delete")
-  opts = check_opts(opts, "delete", 2)
+  opts = args.opts(opts, 2, "delete")
+  args.option(opts, "cas", "integer", "delete")
   local res, err = self.client:_call("DELETE", path(key),
-    call_opts(opts, { recurse = opts.recurse, cas = opts.cas }))
+    call_opts(opts, { recurse = opts.recurse, cas = opts.cas }, "delete"))
   if not res then return nil, err end
-  return res.body == true, res.meta
+  return res.body == true, nil, res.meta
 end
 
---- An iterator over the changes of key (entry, or false when absent) or, with recurse =
---- true, of the prefix (entries). See coord.consul.watch.
+--- An iterator over the changes of key (entry, or false when absent, then nil and the meta)
+--- or, with recurse = true, of the prefix (entries). See coord.consul.watch.
 function KV:watch(key, opts)
   check_key(key, "watch")
-  opts = check_opts(opts, "watch", 2)
+  opts = args.opts(opts, 2, "watch")
   return require("coord.consul.watch").kv(self, key, opts)
 end
 
-require("coord.args").methods(KV)
+args.methods(KV)
 
 return M

@@ -6,6 +6,7 @@ local core = require "coord.core"
 local errors = require "coord.errors"
 local session = require "coord.consul.session"
 local hold = require "coord.hold"
+local args = require "coord.args"
 
 local M = {}
 
@@ -17,21 +18,17 @@ local RETRY = 5         -- pause after an acquire refused by a lock-delay
 local MONITOR_WAIT = 60 -- seconds one blocking read of the monitor waits
 
 local function check_args(key, opts, fname)
-  if type(key) ~= "string" then
-    error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(key)), 3)
+  args.check(key, "string", 1, fname)
+  opts = args.opts(opts, 2, fname)
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
+    error(("bad option 'timeout' to '%s' (non-negative number expected)"):format(fname), 3)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #2 to '%s' (table expected, got %s)"):format(fname, type(opts)), 3)
-  end
-  if opts and opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
-    error(("bad argument #2 to '%s' (timeout: non-negative number expected)"):format(fname), 3)
-  end
-  return opts or {}
+  return opts
 end
 
 local Lock = { __name = "coord.consul.lock" }
 Lock.__index = Lock
-Lock.wait_lost = session.wait_lost
+Lock.wait_lost = session._wait_lost
 
 -- Waits until l.session holds the key: blocking reads while another session holds it, a
 -- pause while a lock-delay refuses it. Returns true or nil, err.
@@ -40,19 +37,19 @@ local function acquire(l, timeout)
   local deadline = timeout and core.now() + timeout
   local index, refused, tries = nil, false, 0
   while true do
-    local left = session.left(deadline)
+    local left = session._left(deadline)
     if left <= 0 and tries > 0 then -- timeout = 0: one try
       return nil, errors.new("timeout", ("lock %s not acquired within %g s"):format(l.key, timeout))
     end
     tries = tries + 1
-    local e, meta = kv:get(l.key, { index = index, wait = index and math.min(WAIT, left) })
-    if errors.is(meta) then return nil, meta end
+    local e, err, meta = kv:get(l.key, { index = index, wait = index and math.min(WAIT, left) })
+    if err then return nil, err end
     if e and e.flags ~= M.FLAG then
       return nil, errors.new("conflict", "existing key " .. l.key .. " does not match lock use (flags differ)")
     end
     if e and e.session == l.session then return true end
     if e and e.session then
-      index, refused = session.next_index(index, meta.index), false
+      index, refused = session._next_index(index, meta.index), false
     elseif refused then
       sched.sleep(math.min(RETRY, left))
       index, refused = nil, false
@@ -71,9 +68,9 @@ end
 -- One blocking read of the monitor: is the key still held by our session?
 local function still_held(l)
   return function(index)
-    local e, meta = l.client.kv:get(l.key, { index = index, wait = index and MONITOR_WAIT, consistent = true })
-    if errors.is(meta) then return nil, meta end
-    return e ~= nil and e.session == l.session, meta
+    local e, err, meta = l.client.kv:get(l.key, { index = index, wait = index and MONITOR_WAIT, consistent = true })
+    if err then return nil, err end
+    return e ~= nil and e.session == l.session, nil, meta
   end
 end
 
@@ -86,7 +83,7 @@ function M.lock(client, key, opts)
   opts = check_args(key, opts, "lock")
   local l = setmetatable({ client = client, key = key, value = opts.value or "", on_lost = opts.on_lost,
     what = "lock " .. key }, Lock)
-  local ok, err = session.hold(client, l, opts, { name = "Consul API Lock" })
+  local ok, err = session._hold(client, l, opts, { name = "Consul API Lock" })
   if not ok then return nil, err end
   -- failed, timed out, canceled or closed before the lock is held: unlock (destroying our
   -- own session releases the key even if an acquire was applied unseen)
@@ -94,7 +91,7 @@ function M.lock(client, key, opts)
   ok, err = acquire(l, opts.timeout)
   if not ok then return nil, err end
   guard:commit()
-  l.monitor = sched.spawn(session.monitor, l, still_held(l))
+  l.monitor = sched.spawn(session._monitor, l, still_held(l))
   return l
 end
 
@@ -125,7 +122,7 @@ function Lock:unlock()
   if self.released then return true end
   self.released = true
   hold.stop(self.monitor)
-  session.finish(self)
+  session._finish(self)
   return hold.cleanup(give_back, self)
 end
 
@@ -149,10 +146,12 @@ end
 --- Waits until this process leads (holds the lock, with value as the key's value). opts:
 --- timeout, on_lost. Returns the held lock or nil, err. Campaigning while leading raises.
 function Election:campaign(value, opts)
+  args.check(value, "string", 1, "campaign", true)
+  opts = args.opts(opts, 2, "campaign")
   if self.lock and not self.lock.released then error("campaign: already leading (resign first)", 2) end
   local o = {}
   for k, v in pairs(self.opts) do o[k] = v end
-  for k, v in pairs(opts or {}) do o[k] = v end
+  for k, v in pairs(opts) do o[k] = v end
   o.value = value
   local l, err = M.lock(self.client, self.key, o)
   self.lock = l
@@ -172,37 +171,41 @@ function Election:resign()
   return l:unlock()
 end
 
---- The current leader as { value, session } or false when there is none, and meta; or
---- nil, err. opts: index, wait (a blocking read), consistent, stale.
+--- The current leader as { value, session }, nil and the meta; nil, nil, meta when there is
+--- none; or nil, err. opts: index, wait (a blocking read), consistent, stale.
 function Election:leader(opts)
-  local e, meta = self.client.kv:get(self.key, opts)
-  if errors.is(meta) then return nil, meta end
-  if e and e.session then return { value = e.value, session = e.session }, meta end
-  return false, meta
+  opts = args.opts(opts, 1, "leader")
+  local e, err, meta = self.client.kv:get(self.key, opts)
+  if err then return nil, err end
+  if e and e.session then return { value = e.value, session = e.session }, nil, meta end
+  return nil, nil, meta
 end
 
---- Iterates over leader changes: `for leader, meta in election:observe() do`, where leader
---- is as from leader() (false: none). The first step gives the current state; later steps
---- come only when the leader's session or value changed. Read errors are retried every
---- second; break out of the loop to stop.
+--- Iterates over leader changes: `for leader, _, meta in election:observe() do`, where
+--- leader is as from leader(), or false when there is none (a nil would end the loop). The
+--- first step gives the current state; later steps come only when the leader's session or
+--- value changed. Read errors are retried every second; break out of the loop to stop.
 function Election:observe()
   local index, last
   return function()
     while true do
-      local leader, meta = self:leader({ index = index, wait = index and MONITOR_WAIT })
-      if leader == nil then
+      local leader, err, meta = self:leader({ index = index, wait = index and MONITOR_WAIT })
+      if err then
         index = nil
         sched.sleep(1)
       else
-        index = session.next_index(index, meta.index)
+        index = session._next_index(index, meta.index)
         local key = leader and (leader.session .. "\0" .. (leader.value or "")) or ""
         if key ~= last then
           last = key
-          return leader, meta
+          return leader or false, nil, meta
         end
       end
     end
   end
 end
+
+args.methods(Lock)
+args.methods(Election)
 
 return M

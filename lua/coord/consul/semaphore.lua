@@ -6,6 +6,7 @@ local errors = require "coord.errors"
 local session = require "coord.consul.session"
 local hold = require "coord.hold"
 local sched = require "coord.sched"
+local args = require "coord.args"
 
 local M = {}
 
@@ -18,23 +19,19 @@ local CAS_TRIES = 20    -- attempts to remove ourselves from the holders on rele
 
 local Semaphore = { __name = "coord.consul.semaphore" }
 Semaphore.__index = Semaphore
-Semaphore.wait_lost = session.wait_lost
+Semaphore.wait_lost = session._wait_lost
 
 --- A semaphore with `limit` slots on prefix (all contenders must agree on limit). opts:
 --- value (stored in our contender key), timeout (seconds acquire waits; default forever),
 --- session, ttl, lock_delay, session_name, on_lost(err, sem), token, dc, as for lock.
 function M.new(client, prefix, limit, opts)
-  if type(prefix) ~= "string" then
-    error("bad argument #1 to 'semaphore' (string expected, got " .. type(prefix) .. ")", 2)
-  end
+  args.check(prefix, "string", 1, "semaphore")
   if math.type(limit) ~= "integer" or limit < 1 then
     error("bad argument #2 to 'semaphore' (positive integer expected, got " .. tostring(limit) .. ")", 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #3 to 'semaphore' (table expected, got " .. type(opts) .. ")", 2)
-  end
+  opts = args.opts(opts, 3, "semaphore")
   prefix = prefix:gsub("/+$", "")
-  return setmetatable({ client = client, prefix = prefix, limit = limit, opts = opts or {},
+  return setmetatable({ client = client, prefix = prefix, limit = limit, opts = opts,
     lock_key = prefix .. "/.lock", what = "semaphore slot on " .. prefix }, Semaphore)
 end
 
@@ -46,10 +43,10 @@ end
 
 -- Reads the prefix: the coordination key's entry (a stand-in when absent) and its decoded
 -- {Limit, Holders}, with holders whose contender key is gone (dead session) pruned.
--- Returns state, meta or nil, err.
+-- Returns state, nil, meta or nil, err.
 local function read_state(s, o)
-  local list, meta = s.client.kv:list(s.prefix .. "/", o)
-  if not list then return nil, meta end
+  local list, lerr, meta = s.client.kv:list(s.prefix .. "/", o)
+  if not list then return nil, lerr end
   local entry, alive = { flags = M.FLAG, modify_index = 0 }, {}
   for _, e in ipairs(list) do
     if e.key == s.lock_key then entry = e end
@@ -73,7 +70,7 @@ local function read_state(s, o)
   for holder in pairs(lock.Holders) do
     if not alive[holder] then lock.Holders[holder] = nil end
   end
-  return { entry = entry, lock = lock }, meta
+  return { entry = entry, lock = lock }, nil, meta
 end
 
 -- Writes the holders back if nobody changed the key since we read it.
@@ -86,32 +83,32 @@ local function take_slot(s, timeout)
   local deadline = timeout and core.now() + timeout
   local index, tries = nil, 0
   while true do
-    local left = session.left(deadline)
+    local left = session._left(deadline)
     if left <= 0 and tries > 0 then -- timeout = 0: one try
       return nil, errors.new("timeout", ("no slot of %s free within %g s"):format(s.prefix, timeout))
     end
     tries = tries + 1
-    local st, meta = read_state(s, { index = index, wait = index and math.min(WAIT, left) })
-    if not st then return nil, meta end
+    local st, err, meta = read_state(s, { index = index, wait = index and math.min(WAIT, left) })
+    if not st then return nil, err end
     local holders = st.lock.Holders
     if holders[s.session] then return true end
     if count(holders) < st.lock.Limit then
       holders[s.session] = true
-      local ok, err = swap(s, st)
+      local ok, serr = swap(s, st)
       if ok then return true end
-      if ok == nil then return nil, err end
+      if ok == nil then return nil, serr end
       index = nil -- lost a race with another contender: read again
     else
-      index = session.next_index(index, meta.index)
+      index = session._next_index(index, meta.index)
     end
   end
 end
 
 local function still_holder(s)
   return function(index)
-    local st, meta = read_state(s, { index = index, wait = index and MONITOR_WAIT, consistent = true })
-    if not st then return nil, meta end
-    return st.lock.Holders[s.session] == true, meta
+    local st, err, meta = read_state(s, { index = index, wait = index and MONITOR_WAIT, consistent = true })
+    if not st then return nil, err end
+    return st.lock.Holders[s.session] == true, nil, meta
   end
 end
 
@@ -120,11 +117,12 @@ end
 --- for other flags or another limit, or the request's error). Acquiring twice raises. A
 --- failure, timeout, cancel or close before the slot is held gives everything back.
 function Semaphore:acquire(opts)
+  opts = args.opts(opts, 1, "acquire")
   if self.held then error("acquire: semaphore slot already held (release first)", 2) end
-  local timeout = (opts and opts.timeout) or self.opts.timeout
+  local timeout = args.option(opts, "timeout", "number", "acquire") or self.opts.timeout
   self.lost, self.ended, self.monitor, self.keeper = nil, nil, nil, nil
   self.on_lost = self.opts.on_lost
-  local ok, err = session.hold(self.client, self, self.opts, { name = "Consul API Semaphore", behavior = "delete" })
+  local ok, err = session._hold(self.client, self, self.opts, { name = "Consul API Semaphore", behavior = "delete" })
   if not ok then return nil, err end
   self.held = true
   self.contender = self.prefix .. "/" .. self.session
@@ -137,7 +135,7 @@ function Semaphore:acquire(opts)
   if ok then ok, err = take_slot(self, timeout) end
   if not ok then return nil, err end
   guard:commit()
-  self.monitor = sched.spawn(session.monitor, self, still_holder(self))
+  self.monitor = sched.spawn(session._monitor, self, still_holder(self))
   return self
 end
 
@@ -171,12 +169,14 @@ function Semaphore:release()
   if not self.held then return true end
   self.held = false
   hold.stop(self.monitor)
-  session.finish(self)
+  session._finish(self)
   return hold.cleanup(give_back, self, { session = self.session, contender = self.contender, keeper = self.keeper })
 end
 
 function Semaphore:__close()
   self:release()
 end
+
+args.methods(Semaphore)
 
 return M

@@ -7,6 +7,7 @@ local errors = require "coord.errors"
 local consul = require "coord.consul"
 local hold = require "coord.hold"
 local url = require "coord.url"
+local args = require "coord.args"
 
 local uuid, segment = url.uuid, url.segment
 
@@ -14,13 +15,6 @@ local M = {}
 
 local now = core.now
 
-local function check(v, want, i, fname)
-  if type(v) ~= want then
-    error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, want, type(v)), 3)
-  end
-end
-
-local check_opts = consul.check_opts
 
 ---------------------------------------------------------------------------------------------
 -- durations: seconds (floats) on the Lua side, Go duration strings on the wire
@@ -28,7 +22,7 @@ local check_opts = consul.check_opts
 local units = { ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 }
 
 --- Seconds in a Go duration string ("15s", "1m30s", "150ms"); nil for "" or garbage.
-function M.parse_duration(s)
+function M._parse_duration(s)
   if type(s) ~= "string" or s == "" then return nil end
   local total, rest = 0, s
   while rest ~= "" do
@@ -44,7 +38,7 @@ local function duration(s)
   if s == math.floor(s) then return ("%ds"):format(s) end
   return ("%dms"):format(math.floor(s * 1000 + 0.5))
 end
-M.duration = duration
+M._duration = duration
 
 ---------------------------------------------------------------------------------------------
 -- the "lost" signal shared by self-renewing sessions, locks and semaphores (the helpers
@@ -53,24 +47,24 @@ M.duration = duration
 
 --- Marks obj lost with err (once): sets obj.lost, wakes obj:wait_lost() callers and calls
 --- obj.on_lost(err, obj) if set (its errors go to the coroutine error handler).
-function M.lose(obj, err)
+function M._lose(obj, err)
   if obj.lost or obj.ended then return end
   obj.lost = err
   hold.stop(obj.monitor)
-  M.finish(obj)
+  M._finish(obj)
   if obj.on_lost then obj.on_lost(err, obj) end
 end
 
 -- Ends obj's life (lost or released): wakes everyone in wait_lost.
-function M.finish(obj)
+function M._finish(obj)
   obj.ended = true
   local ws = obj.lost_waiters or {}
   obj.lost_waiters = nil
   for _, w in ipairs(ws) do sched.wake(w) end
 end
 
---- Waits until obj is lost (returns the "lost" error) or released (returns nil).
-function M.wait_lost(obj)
+--- Waits until obj is lost (returns nil and the "lost" error) or released (returns true).
+function M._wait_lost(obj)
   if not obj.ended then
     local w = sched.waiter(function(w)
       for i, x in ipairs(obj.lost_waiters or {}) do
@@ -81,31 +75,32 @@ function M.wait_lost(obj)
     obj.lost_waiters[#obj.lost_waiters + 1] = w
     sched.wait(w)
   end
-  return obj.lost
+  if obj.lost then return nil, obj.lost end
+  return true
 end
 
 --- The index for the next blocking read: reset when it went backwards, never below 1.
-function M.next_index(old, new)
+function M._next_index(old, new)
   if math.type(new) ~= "integer" then return nil end
   if old and new < old then return nil end
   return math.max(new, 1)
 end
 
 --- Watches that obj (a lock or semaphore slot) is still held, until it is lost. read(index)
---- does one blocking read and returns held (boolean) and the meta table, or nil, err.
+--- does one blocking read and returns held (boolean), nil and the meta table, or nil, err.
 --- Read errors are retried every second; after a whole TTL (obj.ttl) without a successful
 --- read the slot is reported lost too, as its session has likely expired by then.
-function M.monitor(obj, read)
+function M._monitor(obj, read)
   local index, last = nil, now()
   while true do
-    local held, meta = read(index)
+    local held, err, meta = read(index)
     if held then
-      index, last = M.next_index(index, meta.index), now()
+      index, last = M._next_index(index, meta.index), now()
     elseif held == false then
-      return M.lose(obj, errors.new("lost", obj.what .. " is no longer held"))
+      return M._lose(obj, errors.new("lost", obj.what .. " is no longer held"))
     elseif now() - last >= obj.ttl then
-      return M.lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(meta),
-        { cause = meta }))
+      return M._lose(obj, errors.new("lost", obj.what .. " not confirmed for its session TTL: " .. tostring(err),
+        { cause = err }))
     else
       index = nil
       sched.sleep(1)
@@ -136,14 +131,14 @@ local function entry(e)
   local delay = e.LockDelay
   return {
     id = e.ID, name = e.Name, node = e.Node, behavior = e.Behavior,
-    ttl = M.parse_duration(e.TTL),
-    lock_delay = math.type(delay) == "integer" and delay / 1e9 or M.parse_duration(delay),
-    checks = consul.value(e.Checks), node_checks = consul.value(e.NodeChecks),
-    service_checks = consul.value(e.ServiceChecks),
+    ttl = M._parse_duration(e.TTL),
+    lock_delay = math.type(delay) == "integer" and delay / 1e9 or M._parse_duration(delay),
+    checks = consul._value(e.Checks), node_checks = consul._value(e.NodeChecks),
+    service_checks = consul._value(e.ServiceChecks),
     create_index = e.CreateIndex, modify_index = e.ModifyIndex,
   }
 end
-M.entry = entry
+M._entry = entry
 
 local function check_ttl(v, i, fname, what)
   if v ~= nil and (type(v) ~= "number" or v < 0) then
@@ -165,11 +160,11 @@ end
 --- Creates a session. opts: name, ttl (seconds, 10..86400), lock_delay (seconds; Consul's
 --- default 15), behavior ("release" or "delete"), checks, node_checks, service_checks
 --- (lists; an empty list means none, not even serfHealth), node, dc, token.
---- Returns the session ID and the meta table. The 500s of an agent whose node is not
+--- Returns the session ID, nil and the meta table (nil, err on failure). The 500s of an agent whose node is not
 --- registered yet ("Missing node registration", "Missing check 'serfHealth' registration")
 --- are retried for up to 5 s.
 function Sessions:create(opts)
-  opts = check_opts(opts, "create", 1)
+  opts = args.opts(opts, 1, "create")
   check_ttl(opts.ttl, 1, "create", "ttl")
   check_ttl(opts.lock_delay, 1, "create", "lock_delay")
   local body = {
@@ -182,21 +177,21 @@ function Sessions:create(opts)
   }
   local deadline, backoff = now() + CREATE_RETRY, 0.1
   while true do
-    local res, meta = self.client:_put("/v1/session/create", body, opts)
-    if res then return res.ID, meta end
+    local res, err, meta = self.client:_write("/v1/session/create", body, opts)
+    if res then return res.ID, nil, meta end
     -- refused, not applied: a new agent has a leader before its node is registered
-    if not (unregistered(meta) and now() < deadline) then return nil, meta end
+    if not (unregistered(err) and now() < deadline) then return nil, err end
     sched.sleep(math.min(sched.jitter(backoff), math.max(deadline - now(), 0)))
     backoff = math.min(backoff * 2, 1)
   end
 end
 
 --- Renews a session's TTL. Returns the session entry (its ttl may have been raised by the
---- server) and meta, or nil and a "lost" error (status 404) when it no longer exists.
+--- server), nil and the meta; or nil and a "lost" error (status 404) when it no longer exists.
 function Sessions:renew(id, opts)
-  check(id, "string", 1, "renew")
-  opts = check_opts(opts, "renew", 2)
-  local o = consul.call_opts(opts)
+  args.check(id, "string", 1, "renew")
+  opts = args.opts(opts, 2, "renew")
+  local o = consul._call_opts(opts, nil, "renew")
   o.ok, o.raw = { 404 }, true -- the 404 body is plain text
   local res, err = self.client:_call("PUT", "/v1/session/renew/" .. uuid(id, 1, "renew"), o)
   if not res then return nil, err end
@@ -205,46 +200,46 @@ function Sessions:renew(id, opts)
   if not e then
     return nil, errors.new("lost", "session " .. id .. " expired or was destroyed", { status = res.status })
   end
-  return e, res.meta
+  return e, nil, res.meta
 end
 
---- Destroys a session (its locks are released or deleted per its behavior). Returns true
---- and meta; destroying an unknown session also succeeds.
+--- Destroys a session (its locks are released or deleted per its behavior). Returns true,
+--- nil and the meta; destroying an unknown session also succeeds.
 function Sessions:destroy(id, opts)
-  check(id, "string", 1, "destroy")
-  opts = check_opts(opts, "destroy", 2)
-  local ok, meta = self.client:_put("/v1/session/destroy/" .. uuid(id, 1, "destroy"), nil, opts)
-  if not ok then return nil, meta end
-  return true, meta
+  args.check(id, "string", 1, "destroy")
+  opts = args.opts(opts, 2, "destroy")
+  local ok, err, meta = self.client:_write("/v1/session/destroy/" .. uuid(id, 1, "destroy"), nil, opts)
+  if not ok then return nil, err end
+  return true, nil, meta
 end
 
 -- GET a list of sessions, blocking when opts.index is given.
 local function query(self, path, opts)
-  local list, meta = self.client:_get(path, opts)
-  if not list then return nil, meta end
+  local list, err, meta = self.client:_read(path, opts)
+  if err then return nil, err end
   local out = {}
   for i, e in ipairs(type(list) == "table" and list or {}) do out[i] = entry(e) end -- null: none
-  return out, meta
+  return out, nil, meta
 end
 
---- The session's entry, or nil when it does not exist; and meta. opts: index, wait, stale,
---- consistent, dc, token.
+--- The session's entry, nil and the meta; nil, nil, meta when it does not exist. opts: index,
+--- wait, stale, consistent, dc, token.
 function Sessions:info(id, opts)
-  check(id, "string", 1, "info")
-  local list, meta = query(self, "/v1/session/info/" .. uuid(id, 1, "info"), check_opts(opts, "info", 2))
-  if not list then return nil, meta end
-  return list[1], meta
+  args.check(id, "string", 1, "info")
+  local list, err, meta = query(self, "/v1/session/info/" .. uuid(id, 1, "info"), args.opts(opts, 2, "info"))
+  if err then return nil, err end
+  return list[1], nil, meta
 end
 
---- All sessions (an array of entries) and meta. opts as for info.
+--- All sessions (an array of entries), nil and the meta. opts as for info.
 function Sessions:list(opts)
-  return query(self, "/v1/session/list", check_opts(opts, "list", 1))
+  return query(self, "/v1/session/list", args.opts(opts, 1, "list"))
 end
 
---- The sessions of one node and meta. opts as for info.
+--- The sessions of one node, nil and the meta. opts as for info.
 function Sessions:node(node, opts)
-  check(node, "string", 1, "node")
-  return query(self, "/v1/session/node/" .. segment(node, 1, "node"), check_opts(opts, "node", 2))
+  args.check(node, "string", 1, "node")
+  return query(self, "/v1/session/node/" .. segment(node, 1, "node"), args.opts(opts, 2, "node"))
 end
 
 ---------------------------------------------------------------------------------------------
@@ -252,7 +247,7 @@ end
 
 local Session = { __name = "coord.consul.session" }
 Session.__index = Session
-Session.wait_lost = M.wait_lost
+Session.wait_lost = M._wait_lost
 
 --- Creates a session (opts as for create; ttl defaults to 15 s) and keeps it alive in a
 --- background task (renewed every TTL/2, retried until a whole TTL has passed since the
@@ -260,7 +255,7 @@ Session.wait_lost = M.wait_lost
 --- Returns the session object (id, ttl, lost, close, wait_lost) or nil, err. A caller
 --- canceled while the create request is in flight destroys the session once it exists.
 function Sessions:open(opts)
-  opts = check_opts(opts, "open", 1)
+  opts = args.opts(opts, 1, "open")
   local o = setmetatable({ ttl = opts.ttl or 15 }, { __index = opts })
   local dopts = { token = opts.token, dc = opts.dc }
   local id, err = hold.shield(self.create, function(gone)
@@ -276,7 +271,7 @@ function Sessions:open(opts)
       s.ttl = e.ttl or s.ttl
       return s.ttl
     end,
-    lost = function(lerr) M.lose(s, lerr) end,
+    lost = function(lerr) M._lose(s, lerr) end,
   }
   s.task = s.renewal.task
   return s
@@ -290,7 +285,7 @@ function Session:close()
   if self.closed then return true end
   self.closed = true
   self.renewal:stop()
-  M.finish(self)
+  M._finish(self)
   return hold.cleanup(self.sessions.destroy, self.sessions, self.id, { token = self.opts.token, dc = self.opts.dc })
 end
 
@@ -301,7 +296,7 @@ end
 --- For locks and semaphores: takes opts.session (an ID the caller keeps alive) or opens a
 --- self-renewing session (opts.ttl, opts.lock_delay, opts.session_name or defaults.name,
 --- defaults.behavior) whose loss marks obj lost. Sets obj.session, obj.keeper, obj.ttl.
-function M.hold(client, obj, opts, defaults)
+function M._hold(client, obj, opts, defaults)
   obj.ttl = opts.ttl or 15
   if opts.session then
     obj.session = opts.session
@@ -310,7 +305,7 @@ function M.hold(client, obj, opts, defaults)
   local keeper, err = M.new(client):open {
     name = opts.session_name or defaults.name, ttl = obj.ttl, lock_delay = opts.lock_delay,
     behavior = defaults.behavior, token = opts.token, dc = opts.dc,
-    on_lost = function(e) M.lose(obj, e) end,
+    on_lost = function(e) M._lose(obj, e) end,
   }
   if not keeper then return nil, err end
   obj.session, obj.keeper = keeper.id, keeper
@@ -318,10 +313,11 @@ function M.hold(client, obj, opts, defaults)
 end
 
 --- The seconds left before deadline (math.huge without one).
-function M.left(deadline)
+function M._left(deadline)
   return deadline and deadline - now() or math.huge
 end
 
-require("coord.args").methods(Sessions)
+args.methods(Sessions)
+args.methods(Session)
 
 return M

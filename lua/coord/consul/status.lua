@@ -1,6 +1,6 @@
 -- coord.consul.status: the Raft status of the datacenter (/v1/status): leader and peers.
 
-local consul = require "coord.consul"
+local args = require "coord.args"
 
 local M = {}
 
@@ -11,16 +11,16 @@ function M.new(client)
   return setmetatable({ client = client }, Status)
 end
 
---- The address ("ip:port") of the Raft leader, "" when there is none.
+--- The address ("ip:port") of the Raft leader, "" when there is none; nil and the meta.
 function Status:leader(opts)
-  return self.client:_get("/v1/status/leader", consul.check_opts(opts, "leader", 1))
+  return self.client:_read("/v1/status/leader", args.opts(opts, 1, "leader"))
 end
 
---- The addresses of the Raft peers.
+--- The addresses of the Raft peers, nil and the meta.
 function Status:peers(opts)
-  return self.client:_get("/v1/status/peers", consul.check_opts(opts, "peers", 1))
+  return self.client:_read("/v1/status/peers", args.opts(opts, 1, "peers"))
 end
 
-require("coord.args").methods(Status)
+args.methods(Status)
 
 return M

@@ -4,6 +4,7 @@ local core = require "coord.core"
 local consul = require "coord.consul"
 local errors = require "coord.errors"
 local kv = require "coord.consul.kv"
+local args = require "coord.args"
 
 local M = {}
 
@@ -48,41 +49,40 @@ local function wire(op, i)
 end
 
 local function result(r)
-  if r.KV then return { kv = kv.entry(r.KV) } end
+  if r.KV then return { kv = kv._entry(r.KV) } end
   return r
 end
 
---- Applies ops (at most txn.max_ops, checked before sending). Returns true, results, meta
---- when applied (results[i] = {kv = entry} for KV results, others as Consul sends them);
---- false, errors, meta when rolled back (errors[i] = {op = 1-based index, what = text});
---- nil, err on failure. opts: the common call options and max_ops.
+--- Applies ops (at most txn.max_ops, checked before sending). Returns result, nil, meta:
+--- result.applied is true with result.results (results[i] = {kv = entry} for KV results,
+--- others as Consul sends them), or false when Consul rolled it back, with result.errors
+--- (errors[i] = {op = 1-based index, what = text}): a rolled-back transaction is an answer,
+--- not a failure. nil, err on failure. opts: the common call options and max_ops.
 function Txn:run(ops, opts)
-  if type(ops) ~= "table" then
-    error("bad argument #1 to 'run' (table expected, got " .. type(ops) .. ")", 2)
-  end
-  opts = consul.check_opts(opts, "run", 2)
-  local max = opts.max_ops or M.max_ops
+  args.check(ops, "table", 1, "run")
+  opts = args.opts(opts, 2, "run")
+  local max = args.option(opts, "max_ops", "integer", "run") or M.max_ops
   if #ops > max then
     return nil, errors.new("limit", ("transaction has %d operations; Consul accepts at most %d"):format(#ops, max))
   end
   local body = {}
   for i, op in ipairs(ops) do body[i] = wire(op, i) end
   local json = core.json_encode(setmetatable(body, { __jsontype = "array" })):gsub('"Flags":"(%d+)"', '"Flags":%1')
-  local o = consul.call_opts(opts)
+  local o = consul._call_opts(opts, nil, "run")
   o.body, o.ok = json, { 409 }
   local res, err = self.client:_call("PUT", "/v1/txn", o)
   if not res then return nil, err end
   local out = {}
   if res.status == 409 then
-    for i, e in ipairs(consul.value(res.body.Errors) or {}) do
+    for i, e in ipairs(consul._value(res.body.Errors) or {}) do
       out[i] = { op = e.OpIndex + 1, what = e.What }
     end
-    return false, out, res.meta
+    return { applied = false, errors = out }, nil, res.meta
   end
-  for i, r in ipairs(consul.value(res.body.Results) or {}) do out[i] = result(r) end
-  return true, out, res.meta
+  for i, r in ipairs(consul._value(res.body.Results) or {}) do out[i] = result(r) end
+  return { applied = true, results = out }, nil, res.meta
 end
 
-require("coord.args").methods(Txn)
+args.methods(Txn)
 
 return M

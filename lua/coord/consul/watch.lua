@@ -85,11 +85,11 @@ end
 local function run(self, fn)
   local job
   local w = sched.waiter(function() abandon(job) end)
-  job = start(fn, function(a, b) sched.wake(w, a, b) end)
+  job = start(fn, function(...) sched.wake(w, table.pack(...)) end)
   self.job, self.w = job, w
-  local a, b = sched.wait(w)
+  local r = sched.wait(w)
   self.job, self.w = nil, nil
-  return a, b
+  if r then return table.unpack(r, 1, r.n) end
 end
 
 ---------------------------------------------------------------------------------------------
@@ -123,8 +123,8 @@ local function backoff(p)
   coord.sleep(sched.jitter(p.delay))
 end
 
--- One successful read (false for an absent value) and its meta; or nil, err for an error
--- that retrying cannot fix (or any error, with opts.retry == false). p.after_reset tells
+-- One successful read (false for an absent value), nil and its meta; or nil, err for an
+-- error that retrying cannot fix (or any error, with opts.retry == false). p.after_reset tells
 -- whether the read returned is the first after an index reset.
 local function poll(p)
   while true do
@@ -132,13 +132,17 @@ local function poll(p)
     p.requests = p.requests + 1
     local o = { wait = p.wait, retries = 0 } -- the loop backs off itself
     if p.hash then o.hash = p.hash elseif p.index ~= 0 then o.index = p.index end
-    local v, meta = p.fetch(o)
-    if v == nil and errors.is(meta) then
+    local v, err, meta = p.fetch(o)
+    if err ~= nil then
+      if not errors.is(err) then -- a function written for the old value, meta shape
+        return nil, errors.new("invalid", "the watched function returned a second value that is not an error: "
+          .. tostring(err) .. " (return value, err, meta)")
+      end
       -- The agent may have restarted with fresh indexes: a blocking read with an index above
       -- its own would wait the whole `wait` before rule 1 could notice. Read once without
       -- blocking instead; an unchanged answer is not delivered again.
       p.index, p.hash, p.reset = 0, nil, true
-      if not retryable(meta) or p.opts.retry == false then return nil, meta end
+      if not retryable(err) or p.opts.retry == false then return nil, err end
       backoff(p)
     else
       p.delay = 0
@@ -152,7 +156,7 @@ local function poll(p)
       p.hash = meta and meta.content_hash
       p.after_reset, p.reset = p.reset, false
       if v == nil then v = false end
-      return v, meta
+      return v, nil, meta
     end
   end
 end
@@ -181,16 +185,17 @@ local function changed(self, v, after_reset)
   return true
 end
 
---- The next changed value and its meta; nil when closed or failed (see watch.error).
+--- The next changed value (false when absent), nil and its meta; nil, err when the watch
+--- failed (also kept in watch.error); nil when it is closed.
 function Watch:next()
   while not self.closed do
-    local v, meta = run(self, function() return poll(self.p) end)
+    local v, err, meta = run(self, function() return poll(self.p) end)
     if self.closed then return nil end
     if v == nil then
-      self.error = meta
-      return nil
+      self.error = err
+      return nil, err
     end
-    if changed(self, v, self.p.after_reset) then return v, meta end
+    if changed(self, v, self.p.after_reset) then return v, nil, meta end
   end
   return nil
 end
@@ -247,10 +252,14 @@ local function new_watch(read, opts, kv)
   return iterator(w)
 end
 
---- A watch over any blocking read: fn(opts) gets opts with index/hash/wait added.
+--- A watch over any blocking read: fn(opts) gets opts with index/hash/wait added and
+--- returns value, err, meta (the 0.2 convention; a nil value with no error is absent).
 function M.new(_, fn, opts)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'watch' (function expected, got " .. type(fn) .. ")", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'watch' (table or nil expected, got " .. type(opts) .. ")", 3)
   end
   opts = opts or {}
   check_rate(opts)
@@ -278,10 +287,10 @@ end
 -- the watchers that wait.
 local function group_loop(g)
   while true do
-    local list, meta = poll(g.p)
+    local list, err, meta = poll(g.p)
     if list and g.p.after_reset then g.reset_version = g.version + 1 end
     if list == nil then
-      g.error = meta
+      g.error = err
       if g.registry[g.key] == g then g.registry[g.key] = nil end
     else
       g.value, g.meta = g.digest(list), meta
@@ -308,17 +317,17 @@ local function join(client, key, fetch, digest, opts)
   return g
 end
 
--- A watcher of group g: pick(g.value) is its value; kv says values are kv entries; conv that
--- it yields in the 0.2 convention (value, nil, meta; nil, err).
-local function subscribe(g, pick, kv, conv)
-  local sub = setmetatable({ g = g, pick = pick, seen = 0, kv = kv, conv = conv }, Sub)
+-- A watcher of group g: pick(g.value) is its value; kv says values are kv entries.
+local function subscribe(g, pick, kv)
+  local sub = setmetatable({ g = g, pick = pick, seen = 0, kv = kv }, Sub)
   g.subs[sub] = true
   g.n = g.n + 1
   return iterator(sub)
 end
 
---- The next change of this key's entry (false when absent) and the meta of the prefix read
---- (a watch made by M.shared: the next changed value, nil and the meta).
+--- The next change of this watcher's value (a kv watch: the key's entry, false when
+--- absent), nil and the meta of the shared read; nil, err when the shared query failed;
+--- nil when closed.
 function Sub:next()
   local g = self.g
   while not self.closed do
@@ -326,14 +335,10 @@ function Sub:next()
       local after_reset = (g.reset_version or 0) > self.seen
       self.seen = g.version
       local v = self.pick(g.value)
-      if changed(self, v, after_reset) then
-        if self.conv then return v, nil, g.meta end
-        return v, g.meta
-      end
+      if changed(self, v, after_reset) then return v, nil, g.meta end
     elseif g.error then
       self.error = g.error
-      if self.conv then return nil, g.error end
-      return nil
+      return nil, g.error
     else
       self.w = sched.waiter(function(w) if self.w == w then self.w = nil end end)
       sched.wait(self.w)
@@ -375,12 +380,12 @@ M.check_rate = check_rate
 
 --- A watch on the query named name (with the options in more telling identical watches apart)
 --- (its options checked with check_rate first) shared by every identical watch of client:
---- fetch(opts) is the poller's read (opts with index/hash/wait added; value, meta or nil,
---- err), digest(value) what each answer is turned into once; each watcher's value is the
+--- fetch(opts) is the poller's read (opts with index/hash/wait added; value, nil, meta or
+--- nil, err), digest(value) what each answer is turned into once; each watcher's value is the
 --- digest (compared in full for changes), yielded as value, nil, meta.
 function M.shared(client, name, opts, more, fetch, digest)
   local g = join(client, group_key(name, opts, more), function(o) return fetch(merge(opts, o)) end, digest, opts)
-  return subscribe(g, function(v) return v end, false, true)
+  return subscribe(g, function(v) return v end, false)
 end
 
 --- kv:watch(key, opts): the key's entry (false when absent), or with recurse = true the
