@@ -358,7 +358,7 @@ function Client:_call(method, path, opts)
     req.headers["Cache-Control"] = opts.cache_control
   end
   local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
-  local attempt, moves, rotated = 0, #self.agents - 1, false
+  local attempt, moves, rotated, backoff = 0, #self.agents - 1, false, nil
   local res, err, full
   while true do
     local agent = self.agents[self.cur]
@@ -377,7 +377,8 @@ function Client:_call(method, path, opts)
     else
       if attempt >= retries or not transient(method, res, err) then break end
       attempt = attempt + 1
-      sched.sleep(sched.jitter(0.1 * 2 ^ (attempt - 1)))
+      backoff = backoff or sched.backoff(0.1, 5)
+      sched.sleep(backoff:delay())
     end
   end
   if not res then return nil, err end

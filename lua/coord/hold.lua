@@ -83,20 +83,19 @@ function M.shield(fn, undo, ...)
   return unpack(r, 2, r.n)
 end
 
-local BACKOFF, BACKOFF_MAX = 0.25, 1 -- seconds between retries (nominal, jittered)
+local BACKOFF, BACKOFF_MAX = 0.25, 1 -- seconds between retries (sched.backoff)
 
 --- Retries a give-back that failed (an idempotent one, such as a lease revoke) in a task of
 --- its own: calls fn() after a jittered backoff (0.25 s doubling up to 1 s) until it returns
 --- a true value or raises (reported), or `within` seconds have passed. Returns the task.
 function M.retry(fn, within)
   return sched.spawn(function()
-    local deadline, backoff = now() + within, BACKOFF
+    local deadline, backoff = now() + within, sched.backoff(BACKOFF, BACKOFF_MAX)
     while now() < deadline do
-      sched.sleep(math.min(sched.jitter(backoff), deadline - now()))
+      sched.sleep(math.min(backoff:delay(), deadline - now()))
       local r = pack(xpcall(fn, debug.traceback))
       if not r[1] then return sched.report(r[2], coroutine.running(), r[2]) end
       if r[2] then return end
-      backoff = math.min(backoff * 2, BACKOFF_MAX)
     end
   end)
 end
@@ -109,7 +108,7 @@ Renewal.__index = Renewal
 
 local function renewal_loop(r)
   local last = now()
-  local pause, backoff = r.first, BACKOFF
+  local pause, backoff = r.first, sched.backoff(BACKOFF, BACKOFF_MAX)
   while true do
     if pause > 0 then sched.sleep(pause) end
     if r.stopped then return end
@@ -118,13 +117,13 @@ local function renewal_loop(r)
     if r.stopped then return end
     if ok then
       if type(ok) == "number" then r.ttl = ok end
-      last, backoff = now(), BACKOFF
+      last = now()
+      backoff:reset()
       pause = (r.ttl or 0) / r.every
     else
       ttl = r.ttl or 0
       if err.kind ~= "lost" and now() - last < ttl then
-        pause = math.min(sched.jitter(backoff), math.max(last + ttl - now(), 0))
-        backoff = math.min(backoff * 2, BACKOFF_MAX)
+        pause = math.min(backoff:delay(), math.max(last + ttl - now(), 0))
       else
         if err.kind ~= "lost" then
           local fields = { cause = err }

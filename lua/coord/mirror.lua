@@ -272,8 +272,7 @@ end
 -- Sleeps before another attempt after err: exponential with jitter, at most opts.max_backoff.
 local function backoff(self, err)
   failed(self, err)
-  self.delay = math.min(self.max_backoff, self.delay > 0 and self.delay * 2 or 0.1)
-  coord.sleep(sched.jitter(self.delay))
+  coord.sleep(self.backoff:delay())
 end
 
 ---------------------------------------------------------------------------------------------
@@ -310,7 +309,7 @@ local function etcd_follow(self, rev)
       failed(self, ev.error)
     elseif ev.type == "reconnected" then
       synced(self, self.position)
-      self.delay = 0
+      self.backoff:reset()
       deliver(self, {})
     else
       -- the events of one revision arrive together: take what is queued as one batch
@@ -331,7 +330,7 @@ local function etcd_follow(self, rev)
         end
       end
       synced(self, r)
-      self.delay = 0
+      self.backoff:reset()
       deliver(self, batch)
     end
     if self.closed then return end -- a hook closed the mirror
@@ -381,7 +380,7 @@ local function run_consul(self)
       local batch = resync(self, list, by_content or backwards or self.source == "snapshot")
       by_content = false
       synced(self, index)
-      self.delay = 0
+      self.backoff:reset()
       deliver(self, batch)
       if self.closed then return end -- a hook closed the mirror
     end
@@ -448,8 +447,9 @@ function M.new(client, prefix, opts)
     page_size = opts.page_size or 1000, blocking_wait = opts.wait, max_backoff = opts.max_backoff or 10,
     keepalive = opts.keepalive, snapshot = opts.snapshot, snapshot_interval = opts.snapshot_interval or 2,
     snapshot_after = opts.snapshot_after or 3,
-    synced = false, since = nil, stale_since = nil, position = nil, last_error = nil, changes = 0, delay = 0,
+    synced = false, since = nil, stale_since = nil, position = nil, last_error = nil, changes = 0,
   }, Mirror)
+  self.backoff = sched.backoff(0.1, self.max_backoff)
   self.task = coord.spawn(kind == "etcd" and run_etcd or run_consul, self)
   if self.snapshot then
     self.loader = coord.spawn(function()

@@ -514,6 +514,25 @@ function M.jitter(d)
   return d / 2 + math.random() * d / 2
 end
 
+local Backoff = { __name = "coord.backoff" }
+Backoff.__index = Backoff
+
+--- A retry schedule, the one every retry loop of coord uses: b:delay() is the next pause
+--- (base seconds, doubling up to cap, jittered as M.jitter), b:reset() starts over after a
+--- success, b.failures counts the delays handed out since.
+function M.backoff(base, cap)
+  return setmetatable({ base = base, cap = cap, failures = 0 }, Backoff)
+end
+
+function Backoff:delay()
+  self.failures = self.failures + 1
+  return M.jitter(math.min(self.cap, self.base * 2 ^ (self.failures - 1)))
+end
+
+function Backoff:reset()
+  self.failures = 0
+end
+
 --- Suspends the running coroutine for s seconds.
 function M.sleep(s)
   check_seconds(s, "sleep")

@@ -175,14 +175,13 @@ function Sessions:create(opts)
     NodeChecks = opts.node_checks and array(opts.node_checks),
     ServiceChecks = opts.service_checks and array(opts.service_checks),
   }
-  local deadline, backoff = now() + CREATE_RETRY, 0.1
+  local deadline, backoff = now() + CREATE_RETRY, sched.backoff(0.1, 1)
   while true do
     local res, err, meta = self.client:_write("/v1/session/create", body, opts)
     if res then return res.ID, nil, meta end
     -- refused, not applied: a new agent has a leader before its node is registered
     if not (unregistered(err) and now() < deadline) then return nil, err end
-    sched.sleep(math.min(sched.jitter(backoff), math.max(deadline - now(), 0)))
-    backoff = math.min(backoff * 2, 1)
+    sched.sleep(math.min(backoff:delay(), math.max(deadline - now(), 0)))
   end
 end
 

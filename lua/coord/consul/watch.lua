@@ -98,7 +98,8 @@ end
 local function poller(fetch, opts)
   local rate, burst = opts.rate or 1, opts.burst or 5
   return { fetch = fetch, opts = opts, index = 0, hash = nil, wait = opts.wait or 300,
-    rate = rate, burst = burst, tokens = burst, stamp = coord.now(), delay = 0, requests = 0 }
+    rate = rate, burst = burst, tokens = burst, stamp = coord.now(), requests = 0,
+    backoff = sched.backoff(opts.min_backoff or 0.1, opts.max_backoff or 30) }
 end
 
 -- Takes a token from the bucket, sleeping until there is one.
@@ -117,10 +118,8 @@ local function retryable(err)
   return not err.status or err.status == 429 or err.status >= 500
 end
 
--- Exponential backoff with jitter: half the delay fixed, half random.
 local function backoff(p)
-  p.delay = math.min(p.opts.max_backoff or 30, p.delay > 0 and p.delay * 2 or (p.opts.min_backoff or 0.1))
-  coord.sleep(sched.jitter(p.delay))
+  coord.sleep(p.backoff:delay())
 end
 
 -- One successful read (false for an absent value), nil and its meta; or nil, err for an
@@ -145,7 +144,7 @@ local function poll(p)
       if not retryable(err) or p.opts.retry == false then return nil, err end
       backoff(p)
     else
-      p.delay = 0
+      p.backoff:reset()
       local index = meta and meta.index or 0
       -- indexes are uint64: compared unsigned (event list indexes pass 2^63)
       if math.ult(index, p.index) then

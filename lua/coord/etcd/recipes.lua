@@ -13,10 +13,10 @@ local MARK = "coord-append:"
 local IDEMPOTENT = { idempotent = true }
 local APPEND_RETRIES, ATOMIC_RETRIES = 20, 10
 
--- The pause before attempt n + 1 after n conflicts: exponential from 10 ms, at most 0.5 s,
--- jittered so that contenders that lost together do not come back together.
-local function backoff(n)
-  sched.sleep(sched.jitter(math.min(0.5, 0.01 * 2 ^ (n - 1))))
+-- The pauses between attempts after conflicts: from 10 ms, doubling up to 0.5 s, jittered so
+-- that contenders that lost together do not come back together.
+local function conflict_backoff()
+  return sched.backoff(0.01, 0.5)
 end
 
 local function retries_option(opts, fname, default)
@@ -61,6 +61,7 @@ return function(Client, E)
     local j, err = self:_post("/v3/kv/range", { key = b64(raw(self, mark)), keys_only = true }, IDEMPOTENT)
     if not j then return nil, err end
     local rev = header_of(j.header).revision
+    local backoff = conflict_backoff()
     for attempt = 1, retries + 1 do
       local key = prefix .. ("%020d"):format(rev + 1)
       j, err = self:_post("/v3/kv/txn", {
@@ -80,7 +81,7 @@ return function(Client, E)
           lease = lease or 0 }, nil, h
       end
       rev = h.revision
-      if attempt <= retries then backoff(attempt) end
+      if attempt <= retries then sched.sleep(backoff:delay()) end
     end
     return nil, errors.new("conflict", ("append to %q: %d attempts conflicted"):format(prefix, retries + 1),
       { attempts = retries + 1 })
@@ -211,6 +212,7 @@ return function(Client, E)
     args.check(fn, "function", 1, "atomically")
     opts = args.opts(opts, 2, "atomically")
     local retries = retries_option(opts, "atomically", ATOMIC_RETRIES)
+    local backoff = conflict_backoff()
     for attempt = 1, retries + 1 do
       local tx <close> = setmetatable({ client = self, reads = {}, read_order = {}, writes = {}, write_order = {},
         ranges = {}, range_order = {} }, Tx)
@@ -223,7 +225,7 @@ return function(Client, E)
         if result == nil then result = true end
         return result, nil, header_of(j.header)
       end
-      if attempt <= retries then backoff(attempt) end
+      if attempt <= retries then sched.sleep(backoff:delay()) end
     end
     return nil, errors.new("conflict", ("atomically: %d attempts conflicted"):format(retries + 1),
       { attempts = retries + 1 })
