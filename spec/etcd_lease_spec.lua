@@ -37,7 +37,7 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("grants, lists, inspects and revokes leases", co(function()
-      local lease, h = assert(etcd:grant(30))
+      local lease, _, h = assert(etcd:grant(30))
       assert.equal("integer", math.type(lease.id))
       assert.equal(30, lease.ttl)
       assert.is_true(h.revision > 0)

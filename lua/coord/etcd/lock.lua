@@ -221,12 +221,19 @@ return function(Client, E)
   function E._contend(self, what, name, value, opts)
     local timeout = opts.timeout
     local c = { client = self, what = what, name = name, prefix = name .. "/", try = timeout == 0 }
+    local capped -- the time limit ran out: give back in the background, not past the limit
     local guard <close> = setmetatable({}, { __close = function()
-      if not c.held and c.lease then E._now_or_later(release, self, c) end
+      if c.held or not c.lease then return end
+      if capped then
+        sched.spawn(release, self, c)
+      else
+        E._now_or_later(release, self, c)
+      end
     end })
     local h, err
     if timeout and timeout > 0 then
       h, err = sched.timeout(timeout, hold_and_acquire, self, c, opts, value)
+      capped = not h
     else
       h, err = hold_and_acquire(self, c, opts, value)
     end
