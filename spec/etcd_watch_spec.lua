@@ -454,8 +454,9 @@ for _, version in ipairs { "3.4", "3.5" } do
     it("raises on bad arguments", function()
       local c = sup.client(srv)
       assert.has_error(function() c:watch(nil) end, "bad argument #1 to 'watch' (string expected, got nil)")
-      assert.has_error(function() c:watch("k", 5) end, "bad argument #2 to 'watch' (table or nil expected, got number)")
-      assert.has_error(function() c:watch("k", { start_revision = "3" }) end)
+      assert.has_error(function() c:watch("k", 5) end, "bad argument #2 to 'watch' (table or nil expected, got integer)")
+      assert.has_error(function() c:watch("k", { start_revision = "3" }) end,
+        "bad option 'start_revision' to 'watch' (integer expected, got string)")
     end)
   end)
 end

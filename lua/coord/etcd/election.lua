@@ -56,6 +56,11 @@ function Observer:leaders()
   return function() return self:next() end
 end
 
+--- An observer is its own iterator: `for kv in obs do ... end` reads obs:next().
+function Observer:__call()
+  return self:next()
+end
+
 --- Stops observing.
 function Observer:close()
   self.watch:close()
@@ -140,8 +145,9 @@ return function(Client, E)
   end
 
   --- Follows the leaders of election `name`: returns an observer with :next(), :leaders()
-  --- (an iterator) and :close() (also <close>): `observer, nil, header`. The current leader
-  --- comes first.
+  --- (an iterator) and :close() (also <close>): `observer, nil, header, observer`, the 4th
+  --- the closing value of a generic for (`for kv in etcd:observe(name)` closes it when the
+  --- loop is left). The current leader comes first.
   function Client:observe(name)
     check(name, "string", 1, "observe")
     local prefix = name .. "/"
@@ -149,10 +155,11 @@ return function(Client, E)
     if not all then return nil, err end
     local kvs = {}
     for _, kv in ipairs(all) do kvs[kv.key] = kv end
-    return setmetatable({
+    local obs = setmetatable({
       kvs = kvs, revision = h.revision,
       watch = self:watch(prefix, { prefix = true, start_revision = h.revision + 1 }),
-    }, Observer), nil, h
+    }, Observer)
+    return obs, nil, h, obs
   end
 
   --- Gives up the leadership: revokes the lease made for it (or deletes its key from the
