@@ -446,8 +446,8 @@ describe("coord.etcd retries", function()
 
   it("retries reads but not writes on a connection that broke after the request was sent", co(function()
     local etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
-    local h, err = etcd:put("retry/a", "1")
-    assert.is_nil(h)
+    local ok, err = etcd:put("retry/a", "1")
+    assert.is_nil(ok)
     assert.equal("unknown", err.kind) -- it was sent: the outcome is unknown
     assert.equal("closed", err.cause)
     assert.is_true(err.maybe_applied)
@@ -461,8 +461,8 @@ describe("coord.etcd retries", function()
 
   it("moves on after a 503 for reads and reports it for writes", co(function()
     local etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
-    local h, err = etcd:put("retry/b", "1")
-    assert.is_nil(h)
+    local ok, err = etcd:put("retry/b", "1")
+    assert.is_nil(ok)
     assert.equal("unavailable", err.kind)
     assert.equal(503, err.status)
     etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
