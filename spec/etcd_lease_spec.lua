@@ -253,6 +253,15 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert.is_true(ok)
       assert.is_nil(err)
       assert.is_truthy(h.revision)
+      -- on the caller's lease, a second campaign finds the key and proclaims its own value,
+      -- within what is left of its timeout
+      local lease = assert(etcd:grant(30))
+      assert(etcd:campaign("elect/own", "one", { lease = lease.id }))
+      local again, aerr, ah = etcd:campaign("elect/own", "two", { lease = lease.id, timeout = 10 })
+      assert.is_nil(aerr)
+      assert.equal(again.header, ah)
+      assert.equal("two", assert(etcd:leader("elect/own")).value)
+      assert(etcd:revoke(lease.id))
     end))
 
     it("interoperates with etcdctl elect", co(function()

@@ -6,6 +6,8 @@ local errors = require "coord.errors"
 local hold = require "coord.hold"
 local proto = require "coord.etcd.proto"
 local args = require "coord.args"
+local sched = require "coord.sched"
+local now = require("coord.core").now
 
 local Leadership = { __name = "coord.etcd.leadership" }
 Leadership.__index = Leadership
@@ -108,6 +110,7 @@ return function(Client, E)
     check(value, "string", 2, "campaign")
     opts = args.opts(opts, 3, "campaign")
     E._contend_opts(opts, "campaign")
+    local started = now()
     local c, err = E._contend(self, "election", name, value, opts)
     if not c then return nil, err end
     c.resigned = false
@@ -115,7 +118,12 @@ return function(Client, E)
     if c.found ~= value then -- the key was there already (the caller's lease) with another value
       -- failed, canceled or timed out from outside while proclaiming: resign
       local guard <close> = hold.guard(self.resign, self, c)
-      local h, perr = put_value(self, c, value)
+      local h, perr
+      if opts.timeout and opts.timeout > 0 then -- what is left of the call's cap
+        h, perr = sched.timeout(math.max(0, opts.timeout - (now() - started)), put_value, self, c, value)
+      else
+        h, perr = put_value(self, c, value)
+      end
       if not h then return nil, perr end
       guard:commit()
       c.header = h
