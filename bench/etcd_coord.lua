@@ -39,7 +39,7 @@ local function watch_bench()
 
   common.watch_main(tally, function()
     -- The revision to start from: the one after the current, so puts made later are all seen.
-    local _, header = etcd:get("bw/")
+    local _, _, header = etcd:get("bw/")
     local start = header and header.revision and header.revision + 1
     local create_sem = coord.semaphore(conc)
     local ready = coord.queue(w_count)

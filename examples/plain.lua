@@ -8,7 +8,11 @@ local consul = coord.consul.new() -- CONSUL_HTTP_ADDR, or 127.0.0.1:8500
 assert(etcd:put("plain/greeting", "hello from etcd"))
 local kv = assert(etcd:get("plain/greeting"))
 print(("etcd:   %s = %q (version %d, revision %d)"):format(kv.key, kv.value, kv.version, kv.mod_revision))
-print("etcd:   a missing key reads as", (etcd:get("plain/missing")))
+-- value, err, header: an absent key is nil with no error; the header comes third
+local missing, gerr, header = etcd:get("plain/missing")
+assert(not gerr, tostring(gerr))
+print("etcd:   a missing key reads as", missing)
+print(("etcd:   read at revision %d"):format(header.revision))
 
 assert(consul.kv:put("plain/greeting", "hello from consul"))
 local entry, _, meta = assert(consul.kv:get("plain/greeting"))

@@ -216,7 +216,7 @@ describe("coord.etcd on a three-member cluster", function()
 
   it("lists members and reports each one's status, version and health", co(function()
     local etcd = etcd_mod.new { endpoints = server.endpoints }
-    local members, h = assert(etcd:members())
+    local members, _, h = assert(etcd:members())
     assert.equal(3, #members)
     local names = {}
     for _, m in ipairs(members) do
@@ -446,14 +446,14 @@ describe("coord.etcd retries", function()
 
   it("retries reads but not writes on a connection that broke after the request was sent", co(function()
     local etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
-    local h, err = etcd:put("retry/a", "1")
-    assert.is_nil(h)
+    local ok, err = etcd:put("retry/a", "1")
+    assert.is_nil(ok)
     assert.equal("unknown", err.kind) -- it was sent: the outcome is unknown
     assert.equal("closed", err.cause)
     assert.is_true(err.maybe_applied)
     assert.is_nil(assert(etcd_mod.new { endpoints = { server.endpoint } }:range("retry/", { prefix = true }))[1])
     etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
-    local kv, h2 = etcd:get("retry/a")
+    local kv, _, h2 = etcd:get("retry/a")
     assert.is_nil(kv)
     assert.is_true(h2.revision > 0)
     assert.equal(server.endpoint, etcd:_target().url)
@@ -461,13 +461,30 @@ describe("coord.etcd retries", function()
 
   it("moves on after a 503 for reads and reports it for writes", co(function()
     local etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
-    local h, err = etcd:put("retry/b", "1")
-    assert.is_nil(h)
+    local ok, err = etcd:put("retry/b", "1")
+    assert.is_nil(ok)
     assert.equal("unavailable", err.kind)
     assert.equal(503, err.status)
     etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
     assert.is_nil((etcd:get("retry/b")))
     assert.equal(server.endpoint, etcd:_target().url)
+  end))
+
+  -- The peer answers every gateway path 3 s late (with a body that is not JSON), well inside
+  -- the client's 30 s request timeout: only the call's own cap can end it sooner.
+  it("caps a lock's and a campaign's whole call with their timeout, authentication and lease grant included", co(function()
+    local etcd = etcd_mod.new { endpoints = { faulty("/slow?ms=3000") }, timeout = 30, user = "u", password = "p" }
+    local lock, err = etcd:lock("cap/l", { timeout = 0.3, ttl = 1 })
+    assert.is_nil(lock)
+    assert.equal("timeout", err.kind)
+    assert.equal("timed out after 0.3 s", err.message)
+    -- without a user: the lease grant is capped
+    etcd = etcd_mod.new { endpoints = { faulty("/slow?ms=3000") }, timeout = 30 }
+    local l
+    l, err = etcd:campaign("cap/e", "v", { timeout = 0.3, ttl = 1 })
+    assert.is_nil(l)
+    assert.equal("timeout", err.kind)
+    assert.equal("timed out after 0.3 s", err.message)
   end))
 
   it("uses the environment's ETCDCTL_ENDPOINTS by default", function()

@@ -37,7 +37,7 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
 
     it("grants, lists, inspects and revokes leases", co(function()
-      local lease, h = assert(etcd:grant(30))
+      local lease, _, h = assert(etcd:grant(30))
       assert.equal("integer", math.type(lease.id))
       assert.equal(30, lease.ttl)
       assert.is_true(h.revision > 0)
@@ -209,6 +209,59 @@ for _, version in ipairs { "3.4", "3.5" } do
       local _, err = etcd:proclaim(me, "stale")
       assert.is_truthy(err)
       assert(l:resign())
+    end))
+
+    it("returns lock, campaign, leader and observe results in the 0.2 shape", co(function()
+      local none = table.pack(etcd:leader("elect/shape"))
+      assert.equal(3, none.n)
+      assert.is_nil(none[1])
+      assert.is_nil(none[2])
+      assert.is_truthy(none[3].revision)
+      local me, err, h = etcd:campaign("elect/shape", "one")
+      assert.is_nil(err)
+      assert.equal(me.header, h)
+      assert.equal(me.rev, h.revision)
+      local ok, perr, ph = etcd:proclaim(me, "two")
+      assert.is_true(ok)
+      assert.is_nil(perr)
+      assert.is_true(ph.revision > h.revision)
+      local kv, lerr, lh = etcd:leader("elect/shape")
+      assert.equal("two", kv.value)
+      assert.is_nil(lerr)
+      assert.equal(ph.revision, lh.revision)
+      local lock, kerr, kh = etcd:lock("locks/shape")
+      assert.is_nil(kerr)
+      assert.equal(lock.rev, kh.revision)
+      local uok, uerr, uh = etcd:unlock(lock)
+      assert.is_true(uok)
+      assert.is_nil(uerr)
+      assert.is_true(uh.revision > kh.revision)
+      assert.equal(1, select("#", etcd:unlock(lock))) -- already released: just true
+      -- an observer made in a generic for is closed when the loop is left
+      local stats = require("coord.etcd.watch").stats
+      local before = stats(etcd).watches
+      local seen
+      for lkv, _, oh in etcd:observe("elect/shape") do
+        seen = lkv.value
+        assert.is_truthy(oh.revision)
+        assert.equal(before + 1, stats(etcd).watches)
+        break
+      end
+      assert.equal("two", seen)
+      assert.equal(before, stats(etcd).watches)
+      ok, err, h = etcd:resign(me)
+      assert.is_true(ok)
+      assert.is_nil(err)
+      assert.is_truthy(h.revision)
+      -- on the caller's lease, a second campaign finds the key and proclaims its own value,
+      -- within what is left of its timeout
+      local lease = assert(etcd:grant(30))
+      assert(etcd:campaign("elect/own", "one", { lease = lease.id }))
+      local again, aerr, ah = etcd:campaign("elect/own", "two", { lease = lease.id, timeout = 10 })
+      assert.is_nil(aerr)
+      assert.equal(again.header, ah)
+      assert.equal("two", assert(etcd:leader("elect/own")).value)
+      assert(etcd:revoke(lease.id))
     end))
 
     it("interoperates with etcdctl elect", co(function()

@@ -136,14 +136,14 @@ for _, version in ipairs { "3.4", "3.5" } do
       -- fires in, just before it (as a reply and a timer handled together)
       local txn = client.txn
       client.txn = function(self, spec)
-        local r, h = txn(self, spec)
+        local r, e, h = txn(self, spec)
         if spec.compare and spec.compare[1].create_revision == 0 then
           coord.spawn(function()
             local t = deadline + 0.2
             while coord.now() < t do end
           end):join()
         end
-        return r, h
+        return r, e, h
       end
       deadline = coord.now() + limit
       local l, err = coord.timeout(limit, client.campaign, client, "late/e", "v")
@@ -350,7 +350,7 @@ for _, version in ipairs { "3.4", "3.5" } do
     it("observes leader changes: none, first, proclaimed value, successor", co(function()
       local obs <close> = assert(etcd:observe("obs/e"))
       local a = assert(etcd:campaign("obs/e", "a"))
-      local kv, h = assert(coord.timeout(10, obs.next, obs))
+      local kv, _, h = assert(coord.timeout(10, obs.next, obs))
       assert.equal("a", kv.value)
       assert.equal(a.key, kv.key)
       assert.is_true(h.revision >= a.rev)

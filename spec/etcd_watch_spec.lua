@@ -208,6 +208,59 @@ for _, version in ipairs { "3.4", "3.5" } do
       end)
     end)
 
+    it("closes a watch made in a generic for when the loop is left, and leaves a held one open", function()
+      run(function()
+        local c = sup.client(srv)
+        local r = sup.put(srv, "gen/a", "1")
+        sup.put(srv, "gen/a", "2")
+        local opts = { start_revision = r }
+        assert.equal(0, watch.stats(c).watches)
+        local got = assert(coord.timeout(10, function()
+          -- break
+          local n = 0
+          for ev in c:watch("gen/a", opts) do
+            n = n + 1
+            assert.equal("1", ev.kv.value)
+            assert.equal(1, watch.stats(c).watches)
+            break
+          end
+          assert.equal(1, n)
+          assert.equal(0, watch.stats(c).watches)
+          -- return
+          local function first()
+            for ev in c:watch("gen/a", opts) do return ev end
+          end
+          assert.equal("1", first().kv.value)
+          assert.equal(0, watch.stats(c).watches)
+          -- an error
+          local ok, err = pcall(function()
+            for _ in c:watch("gen/a", opts) do error("boom", 0) end
+          end)
+          assert.is_false(ok)
+          assert.equal("boom", err)
+          assert.equal(0, watch.stats(c).watches)
+          -- a watch held in a variable stays open: for ev in w, then w:events()
+          local w <close> = c:watch("gen/a", opts)
+          for ev in w do
+            assert.equal("1", ev.kv.value)
+            break
+          end
+          assert.equal(1, watch.stats(c).watches)
+          local second
+          for ev in w:events() do
+            second = ev
+            break
+          end
+          assert.equal("2", second.kv.value)
+          assert.is_false(w.closed)
+          assert.equal(1, watch.stats(c).watches)
+          return true
+        end))
+        assert.is_true(got)
+        assert.equal(0, watch.stats(c).watches)
+      end)
+    end)
+
     it("is canceled by close, <close> and coord.timeout", function()
       run(function()
         local c = sup.client(srv)
@@ -349,7 +402,7 @@ for _, version in ipairs { "3.4", "3.5" } do
         while coord.now() < deadline do
           local res, gerr = c:get("idle")
           gets = gets + 1
-          if not res then failed[#failed + 1] = tostring(gerr) end
+          if gerr then failed[#failed + 1] = tostring(gerr) end
           coord.sleep(0.1)
         end
         local st = watch.stats(c)
@@ -401,8 +454,9 @@ for _, version in ipairs { "3.4", "3.5" } do
     it("raises on bad arguments", function()
       local c = sup.client(srv)
       assert.has_error(function() c:watch(nil) end, "bad argument #1 to 'watch' (string expected, got nil)")
-      assert.has_error(function() c:watch("k", 5) end, "bad argument #2 to 'watch' (table or nil expected, got number)")
-      assert.has_error(function() c:watch("k", { start_revision = "3" }) end)
+      assert.has_error(function() c:watch("k", 5) end, "bad argument #2 to 'watch' (table or nil expected, got integer)")
+      assert.has_error(function() c:watch("k", { start_revision = "3" }) end,
+        "bad option 'start_revision' to 'watch' (integer expected, got string)")
     end)
   end)
 end

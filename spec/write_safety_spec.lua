@@ -7,8 +7,9 @@ local servers = require "servers"
 
 -- A read of an absent key through c: it leaves an idle keep-alive connection to reuse.
 local function warm_etcd(c)
-  local kv, h = c:get("ws/warm")
+  local kv, err, h = c:get("ws/warm")
   assert.is_nil(kv)
+  assert.is_nil(err)
   assert.is_truthy(h.revision, tostring(h))
 end
 
@@ -33,7 +34,7 @@ local function etcd_suite(version)
     end)
 
     local function revision()
-      local _, h = direct:get("ws/none")
+      local _, _, h = direct:get("ws/none")
       assert.is_truthy(h.revision, tostring(h))
       return h.revision
     end
@@ -44,8 +45,8 @@ local function etcd_suite(version)
         peer.arm("/v3/kv/put")
         local rev0 = revision()
         warm_etcd(c) -- the put goes out on this reused connection
-        local h, err = c:put("ws/put", "once")
-        assert.is_nil(h)
+        local ok, err = c:put("ws/put", "once")
+        assert.is_nil(ok)
         assert.are.equal("unknown", err.kind)
         assert.is_true(err.maybe_applied)
         assert.are.equal(1, peer.count("/v3/kv/put"))
@@ -92,7 +93,8 @@ local function etcd_suite(version)
     it("sends a write to the next endpoint when the first refuses the connection", function()
       coord.run(function()
         local c = coord.etcd.new { endpoints = { "http://127.0.0.1:" .. servers.free_port(), etcd.endpoint } }
-        local h, err = c:put("ws/failover", "v")
+        local ok, err, h = c:put("ws/failover", "v")
+        assert.is_true(ok)
         assert.is_nil(err)
         assert.is_truthy(h.revision)
         assert.are.equal("v", assert(direct:get("ws/failover")).value)
@@ -113,8 +115,8 @@ describe("write safety", function()
     it("reports a value over 2 MiB as invalid, not exhausted", function()
       coord.run(function()
         local c = coord.etcd.new { endpoints = { etcd.endpoint }, timeout = 30 }
-        local h, err = c:put("ws/big", ("x"):rep(3 * 1024 * 1024))
-        assert.is_nil(h)
+        local ok, err = c:put("ws/big", ("x"):rep(3 * 1024 * 1024))
+        assert.is_nil(ok)
         assert.are.equal("invalid", err.kind, tostring(err))
         assert.are.equal(429, err.status)
       end)

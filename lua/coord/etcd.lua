@@ -7,6 +7,7 @@ local sched = require "coord.sched"
 local errors = require "coord.errors"
 local proto = require "coord.etcd.proto"
 local discovery = require "coord.etcd.discovery"
+local args = require "coord.args"
 
 local M = {}
 
@@ -22,32 +23,6 @@ local IDEMPOTENT = { idempotent = true }
 local BACKOFF_BASE, BACKOFF_MAX = 0.1, 5
 -- auto_sync after every endpoint failed: at most one member list read per this many seconds
 local SYNC_RETRY = 1
-
----------------------------------------------------------------------------------------------
--- argument checks
-
-local function check(v, want, i, fname, optional)
-  local t = type(v)
-  if t == want or (optional and v == nil) then return v end
-  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, want .. (optional and " or nil" or ""), t), 3)
-end
-M._check = check
-
-local function check_int(v, i, fname, optional)
-  if math.type(v) == "integer" or (optional and v == nil) then return v end
-  error(("bad argument #%d to '%s' (integer expected, got %s)"):format(i, fname, math.type(v) or type(v)), 3)
-end
-M._check_int = check_int
-
--- Checks opts[name]: nil, or a value of type `want` ("integer" or a type() name).
-local function option(opts, name, want)
-  local v = opts[name]
-  if v == nil then return nil end
-  local t = want == "integer" and math.type(v) or type(v)
-  if t == want then return v end
-  error(("bad option '%s' (%s expected, got %s)"):format(name, want, math.type(v) or type(v)), 0)
-end
-M._option = option
 
 ---------------------------------------------------------------------------------------------
 -- the client
@@ -105,12 +80,18 @@ end
 --- and after every endpoint failed), discovery_srv (a domain: the endpoints come from its
 --- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery).
 function M.new(opts)
-  opts = check(opts, "table", 1, "new", true) or {}
-  local tls = opts.tls
-  if tls ~= nil and type(tls) ~= "table" then error("bad option 'tls' to 'new' (table expected)", 2) end
+  opts = args.opts(opts, 1, "new")
+  local tls = args.option(opts, "tls", "table", "new")
   local name = tls and tls.server_name
   if name ~= nil and (type(name) ~= "string" or not name:find("^[%w][%w%.%-]*$")) then
     error("bad option 'tls.server_name' to 'new' (a host name expected)", 2)
+  end
+  args.option(opts, "timeout", "number", "new")
+  args.option(opts, "prefix", "string", "new")
+  if args.option(opts, "user", "string", "new") then
+    if type(opts.password) ~= "string" then
+      error("bad option 'password' to 'new' (string expected, got " .. (math.type(opts.password) or type(opts.password)) .. ")", 2)
+    end
   end
   local auto_sync = opts.auto_sync
   if auto_sync ~= nil and not (type(auto_sync) == "number" and auto_sync > 0) then
@@ -135,10 +116,6 @@ function M.new(opts)
     syncing = false,
   }, Client)
   self.seeds = self.endpoints
-  if type(self.timeout) ~= "number" then error("bad option 'timeout' to 'new' (number expected)", 2) end
-  if type(self.prefix) ~= "string" then error("bad option 'prefix' to 'new' (string expected)", 2) end
-  if self.user ~= nil and type(self.user) ~= "string" then error("bad option 'user' to 'new' (string expected)", 2) end
-  if self.user and type(self.password) ~= "string" then error("bad option 'password' to 'new' (string expected)", 2) end
   return self
 end
 
@@ -499,19 +476,17 @@ end
 ---------------------------------------------------------------------------------------------
 -- keys and ranges
 
-local function opt_table(opts, i, fname)
-  return check(opts, "table", i, fname, true) or {}
-end
+local check, option = args.check, args.option
 
 -- The raw key and range end (both with the namespace) that key and opts select.
-local function key_range(self, key, opts)
+local function key_range(self, key, opts, fname)
   local pfx = self.prefix
   local k = pfx .. key
   local re
   if opts.prefix then
     re = proto.prefix_end(k)
   elseif opts.range_end ~= nil then
-    option(opts, "range_end", "string")
+    option(opts, "range_end", "string", fname)
     if opts.range_end == "\0" then
       re = pfx ~= "" and proto.prefix_end(pfx) or "\0"
     else
@@ -527,27 +502,28 @@ local sort_orders = { none = "NONE", ascend = "ASCEND", descend = "DESCEND" }
 local sort_targets = { key = "KEY", version = "VERSION", create = "CREATE", create_revision = "CREATE",
   mod = "MOD", mod_revision = "MOD", value = "VALUE" }
 
-local function enum(map, v, name)
+local function enum(map, v, name, fname)
   if v == nil then return nil end
   local e = map[v]
-  if not e then error("bad option '" .. name .. "' (unknown value " .. tostring(v) .. ")", 0) end
+  if not e then error(("bad option '%s' to '%s' (unknown value %s)"):format(name, fname, tostring(v)), 0) end
   return e
 end
 
 local function i64(v) return v and v ~= 0 and tostring(v) or nil end
 
 -- A RangeRequest body for key and opts.
-local function range_request(self, key, opts)
-  local k, re = key_range(self, key, opts)
+local function range_request(self, key, opts, fname)
+  fname = fname or "range"
+  local k, re = key_range(self, key, opts, fname)
   for _, name in ipairs { "limit", "revision", "min_mod_revision", "max_mod_revision", "min_create_revision",
     "max_create_revision" } do
-    option(opts, name, "integer")
+    option(opts, name, "integer", fname)
   end
   return {
     key = b64(k), range_end = re and b64(re),
     limit = i64(opts.limit), revision = i64(opts.revision),
-    sort_order = enum(sort_orders, opts.sort_order, "sort_order"),
-    sort_target = enum(sort_targets, opts.sort_target, "sort_target"),
+    sort_order = enum(sort_orders, opts.sort_order, "sort_order", fname),
+    sort_target = enum(sort_targets, opts.sort_target, "sort_target", fname),
     serializable = opts.serializable or nil, keys_only = opts.keys_only or nil,
     count_only = opts.count_only or nil,
     min_mod_revision = i64(opts.min_mod_revision), max_mod_revision = i64(opts.max_mod_revision),
@@ -572,14 +548,14 @@ local function range_result(self, j)
 end
 M._range_result = range_result
 
---- The kv at key, or nil when absent; the response header second. opts: revision,
---- serializable.
+--- The kv at key: `kv, nil, header`; `nil, nil, header` when the key is absent; `nil, err`
+--- on failure. opts: revision, serializable.
 function Client:get(key, opts)
   check(key, "string", 1, "get")
   local revision, serializable
   if opts ~= nil then
     check(opts, "table", 2, "get")
-    revision, serializable = option(opts, "revision", "integer"), opts.serializable
+    revision, serializable = option(opts, "revision", "integer", "get"), opts.serializable
   end
   -- the RangeRequest of range_request for one key, without the options get does not take
   local k = self.prefix .. key
@@ -588,7 +564,7 @@ function Client:get(key, opts)
   local j, err = self:_post("/v3/kv/range", body, IDEMPOTENT)
   if not j then return nil, err end
   local kv = j.kvs and j.kvs[1]
-  return kv and kv_of(kv, #self.prefix) or nil, header_of(j.header)
+  return kv and kv_of(kv, #self.prefix) or nil, nil, header_of(j.header)
 end
 
 -- Reads a range in pages of `size` keys, all at the revision of the first page.
@@ -596,7 +572,7 @@ local function range_pages(self, body, size)
   body.limit = tostring(size)
   local list, first
   while true do
-    local j, err = self:_post("/v3/kv/range", body, { idempotent = true })
+    local j, err = self:_post("/v3/kv/range", body, IDEMPOTENT)
     if not j then return nil, err end
     if not list then
       list, first = range_result(self, j), j
@@ -609,31 +585,31 @@ local function range_pages(self, body, size)
     body.key = b64(proto.bytes(kvs[#kvs].key) .. "\0")
   end
   list.more = false
-  return list, header_of(first.header)
+  return list, nil, header_of(first.header)
 end
 
---- The kvs in a range, as a list with fields count (keys in the range) and more (the
---- limit cut it short); the response header second. opts: prefix, range_end, limit,
---- revision, sort_order, sort_target, keys_only, count_only, serializable,
+--- The kvs in a range: `list, nil, header`, the list with fields count (keys in the range)
+--- and more (the limit cut it short); an empty range is an empty list. opts: prefix,
+--- range_end, limit, revision, sort_order, sort_target, keys_only, count_only, serializable,
 --- min/max_mod/create_revision, page_size (read it all in pages at one revision).
 function Client:range(key, opts)
   check(key, "string", 1, "range")
-  opts = opt_table(opts, 2, "range")
+  opts = args.opts(opts, 2, "range")
   local body = range_request(self, key, opts)
   if opts.page_size ~= nil then
-    option(opts, "page_size", "integer")
+    option(opts, "page_size", "integer", "range")
     if opts.limit or opts.sort_order or opts.sort_target or opts.count_only then
       error("bad argument #2 to 'range' (page_size cannot be combined with limit, sort or count_only)", 2)
     end
     return range_pages(self, body, opts.page_size)
   end
-  local j, err = self:_post("/v3/kv/range", body, { idempotent = true })
+  local j, err = self:_post("/v3/kv/range", body, IDEMPOTENT)
   if not j then return nil, err end
-  return range_result(self, j), header_of(j.header)
+  return range_result(self, j), nil, header_of(j.header)
 end
 
-local function put_request(self, key, value, opts)
-  option(opts, "lease", "integer")
+local function put_request(self, key, value, opts, fname)
+  option(opts, "lease", "integer", fname or "put")
   return {
     key = b64(self.prefix .. key), value = value and b64(value),
     lease = i64(opts.lease), prev_kv = opts.prev_kv or nil,
@@ -647,20 +623,20 @@ local function prev_of(self, j)
 end
 M._prev_of = prev_of
 
---- Sets key to value. Returns the response header, and the previous kv when opts.prev_kv.
---- opts: lease, prev_kv, ignore_value (value may be nil), ignore_lease. Never retried on
---- another endpoint unless the request was certainly not sent.
+--- Sets key to value: `true, nil, header`, and with opts.prev_kv the previous kv (nil when
+--- the key was new) 4th. opts: lease, prev_kv, ignore_value (value may be nil),
+--- ignore_lease. Never retried on another endpoint unless the request was certainly not sent.
 function Client:put(key, value, opts)
   check(key, "string", 1, "put")
-  opts = opt_table(opts, 3, "put")
+  opts = args.opts(opts, 3, "put")
   check(value, "string", 2, "put", opts.ignore_value)
   local j, err = self:_post("/v3/kv/put", put_request(self, key, value, opts))
   if not j then return nil, err end
-  return header_of(j.header), prev_of(self, j)
+  return true, nil, header_of(j.header), prev_of(self, j)
 end
 
-local function delete_request(self, key, opts)
-  local k, re = key_range(self, key, opts)
+local function delete_request(self, key, opts, fname)
+  local k, re = key_range(self, key, opts, fname or "delete")
   return { key = b64(k), range_end = re and b64(re), prev_kv = opts.prev_kv or nil }
 end
 M._delete_request = delete_request
@@ -669,33 +645,34 @@ local function delete_result(self, j)
   return int(j.deleted), j.prev_kvs and kv_list(self, j.prev_kvs) or nil
 end
 
---- Deletes key (or a range: prefix, range_end). Returns the number of keys deleted, the
---- response header, and with opts.prev_kv the list of deleted kvs.
+--- Deletes key (or a range: prefix, range_end): `n, nil, header` with n the number of keys
+--- deleted (0 when there was none), and with opts.prev_kv the list of deleted kvs 4th.
 function Client:delete(key, opts)
   check(key, "string", 1, "delete")
-  opts = opt_table(opts, 2, "delete")
+  opts = args.opts(opts, 2, "delete")
   local j, err = self:_post("/v3/kv/deleterange", delete_request(self, key, opts))
   if not j then return nil, err end
   local n, prev = delete_result(self, j)
-  return n, header_of(j.header), prev
+  return n, nil, header_of(j.header), prev
 end
 M._delete_result = delete_result
 
---- Compacts the key-value history up to revision. opts: physical (wait until the space
---- is reclaimed). Returns the response header.
+--- Compacts the key-value history up to revision: `true, nil, header`. opts: physical
+--- (wait until the space is reclaimed).
 function Client:compact(revision, opts)
-  check_int(revision, 1, "compact")
-  opts = opt_table(opts, 2, "compact")
+  check(revision, "integer", 1, "compact")
+  opts = args.opts(opts, 2, "compact")
   local j, err = self:_post("/v3/kv/compaction", { revision = tostring(revision), physical = opts.physical or nil },
-    { idempotent = true })
+    IDEMPOTENT)
   if not j then return nil, err end
-  return header_of(j.header)
+  return true, nil, header_of(j.header)
 end
 
 ---------------------------------------------------------------------------------------------
 -- watches (coord/etcd/watch.lua)
 
---- A watch on key (or a range): see coord.etcd.watch.
+--- A watch on key (or a range): `w, nil, nil, w` (the 4th closes it with a generic for);
+--- see coord.etcd.watch.
 function Client:watch(key, opts)
   return require("coord.etcd.watch").new(self, key, opts)
 end

@@ -279,8 +279,8 @@ end
 -- etcd
 
 local function etcd_snapshot(self)
-  local kvs, header = self.client:range(self.prefix, { prefix = true, page_size = self.page_size })
-  if not kvs then return nil, header end
+  local kvs, err, header = self.client:range(self.prefix, { prefix = true, page_size = self.page_size })
+  if not kvs then return nil, err end
   local list = {}
   for i, kv in ipairs(kvs) do list[i] = { key = kv.key, raw = kv.value, ver = kv.mod_revision } end
   local batch = resync(self, list, self.source == "snapshot")

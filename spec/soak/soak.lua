@@ -172,8 +172,8 @@ local function etcd_writer(S, which, of)
     local key = own_key(E.keys, which, of)
     seq[key] = (seq[key] or 0) + 1
     local value = key .. "#" .. seq[key]
-    local h, err = S.etcd:put(key, value)
-    if h then
+    local ok, err, h = S.etcd:put(key, value)
+    if ok then
       local a = E.acked[key]
       a[#a + 1] = { value = value, rev = h.revision }
     else
@@ -347,10 +347,10 @@ end
 local function etcd_counter(S)
   local K, key = S.ectr, "soak/ctr"
   local function read_ctr()
-    local kv, h = S.etcd:get(key)
+    local kv, err = S.etcd:get(key)
     if kv then return tonumber(kv.value), kv.mod_revision end
-    if h and not coord.is_error(h) then return 0, 0 end
-    return nil, nil, h
+    if not err then return 0, 0 end
+    return nil, nil, err
   end
   while S.running do
     local n, ver = reread(S, "etcd", read_ctr)
@@ -595,8 +595,8 @@ end
 
 local function probe(S)
   while S.probing do
-    local kv, err = S.etcd:get("soak/probe")
-    if not kv and coord.is_error(err) then note(S, "etcd", "probe", err) end
+    local _, err = S.etcd:get("soak/probe")
+    if err then note(S, "etcd", "probe", err) end
     local e, cerr = S.consul.kv:get("soak/probe")
     if not e and coord.is_error(cerr) then note(S, "consul", "probe", cerr) end
     coord.sleep(1)

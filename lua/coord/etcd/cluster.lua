@@ -2,11 +2,12 @@
 -- health.
 
 local proto = require "coord.etcd.proto"
+local args = require "coord.args"
 
 local header_of, int, uint = proto.header, proto.int, proto.uint
 
 return function(Client, E)
-  local check = E._check
+  local check = args.check
 
   -- A member's URL is a base URL: http(s)://host[:port][/path prefix], no query or credentials.
   local function check_endpoint(url, fname)
@@ -33,8 +34,8 @@ return function(Client, E)
     return out
   end
 
-  --- The cluster's members: a list of {id, name, peer_urls, client_urls, is_learner};
-  --- header.
+  --- The cluster's members: `list, nil, header`, a list of {id, name, peer_urls,
+  --- client_urls, is_learner}.
   function Client:members()
     local j, err = self:_post("/v3/cluster/member/list", {}, { idempotent = true })
     if not j then return nil, err end
@@ -43,12 +44,12 @@ return function(Client, E)
       list[i] = { id = uint(m.ID), name = m.name or "", peer_urls = urls(m.peerURLs),
         client_urls = urls(m.clientURLs), is_learner = m.isLearner == true }
     end
-    return list, header_of(j.header)
+    return list, nil, header_of(j.header)
   end
 
   --- One member's status (endpoint: its URL; default the current endpoint): {version,
   --- db_size, db_size_in_use, leader, raft_index, raft_term, raft_applied_index, member_id,
-  --- is_learner, errors}; header.
+  --- is_learner, errors}, nil, header.
   function Client:status(endpoint)
     check_endpoint(endpoint, "status")
     local j, err = call(self, endpoint, "/v3/maintenance/status", {})
@@ -59,7 +60,7 @@ return function(Client, E)
       leader = uint(j.leader), raft_index = int(j.raftIndex), raft_term = int(j.raftTerm),
       raft_applied_index = int(j.raftAppliedIndex), member_id = h.member_id,
       is_learner = j.isLearner == true, errors = j.errors or {},
-    }, h
+    }, nil, h
   end
 
   --- The server and cluster versions of one member (default the current endpoint):
@@ -72,17 +73,17 @@ return function(Client, E)
   end
 
   --- Whether one member (default the current endpoint) is healthy (has a leader, no
-  --- alarm): true, or false and the reason; nil, err when it cannot be asked.
+  --- alarm): `true`, or `false, nil, reason` (a string); nil, err when it cannot be asked.
   function Client:health(endpoint)
     check_endpoint(endpoint, "health")
     local j, err = call(self, endpoint, "/health")
     if not j then
       -- an unhealthy member answers 503 with the same JSON body
-      if err.status == 503 then return false, err.message end
+      if err.status == 503 then return false, nil, err.message end
       return nil, err
     end
     if j.health == "true" or j.health == true then return true end
-    return false, j.reason or ""
+    return false, nil, j.reason or ""
   end
 
   -- member administration (member_add, member_remove, member_update, member_promote)

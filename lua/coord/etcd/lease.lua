@@ -4,6 +4,7 @@
 local errors = require "coord.errors"
 local hold = require "coord.hold"
 local proto = require "coord.etcd.proto"
+local args = require "coord.args"
 
 local header_of, int = proto.header, proto.int
 
@@ -29,7 +30,7 @@ function Keeper:wait()
 end
 
 return function(Client, E)
-  local check, check_int, option = E._check, E._check_int, E._option
+  local check, option = args.check, args.option
 
   local function lease_error(j)
     if type(j.error) == "string" and j.error ~= "" then
@@ -38,32 +39,32 @@ return function(Client, E)
   end
 
   --- Grants a lease of ttl seconds. opts: id (ask for this lease ID). Returns
-  --- {id, ttl} (the server may grant a longer TTL), header.
+  --- `lease, nil, header`, lease = {id, ttl} (the server may grant a longer TTL).
   function Client:grant(ttl, opts)
-    check_int(ttl, 1, "grant")
-    opts = check(opts, "table", 2, "grant", true) or {}
-    option(opts, "id", "integer")
+    check(ttl, "integer", 1, "grant")
+    opts = args.opts(opts, 2, "grant")
+    option(opts, "id", "integer", "grant")
     local j, err = self:_post("/v3/lease/grant", { TTL = tostring(ttl), ID = opts.id and tostring(opts.id) })
     if not j then return nil, err end
     err = lease_error(j)
     if err then return nil, err end
-    return { id = int(j.ID), ttl = int(j.TTL) }, header_of(j.header)
+    return { id = int(j.ID), ttl = int(j.TTL) }, nil, header_of(j.header)
   end
 
-  --- Revokes a lease: every key attached to it is deleted. Returns the header; a lease that
-  --- does not exist is a "not_found" error.
+  --- Revokes a lease: every key attached to it is deleted. Returns `true, nil, header`; a
+  --- lease that does not exist is a "not_found" error.
   function Client:revoke(id)
-    check_int(id, 1, "revoke")
+    check(id, "integer", 1, "revoke")
     local j, err = self:_post("/v3/lease/revoke", { ID = tostring(id) }, { idempotent = true })
     if not j then return nil, err end
-    return header_of(j.header)
+    return true, nil, header_of(j.header)
   end
 
   --- The lease's remaining time: {id, ttl (-1 when the lease is gone), granted_ttl, keys
-  --- (with opts.keys)}, header.
+  --- (with opts.keys)}, nil, header.
   function Client:time_to_live(id, opts)
-    check_int(id, 1, "time_to_live")
-    opts = check(opts, "table", 2, "time_to_live", true) or {}
+    check(id, "integer", 1, "time_to_live")
+    opts = args.opts(opts, 2, "time_to_live")
     local j, err = self:_post("/v3/lease/timetolive", { ID = tostring(id), keys = opts.keys or nil },
       { idempotent = true })
     if not j then return nil, err end
@@ -73,29 +74,29 @@ return function(Client, E)
       for i, k in ipairs(j.keys or {}) do keys[i] = proto.bytes(k):sub(strip + 1) end
       info.keys = keys
     end
-    return info, header_of(j.header)
+    return info, nil, header_of(j.header)
   end
 
-  --- The IDs of all leases, header.
+  --- The IDs of all leases: `ids, nil, header`.
   function Client:leases()
     local j, err = self:_post("/v3/lease/leases", {}, { idempotent = true })
     if not j then return nil, err end
     local ids = {}
     for i, l in ipairs(j.leases or {}) do ids[i] = int(l.ID) end
-    return ids, header_of(j.header)
+    return ids, nil, header_of(j.header)
   end
 
-  --- Refreshes a lease once. Returns its new TTL, header; a lease the server no longer has
-  --- is a "lost" error.
+  --- Refreshes a lease once. Returns its new TTL: `ttl, nil, header`; a lease the server no
+  --- longer has is a "lost" error.
   function Client:keepalive_once(id)
-    check_int(id, 1, "keepalive_once")
+    check(id, "integer", 1, "keepalive_once")
     local j, err = self:_post("/v3/lease/keepalive", { ID = tostring(id) }, { idempotent = true })
     if not j then return nil, err end
     if type(j.error) == "table" then return nil, E._stream_error(500, j, nil, "/v3/lease/keepalive") end
     local r = type(j.result) == "table" and j.result or {}
     local ttl = int(r.TTL)
     if ttl <= 0 then return nil, errors.new("lost", "lease " .. id .. " has expired or was revoked", { lease = id }) end
-    return ttl, header_of(r.header)
+    return ttl, nil, header_of(r.header)
   end
 
   --- Keeps a lease alive from a task of its own (keeper.task), every TTL/3, until stopped
@@ -104,9 +105,10 @@ return function(Client, E)
   --- success. opts: ttl (the lease's TTL if known), on_lost(err, keeper) called once when
   --- the lease is lost. Returns the keeper {id, ttl, err, task}.
   function Client:keepalive(id, opts)
-    check_int(id, 1, "keepalive")
-    opts = check(opts, "table", 2, "keepalive", true) or {}
-    option(opts, "on_lost", "function")
+    check(id, "integer", 1, "keepalive")
+    opts = args.opts(opts, 2, "keepalive")
+    option(opts, "ttl", "number", "keepalive")
+    option(opts, "on_lost", "function", "keepalive")
     local k = setmetatable({ id = id, ttl = opts.ttl }, Keeper)
     local on_lost = opts.on_lost
     k.renewal = hold.renewal {

@@ -5,6 +5,7 @@ local core = require "coord.core"
 local sched = require "coord.sched"
 local errors = require "coord.errors"
 local retry = require("coord.hold").retry
+local args = require "coord.args"
 
 local Lock = { __name = "coord.etcd.lock" }
 Lock.__index = Lock
@@ -42,7 +43,7 @@ local function lease_exists(err)
 end
 
 return function(Client, E)
-  local check, option = E._check, E._option
+  local check, option = args.check, args.option
   E._uncertain = uncertain
 
   local function lost_error(c, why)
@@ -54,23 +55,24 @@ return function(Client, E)
   -- the keeper from inside the keeper itself (on_lost runs there, and it is ending anyway).
   -- The keeper is stopped first, whatever follows; a revoke that fails (every endpoint
   -- failing through a leader election) is returned, and retried in the background for one
-  -- TTL so that the next contender need not wait for the lease to expire.
+  -- TTL so that the next contender need not wait for the lease to expire. Returns
+  -- `true, nil, header` (no header when the lease was gone already), or nil, err.
   local function release(self, c)
     if c.own then
       if c.keeper and not c.lost then c.keeper:stop() end
-      local h, err = self:revoke(c.lease)
-      if h then return h end
+      local ok, err, h = self:revoke(c.lease)
+      if ok then return true, nil, h end
       if err.kind == "not_found" then return true end
       local client, lease = self, c.lease
       retry(function()
-        local rh, rerr = client:revoke(lease)
-        return rh or rerr.kind == "not_found"
+        local rok, rerr = client:revoke(lease)
+        return rok or rerr.kind == "not_found"
       end, c.lease_ttl)
       return nil, err
     end
-    local n, h = self:delete(c.key)
-    if not n then return nil, h end
-    return h
+    local n, err, h = self:delete(c.key)
+    if not n then return nil, err end
+    return true, nil, h
   end
   E._release = release
 
@@ -86,7 +88,7 @@ return function(Client, E)
       failure = { { get = c.key }, first },
     }
     for _ = 1, CREATE_TRIES do
-      local r, h = self:txn(spec)
+      local r, err, h = self:txn(spec)
       if r then
         local owner = r.responses[2][1] or false
         if r.succeeded then return h.revision, owner, h, value end
@@ -94,9 +96,9 @@ return function(Client, E)
         if not kv then return nil, errors.new("protocol", "txn on " .. c.key .. " read no key") end
         return kv.create_revision, owner, h, kv.value
       end
-      if not uncertain(h) then return nil, h end
-      local kv, gh = self:get(c.key)
-      if not kv and errors.is(gh) then return nil, gh end
+      if not uncertain(err) then return nil, err end
+      local kv, gerr, gh = self:get(c.key)
+      if gerr then return nil, gerr end
       if kv then
         if kv.lease ~= c.lease then
           return nil, errors.new("conflict", c.key .. " exists with another lease", { key = c.key })
@@ -117,9 +119,9 @@ return function(Client, E)
   local function wait_turn(self, c)
     while true do
       if c.lost then return nil, c.lost end
-      local pred, h = self:range(c.prefix, { prefix = true, max_create_revision = c.rev - 1,
+      local pred, perr, h = self:range(c.prefix, { prefix = true, max_create_revision = c.rev - 1,
         sort_target = "create", sort_order = "descend", limit = 1 })
-      if not pred then return nil, h end
+      if not pred then return nil, perr end
       if #pred == 0 then break end
       if c.try then return busy(c) end
       local w <close> = self:watch(pred[1].key, { start_revision = h.revision + 1 })
@@ -133,11 +135,9 @@ return function(Client, E)
       c.watch = nil
     end
     if c.lost then return nil, c.lost end
-    local kv, h = self:get(c.key)
-    if not kv then
-      if errors.is(h) then return nil, h end
-      return nil, lost_error(c, "its key is gone (lease expired or revoked)")
-    end
+    local kv, err, h = self:get(c.key)
+    if err then return nil, err end
+    if not kv then return nil, lost_error(c, "its key is gone (lease expired or revoked)") end
     return h
   end
 
@@ -156,8 +156,8 @@ return function(Client, E)
   -- loss ends a waiting attempt and tells a holder (c.lost, opts.on_lost). Returns true or
   -- nil, err.
   local function hold(self, c, opts)
-    local ttl = option(opts, "ttl", "integer") or 60
-    if option(opts, "lease", "integer") then
+    local ttl = opts.ttl or 60
+    if opts.lease then
       c.lease = opts.lease
       return true
     end
@@ -193,26 +193,49 @@ return function(Client, E)
     return true
   end
 
-  --- Takes a place among the contenders of `name` (lock or election, `what`, for messages),
-  --- with `value` in its key, and waits for its turn. opts: ttl, lease, timeout (0: try once),
-  --- on_lost(err, c). Returns the contender (its own table, made a lock or leadership by the
-  --- caller) or nil, err; canceled or failed, it leaves no key and no lease behind.
-  function E._contend(self, what, name, value, opts)
-    option(opts, "on_lost", "function")
-    local timeout = option(opts, "timeout", "number")
-    if timeout and not (timeout >= 0) then error("bad option 'timeout' (non-negative number expected)", 0) end
-    local c = { client = self, what = what, name = name, prefix = name .. "/", try = timeout == 0 }
-    local guard <close> = setmetatable({}, { __close = function()
-      if not c.held and c.lease then E._now_or_later(release, self, c) end
-    end })
+  -- Gets c its lease, then its turn: the header of the read that saw it first, or nil, err.
+  local function hold_and_acquire(self, c, opts, value)
     local ok, err = hold(self, c, opts)
     if not ok then return nil, err end
-    c.key = ("%s/%x"):format(name, c.lease)
-    local h
+    c.key = ("%s/%x"):format(c.name, c.lease)
+    return acquire(self, c, value)
+  end
+
+  --- Checks the options of a lock or a campaign (fname) where the caller gives them.
+  function E._contend_opts(opts, fname)
+    option(opts, "on_lost", "function", fname)
+    option(opts, "ttl", "integer", fname)
+    option(opts, "lease", "integer", fname)
+    local timeout = option(opts, "timeout", "number", fname)
+    if timeout and not (timeout >= 0) then
+      error(("bad option 'timeout' to '%s' (non-negative number expected, got %s)"):format(fname, tostring(timeout)), 3)
+    end
+  end
+
+  --- Takes a place among the contenders of `name` (lock or election, `what`, for messages),
+  --- with `value` in its key, and waits for its turn. opts (checked with E._contend_opts):
+  --- ttl, lease, timeout (0: try once; above 0: a cap on the whole call, the lease grant,
+  --- every retry and re-authentication included), on_lost(err, c). Returns the contender (its
+  --- own table, made a lock or leadership by the caller) or nil, err; canceled or failed, it
+  --- leaves no key and no lease behind.
+  function E._contend(self, what, name, value, opts)
+    local timeout = opts.timeout
+    local c = { client = self, what = what, name = name, prefix = name .. "/", try = timeout == 0 }
+    local capped -- the time limit ran out: give back in the background, not past the limit
+    local guard <close> = setmetatable({}, { __close = function()
+      if c.held or not c.lease then return end
+      if capped then
+        sched.spawn(release, self, c)
+      else
+        E._now_or_later(release, self, c)
+      end
+    end })
+    local h, err
     if timeout and timeout > 0 then
-      h, err = sched.timeout(timeout, acquire, self, c, value)
+      h, err = sched.timeout(timeout, hold_and_acquire, self, c, opts, value)
+      capped = not h
     else
-      h, err = acquire(self, c, value)
+      h, err = hold_and_acquire(self, c, opts, value)
     end
     if h and c.lost then h, err = nil, c.lost end -- lost while its txn was in flight
     if not h then return nil, err end
@@ -224,23 +247,25 @@ return function(Client, E)
     if not self.released then E._now_or_later(self.client.unlock, self.client, self) end
   end
 
-  --- Waits until the lock `name` is held and returns it: {name, key, rev, lease, keeper,
-  --- header, lost}. opts: ttl (of the lease made for it, default 60 s), lease (use this lease
-  --- instead; not kept alive nor revoked by coord), timeout (seconds to wait, 0: try once;
-  --- then a "timeout" error; default: wait for ever), on_lost(err, lock) (the lease was lost
-  --- while held).
+  --- Waits until the lock `name` is held and returns it: `lock, nil, header`, lock = {name,
+  --- key, rev, lease, keeper, header, lost}. opts: ttl (of the lease made for it, default
+  --- 60 s), lease (use this lease instead; not kept alive nor revoked by coord), timeout
+  --- (seconds for the whole call, the lease grant and every retry and re-authentication
+  --- included, then a "timeout" error; 0: try once; default: wait for ever), on_lost(err,
+  --- lock) (the lease was lost while held).
   function Client:lock(name, opts)
     check(name, "string", 1, "lock")
-    opts = check(opts, "table", 2, "lock", true) or {}
+    opts = args.opts(opts, 2, "lock")
+    E._contend_opts(opts, "lock")
     local c, err = E._contend(self, "lock", name, "", opts)
     if not c then return nil, err end
     c.released = false
-    return setmetatable(c, Lock)
+    return setmetatable(c, Lock), nil, c.header
   end
 
   --- Releases a lock taken with etcd:lock: revokes the lease made for it (or deletes its key
-  --- from the caller's lease). Returns the header (true when it was already released or its
-  --- lease is gone).
+  --- from the caller's lease). Returns `true, nil, header` (no header when it was already
+  --- released or its lease was gone), or nil, err.
   function Client:unlock(lock)
     check(lock, "table", 1, "unlock")
     if getmetatable(lock) ~= Lock then error("bad argument #1 to 'unlock' (lock expected)", 2) end

@@ -2,11 +2,12 @@
 -- and the conditional writes built on them: create, replace, update, delete_if.
 
 local proto = require "coord.etcd.proto"
+local args = require "coord.args"
 
 local b64, header_of = proto.b64, proto.header
 
 return function(Client, E)
-  local check, check_int = E._check, E._check_int
+  local check = args.check
 
   local results = {
     equal = "EQUAL", ["=="] = "EQUAL", greater = "GREATER", [">"] = "GREATER",
@@ -33,7 +34,7 @@ return function(Client, E)
     if not field then bad(what, "one of version, create_revision, mod_revision, value, lease expected") end
     local result = results[c.result or "=="]
     if not result then bad(what, "unknown result " .. tostring(c.result)) end
-    local k, re = E._key_range(self, c.key, c)
+    local k, re = E._key_range(self, c.key, c, "txn")
     local out = { key = b64(k), range_end = re and b64(re), target = targets[field], result = result }
     local v = c[field]
     if field == "value" then
@@ -55,13 +56,13 @@ return function(Client, E)
     if op.put ~= nil then
       if type(op.put) ~= "string" then bad(what, "put: key string expected") end
       if type(op.value) ~= "string" and not op.ignore_value then bad(what, "value: string expected") end
-      return { request_put = E._put_request(self, op.put, op.value, op) }
+      return { request_put = E._put_request(self, op.put, op.value, op, "txn") }
     elseif op.get ~= nil then
       if type(op.get) ~= "string" then bad(what, "get: key string expected") end
-      return { request_range = E._range_request(self, op.get, op) }
+      return { request_range = E._range_request(self, op.get, op, "txn") }
     elseif op.delete ~= nil then
       if type(op.delete) ~= "string" then bad(what, "delete: key string expected") end
-      return { request_delete_range = E._delete_request(self, op.delete, op) }
+      return { request_delete_range = E._delete_request(self, op.delete, op, "txn") }
     elseif op.txn ~= nil then
       return { request_txn = txn_request(self, op.txn) }
     end
@@ -113,16 +114,18 @@ return function(Client, E)
   end
 
   --- Runs a transaction: spec = {compare = {...}, success = {...}, failure = {...}}.
-  --- Returns {succeeded, responses}, header. Not retried on another endpoint.
+  --- Returns `result, nil, header` with result = {succeeded, responses}; a txn whose compare
+  --- failed is a result with succeeded = false (ran its failure branch), not an error. Not
+  --- retried on another endpoint.
   function Client:txn(spec)
     local body = txn_request(self, spec)
     local j, err = self:_post("/v3/kv/txn", body)
     if not j then return nil, err end
-    return txn_result(self, j), header_of(j.header)
+    return txn_result(self, j), nil, header_of(j.header)
   end
 
-  -- Puts or deletes `op` if `cmp` holds, else reads the key: true, header; or false, the
-  -- current kv (nil when absent), header.
+  -- Puts or deletes `op` if `cmp` holds, else reads the key: `true, nil, header`; or
+  -- `false, nil, header, current` (the current kv, nil when absent).
   local function guarded(self, cmp, op)
     local key = op.put or op.delete
     local j, err = self:_post("/v3/kv/txn", {
@@ -132,17 +135,18 @@ return function(Client, E)
     })
     if not j then return nil, err end
     local h = header_of(j.header)
-    if j.succeeded then return true, h end
+    if j.succeeded then return true, nil, h end
     local r = j.responses and j.responses[1] and j.responses[1].response_range
     local kv = r and r.kvs and r.kvs[1]
-    return false, kv and proto.kv(kv, #self.prefix) or nil, h
+    return false, nil, h, kv and proto.kv(kv, #self.prefix) or nil
   end
 
   local function put_op(key, value, opts)
     return { put = key, value = value, lease = opts and opts.lease }
   end
 
-  --- Puts key only if it does not exist. opts: lease.
+  --- Puts key only if it does not exist: `true, nil, header`; `false, nil, header, current`
+  --- when it exists (the lost race). opts: lease.
   function Client:create(key, value, opts)
     check(key, "string", 1, "create")
     check(value, "string", 2, "create")
@@ -150,7 +154,8 @@ return function(Client, E)
     return guarded(self, { key = key, version = 0 }, put_op(key, value, opts))
   end
 
-  --- Puts key only if its current value is `old` (test-and-set). opts: lease.
+  --- Puts key only if its current value is `old` (test-and-set): `true, nil, header`, or
+  --- `false, nil, header, current` (current: the kv, nil when absent). opts: lease.
   function Client:replace(key, old, value, opts)
     check(key, "string", 1, "replace")
     check(old, "string", 2, "replace")
@@ -160,19 +165,20 @@ return function(Client, E)
   end
 
   --- Puts key only if its mod_revision is still `revision` (nobody wrote it since it was
-  --- read). opts: lease.
+  --- read): `true, nil, header`, or `false, nil, header, current`. opts: lease.
   function Client:update(key, value, revision, opts)
     check(key, "string", 1, "update")
     check(value, "string", 2, "update")
-    check_int(revision, 3, "update")
+    check(revision, "integer", 3, "update")
     check(opts, "table", 4, "update", true)
     return guarded(self, { key = key, mod_revision = revision }, put_op(key, value, opts))
   end
 
-  --- Deletes key only if its mod_revision is still `revision`.
+  --- Deletes key only if its mod_revision is still `revision`: `true, nil, header`, or
+  --- `false, nil, header, current`.
   function Client:delete_if(key, revision)
     check(key, "string", 1, "delete_if")
-    check_int(revision, 2, "delete_if")
+    check(revision, "integer", 2, "delete_if")
     return guarded(self, { key = key, mod_revision = revision }, { delete = key })
   end
 end

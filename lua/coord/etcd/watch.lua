@@ -5,6 +5,7 @@ local sched = require "coord.sched"
 local errors = require "coord.errors"
 local proto = require "coord.etcd.proto"
 local hubs = require "coord.etcd.watch_hub"
+local args = require "coord.args"
 
 local M = {}
 
@@ -16,30 +17,10 @@ local Watch = { __name = "coord.etcd.watch" }
 Watch.__index = Watch
 M.Watch = Watch
 
-local function argerror(i, fname, expected, v)
-  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(i, fname, expected, type(v)), 3)
-end
-
-local function opt_type(opts, name, t)
-  local v = opts[name]
-  if v ~= nil and type(v) ~= t then
-    error(("bad option '%s' to 'watch' (%s expected, got %s)"):format(name, t, type(v)), 3)
-  end
-  return v
-end
-
-local function opt_int(opts, name)
-  local v = opts[name]
-  if v ~= nil and math.type(v) ~= "integer" then
-    error(("bad option '%s' to 'watch' (integer expected, got %s)"):format(name, math.type(v) or type(v)), 3)
-  end
-  return v
-end
-
 -- The create_request (without watch_id and start_revision) for key and opts: the same keys
 -- as range and delete select, under the client's namespace prefix.
 local function request(client, key, opts)
-  local full, range_end = require("coord.etcd")._key_range(client, key, opts)
+  local full, range_end = require("coord.etcd")._key_range(client, key, opts, "watch")
   local filters
   if opts.no_put or opts.no_delete then
     filters = {}
@@ -57,18 +38,19 @@ local function request(client, key, opts)
   }
 end
 
+local check, option = args.check, args.option
+
 --- Starts watching key (or a prefix or range of keys) on client; see doc/etcd-watch.md.
+--- Returns the watch, then nil, nil and the watch again: the 4th value is the closing value
+--- of a generic for, so that `for ev in etcd:watch(k) do ... end` closes the watch when the
+--- loop is left (break, return or an error), as Consul's watches do.
 function M.new(client, key, opts)
-  if type(key) ~= "string" then argerror(1, "watch", "string", key) end
-  if opts == nil then
-    opts = {}
-  elseif type(opts) ~= "table" then
-    argerror(2, "watch", "table or nil", opts)
-  end
-  opt_type(opts, "range_end", "string")
-  local start = opt_int(opts, "start_revision") or opt_int(opts, "revision")
-  local buffer = opt_int(opts, "buffer") or DEFAULT_BUFFER
-  local keepalive = opt_type(opts, "keepalive", "number")
+  check(key, "string", 1, "watch")
+  opts = args.opts(opts, 2, "watch")
+  option(opts, "range_end", "string", "watch")
+  local start = option(opts, "start_revision", "integer", "watch") or option(opts, "revision", "integer", "watch")
+  local buffer = option(opts, "buffer", "integer", "watch") or DEFAULT_BUFFER
+  local keepalive = option(opts, "keepalive", "number", "watch")
   if keepalive and not (keepalive > 0) then error("bad option 'keepalive' to 'watch' (positive number expected)", 2) end
   if buffer < 1 then error("bad option 'buffer' to 'watch' (positive integer expected)", 2) end
   local w = setmetatable({
@@ -76,7 +58,7 @@ function M.new(client, key, opts)
     req = request(client, key, opts),
     next_rev = start and start > 0 and start or nil,
     progress = opts.progress_notify and true or false,
-    stream_events = opt_type(opts, "stream_events", "boolean") or false,
+    stream_events = option(opts, "stream_events", "boolean", "watch") or false,
     buffer = buffer,
     keepalive = keepalive,
     q = {}, qh = 1, qt = 0,
@@ -88,7 +70,7 @@ function M.new(client, key, opts)
   }, Watch)
   w.hub = hubs.of(client)
   w.hub:add(w)
-  return w
+  return w, nil, nil, w
 end
 
 --- Counters of client's shared watch stream: {watches, connected, streams, results,
@@ -100,7 +82,7 @@ end
 --- Whether, over TLS, watch streams share the requests' HTTP/2 connection (true) or use an
 --- HTTP/1.1 connection of their own (false, the default). Returns the previous setting.
 function M.http2(on)
-  if type(on) ~= "boolean" then error("bad argument #1 to 'http2' (boolean expected, got " .. type(on) .. ")", 2) end
+  check(on, "boolean", 1, "http2")
   local old = hubs.HTTP2
   hubs.HTTP2 = on
   return old
@@ -202,12 +184,19 @@ function Watch:next()
   end
 end
 
---- Iterates over events: for ev in w:events() do ... end. The loop ends when the watch is
---- closed or fails; the failure is then in w.error.
+--- Iterates over events: for ev in w:events() do ... end (or for ev in w do ... end). The
+--- loop ends when the watch is closed or fails; the failure is then in w.error. Leaving the
+--- loop leaves a watch held in a variable open: only a watch made in the for's own
+--- expression (`for ev in etcd:watch(k)`) is closed with the loop.
 function Watch:events()
   return function()
     return (self:next())
   end
+end
+
+--- A watch is its own iterator: `for ev in w do ... end` reads w:next().
+function Watch:__call()
+  return self:next()
 end
 
 --- Waits until the server has confirmed the watch; returns the revision it was created at
