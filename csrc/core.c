@@ -1,8 +1,8 @@
 /* core.c: luaopen_coord_core: checks what libcurl offers and registers the engine. */
 #include <stdio.h>
 #include "codec.h"
-#include "dispatch.h"
 #include "file.h"
+#include "headers.h"
 #include "json.h"
 #include "request.h"
 
@@ -22,7 +22,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_codec_register(L);
   coord_json_register(L);
   coord_file_register(L);
-  coord_dispatch_register(L);
+  coord_headers_register(L);
   lua_pushfstring(L, "libcurl/%s libuv/%s", info->version, uv_version_string());
   lua_setfield(L, -2, "versions");
   lua_pushboolean(L, (info->features & CURL_VERSION_HTTP2) != 0);
