@@ -384,7 +384,7 @@ int coord_req_new(lua_State *L) {
   r->errbuf[0] = '\0';
   coord_buf_init(&r->body, r->body_inline, sizeof r->body_inline);
   coord_buf_init(&r->hdrs, r->hdrs_inline, sizeof r->hdrs_inline);
-  r->ref = LUA_NOREF;
+  coord_track_init(r);
   luaL_setmetatable(L, COORD_REQ_MT);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);

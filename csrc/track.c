@@ -4,6 +4,9 @@
 #include "request.h"
 #include "track.h"
 
+/* A new request: on no list, holding nothing (the rest of it is zeroed). */
+void coord_track_init(coord_req *r) { r->ref = LUA_NOREF; }
+
 /* Takes the registry reference to the userdata at idx. May raise (out of memory), so it is
    taken before the request is handed to curl. */
 void coord_track_hold(lua_State *L, coord_req *r, int idx) {

@@ -5,6 +5,7 @@
 
 #include "loop.h"
 
+void coord_track_init(coord_req *r);
 void coord_track_hold(lua_State *L, coord_req *r, int idx);
 void coord_track_unhold(lua_State *L, coord_req *r);
 void coord_track_push(lua_State *L, coord_req *r);
