@@ -4,6 +4,7 @@
 #include <time.h>
 #include "request.h"
 #include "srv.h"
+#include "track.h"
 
 static coord_loop *loop_open(void) {
   coord_loop *lp = calloc(1, sizeof *lp);
@@ -12,8 +13,11 @@ static coord_loop *loop_open(void) {
     free(lp);
     return NULL;
   }
-  uv_timer_init(&lp->uv, &lp->curl_timer);
-  uv_timer_init(&lp->uv, &lp->wake_timer);
+  /* uv_timer_init only fills in the handle: it cannot fail, but says so in its result */
+  if (uv_timer_init(&lp->uv, &lp->curl_timer) != 0 || uv_timer_init(&lp->uv, &lp->wake_timer) != 0) {
+    if (uv_loop_close(&lp->uv) == 0) free(lp);
+    return NULL;
+  }
   lp->multi = curl_multi_init();
   if (lp->multi == NULL || coord_multi_setup(lp) != 0) {
     coord_loop_destroy(lp);
@@ -35,66 +39,30 @@ coord_loop *coord_loop_get(lua_State *L, int holder_idx) {
 }
 
 /* Detaches every request, then releases curl and closes every uv handle. Safe whatever
-   order Lua finalizes the requests and the loop in at lua_close. */
+   order Lua finalizes the requests and the loop in at lua_close. Should curl or libuv refuse
+   to let go, the loop's memory is kept (a leak) rather than freed under them. */
 void coord_loop_destroy(coord_loop *lp) {
   while (lp->active) coord_req_detach(lp, lp->active);
   while (lp->ready_head) coord_req_detach(lp, lp->ready_head);
   while (lp->cancels) coord_req_detach(lp, lp->cancels);
   coord_srv_detach_all(lp);
-  while (lp->npool > 0) curl_easy_cleanup(lp->pool[--lp->npool]);
-  if (lp->multi) curl_multi_cleanup(lp->multi);
+  coord_easy_pool_free(&lp->pool);
+  if (lp->multi && curl_multi_cleanup(lp->multi) != CURLM_OK) return;
   lp->multi = NULL;
   coord_multi_close_socks(lp);
   uv_close((uv_handle_t *)&lp->curl_timer, NULL);
   uv_close((uv_handle_t *)&lp->wake_timer, NULL);
-  uv_run(&lp->uv, UV_RUN_DEFAULT);
-  uv_loop_close(&lp->uv);
+  uv_run(&lp->uv, UV_RUN_DEFAULT); /* runs the close callbacks; its result says nothing more */
+  if (uv_loop_close(&lp->uv) != 0) return;
   free(lp);
 }
 
-/* A handle with the options every transfer shares already set (see coord_req_init_easy). */
-CURL *coord_loop_easy(coord_loop *lp) {
-  if (lp->npool > 0) return lp->pool[--lp->npool];
-  CURL *e = curl_easy_init();
-  if (e) coord_req_init_easy(e);
-  return e;
-}
-
-/* Keeps a finished handle for the next request. A plain one (no TLS, socket, upload or HEAD)
-   only has the options it set cleared, which is much cheaper than a reset: the etcd client
-   sets http_version on every request. */
-void coord_loop_release_easy(coord_loop *lp, CURL *e, unsigned flags) {
-  if (lp->npool < COORD_POOL_MAX) {
-    if (flags & COORD_EASY_PLAIN) {
-      if (flags & COORD_EASY_VERSION) curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_NONE);
-      if (flags & COORD_EASY_PIPEWAIT) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 0L);
-      curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-      curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
-      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
-      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
-      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-      curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
-      curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
-    } else {
-      curl_easy_reset(e);
-      coord_req_init_easy(e);
-    }
-    lp->pool[lp->npool++] = e;
-  } else {
-    curl_easy_cleanup(e);
-  }
-}
-
-void coord_loop_ready(coord_loop *lp, coord_req *r) {
-  if (r->in_ready) return;
-  r->in_ready = 1;
-  r->ready_next = NULL;
-  if (lp->ready_tail) lp->ready_tail->ready_next = r;
-  else lp->ready_head = r;
-  lp->ready_tail = r;
-  /* a poll in progress must return now rather than wait for more I/O (this can run in the
-     timer phase of uv_run, before it polls) */
-  uv_stop(&lp->uv);
+/* Records a failure of a libcurl or libuv call that concerns the whole loop (no one request):
+   the poll that runs it raises it. The first one is kept. */
+void coord_loop_fault(coord_loop *lp, const char *what, const char *why) {
+  if (lp->fault) return;
+  lp->fault = what;
+  lp->fault_why = why;
 }
 
 /* The wake timer bounds one poll. uv_run(UV_RUN_ONCE) runs due timers before it polls and
@@ -106,14 +74,20 @@ static void on_wake(uv_timer_t *t) { uv_stop(t->loop); }
 /* Applies queued cancellations. Removing an unfinished transfer makes curl close its
    connection, so the peer sees the request abandoned. */
 static void apply_cancels(lua_State *L, coord_loop *lp) {
-  while (lp->cancels) {
-    coord_req *r = lp->cancels;
-    lp->cancels = r->cancel_next;
-    r->cancel_next = NULL;
-    r->in_cancel = 0;
+  coord_req *r;
+  while ((r = coord_track_next_cancel(lp)) != NULL) {
     if (r->active) coord_req_finish(lp, r, CURLE_ABORTED_BY_CALLBACK);
-    coord_req_settle(L, r);
+    coord_track_settle(L, r);
   }
+}
+
+/* Raises a loop fault recorded during the poll (clearing it and the re-entry guard first).
+   Requests ready meanwhile stay queued for the next poll. */
+static void raise_fault(lua_State *L, coord_loop *lp) {
+  const char *what = lp->fault, *why = lp->fault_why;
+  lp->fault = lp->fault_why = NULL;
+  lp->polling = 0;
+  luaL_error(L, "coord: %s failed: %s", what, why);
 }
 
 /* poll([timeout [, out [, flush]]]): runs one loop iteration, blocking up to timeout seconds
@@ -131,33 +105,33 @@ static int l_poll(lua_State *L) {
   apply_cancels(L, lp);
   coord_srv_apply_cancels(L, lp);
   if (lp->ready_head || lp->srv_ready) timeout = 0;
+  /* uv_run's result says whether handles are left, not whether it failed */
   if (timeout == 0) {
     uv_run(&lp->uv, UV_RUN_NOWAIT);
   } else {
+    int rc = 0;
     if (timeout > 0) {
       double ms = timeout * 1000.0;
       uv_update_time(&lp->uv); /* count from now, not from the end of the last poll */
-      uv_timer_start(&lp->wake_timer, on_wake, ms < 1 ? 1 : ms > 86400000.0 ? 86400000 : (uint64_t)ms, 0);
+      rc = uv_timer_start(&lp->wake_timer, on_wake, ms < 1 ? 1 : ms > 86400000.0 ? 86400000 : (uint64_t)ms, 0);
+      if (rc != 0) coord_loop_fault(lp, "uv_timer_start (poll timeout)", uv_strerror(rc));
     }
-    uv_run(&lp->uv, UV_RUN_ONCE);
-    uv_timer_stop(&lp->wake_timer);
+    if (rc == 0) uv_run(&lp->uv, UV_RUN_ONCE);
+    if ((rc = uv_timer_stop(&lp->wake_timer)) != 0) coord_loop_fault(lp, "uv_timer_stop (poll timeout)", uv_strerror(rc));
   }
   /* sockets started during this iteration join the backend fd only at the next one */
   if (flush) uv_run(&lp->uv, UV_RUN_NOWAIT);
+  if (lp->fault) raise_fault(L, lp);
   lua_Integer n = 0;
-  while (lp->ready_head) {
-    coord_req *r = lp->ready_head;
-    lp->ready_head = r->ready_next;
-    if (lp->ready_head == NULL) lp->ready_tail = NULL;
-    r->ready_next = NULL;
-    r->in_ready = 0;
+  coord_req *r;
+  while ((r = coord_track_next_ready(lp)) != NULL) {
     if (!r->canceled) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+      coord_track_push(L, r);
       lua_getiuservalue(L, -1, 1);
       lua_rawseti(L, 2, ++n);
       lua_pop(L, 1);
     }
-    coord_req_settle(L, r);
+    coord_track_settle(L, r);
   }
   n = coord_srv_drain(L, lp, 2, n);
   lp->polling = 0;

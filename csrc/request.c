@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "dispatch.h"
+#include "failure.h"
+#include "headers.h"
 #include "request.h"
+#include "track.h"
 
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
 #define DEFAULT_HIGH_WATER ((size_t)1 << 20)
@@ -19,7 +21,7 @@
 
 /* ---- curl callbacks: they only touch the request's own buffers and flags ---- */
 
-static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
+size_t coord_req_on_write(char *p, size_t size, size_t nmemb, void *ud) {
   coord_req *r = ud;
   size_t n = size * nmemb;
   size_t unread = coord_buf_unread(&r->body);
@@ -39,12 +41,12 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
   }
   if (r->stream && r->waiting) {
     r->waiting = 0;
-    coord_loop_ready(r->loop, r);
+    coord_track_ready(r->loop, r);
   }
   return n;
 }
 
-static size_t on_header(char *p, size_t size, size_t nmemb, void *ud) {
+size_t coord_req_on_header(char *p, size_t size, size_t nmemb, void *ud) {
   coord_req *r = ud;
   size_t n = size * nmemb;
   if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
@@ -53,13 +55,18 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud) {
   }
   if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) {
     long status = 0;
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    CURLcode rc = curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK) {
+      r->fault = "curl_easy_getinfo(CURLINFO_RESPONSE_CODE)";
+      r->fault_why = curl_easy_strerror(rc);
+      return 0; /* fails the transfer */
+    }
     if (status >= 200) {
       r->status = status;
       r->headers_done = 1;
       if (r->stream && r->waiting) {
         r->waiting = 0;
-        coord_loop_ready(r->loop, r);
+        coord_track_ready(r->loop, r);
       }
     }
     return n;
@@ -71,7 +78,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud) {
   return n;
 }
 
-static size_t on_read(char *p, size_t size, size_t nmemb, void *ud) {
+size_t coord_req_on_read(char *p, size_t size, size_t nmemb, void *ud) {
   coord_req *r = ud;
   if (r->recv_over) return 0; /* the reply has ended: so does the body */
   size_t avail = coord_buf_unread(&r->send);
@@ -90,7 +97,7 @@ static size_t on_read(char *p, size_t size, size_t nmemb, void *ud) {
    connection. A request on a reused connection that died before any reply byte is sent
    again by libcurl itself: this is the only place that sees that second attempt, so it is
    counted here, and refused for a request that must not be sent twice. */
-static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
+int coord_req_on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
   coord_req *r = ud;
   (void)ip, (void)local_ip, (void)port, (void)local_port;
   if (r->sent && !r->resend) {
@@ -107,9 +114,8 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
    until the next write. Called from the socket callback when curl stops watching a socket
    (only records); coord_req_unstall then lets the body end, which ends the transfer. */
 void coord_req_unpolled(coord_loop *lp, CURL *e) {
-  coord_req *r = NULL;
-  curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
-  if (r == NULL || !r->active || r->easy != e || !r->upload || r->upload_eof) return;
+  coord_req *r = coord_track_find(lp, e);
+  if (r == NULL || !r->upload || r->upload_eof) return;
   if (!r->send_paused || r->recv_paused) return; /* curl is sending, or we hold the reply */
   r->recv_over = 1;
   lp->stalled = 1;
@@ -117,70 +123,40 @@ void coord_req_unpolled(coord_loop *lp, CURL *e) {
 
 /* ---- life cycle ---- */
 
-static void active_unlink(coord_loop *lp, coord_req *r) {
-  if (r->prev) r->prev->next = r->next;
-  else lp->active = r->next;
-  if (r->next) r->next->prev = r->prev;
-  r->prev = r->next = NULL;
-  lp->nactive--;
-}
-
 /* Called after curl_multi_socket_action has returned (never from a curl callback): takes
    the transfer off the multi handle, recycles the easy handle, queues the request for Lua. */
 void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
   if (!r->active) return;
   long status = 0;
-  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-  if (status) r->status = status;
-  curl_multi_remove_handle(lp->multi, r->easy);
-  active_unlink(lp, r);
+  /* should curl not tell, the status the header callback saw stands */
+  if (curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status) r->status = status;
   /* libcurl counts its own re-sends per handle, for the handle's whole life (five, then it
      gives up at once): only a reset clears that count, so a handle that may have re-sent
      (a second attempt, or a failure) is reset */
   int resent = r->sent > 1 || r->resend_refused || code != CURLE_OK;
-  coord_loop_release_easy(lp, r->easy, resent ? 0 : r->easy_flags);
-  r->easy = NULL;
-  r->active = 0;
+  coord_easy_done(lp, coord_track_deactivate(lp, r), resent ? 0 : r->easy_flags);
   r->done = 1;
   r->result = code;
   r->recv_paused = r->send_paused = 0;
-  if (!r->canceled) coord_loop_ready(lp, r);
+  if (!r->canceled) coord_track_ready(lp, r);
 }
 
-/* Drops the registry reference once nothing in the loop points at the request any more. */
-void coord_req_settle(lua_State *L, coord_req *r) {
-  if (r->active || r->in_ready || r->in_cancel) return;
-  if (r->ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
-    r->ref = LUA_NOREF;
+/* A libcurl or libuv call made for the request failed: the request fails with that (the
+   first such failure is kept). Only records and queues: the next poll takes the transfer
+   off curl, so this is safe from curl's callbacks. */
+void coord_req_fault(coord_loop *lp, coord_req *r, const char *what, const char *why) {
+  if (r->fault == NULL) {
+    r->fault = what;
+    r->fault_why = why;
   }
-  r->loop = NULL;
+  coord_track_cancel(lp, r);
 }
 
 /* Removes the request from every loop list without Lua. Used at lua_close only, by whichever
    of the loop's and the request's finalizers runs first. */
 void coord_req_detach(coord_loop *lp, coord_req *r) {
-  if (r->active) {
-    curl_multi_remove_handle(lp->multi, r->easy);
-    active_unlink(lp, r);
-    curl_easy_cleanup(r->easy);
-    r->easy = NULL;
-    r->active = 0;
-  }
-  if (r->in_ready) {
-    coord_req **pp = &lp->ready_head, *last = NULL;
-    while (*pp && *pp != r) last = *pp, pp = &(*pp)->ready_next;
-    if (*pp) *pp = r->ready_next;
-    if (lp->ready_tail == r) lp->ready_tail = last;
-    r->in_ready = 0;
-  }
-  if (r->in_cancel) {
-    coord_req **pp = &lp->cancels;
-    while (*pp && *pp != r) pp = &(*pp)->cancel_next;
-    if (*pp) *pp = r->cancel_next;
-    r->in_cancel = 0;
-  }
-  r->loop = NULL;
+  if (r->active) coord_easy_discard(lp, coord_track_deactivate(lp, r));
+  coord_track_forget(lp, r);
 }
 
 static coord_req *check_req(lua_State *L) { return luaL_checkudata(L, 1, COORD_REQ_MT); }
@@ -205,11 +181,7 @@ static int req_cancel(lua_State *L) {
   if (r->canceled) return 0;
   r->canceled = 1;
   r->waiting = 0;
-  if (r->active && !r->in_cancel) {
-    r->in_cancel = 1;
-    r->cancel_next = r->loop->cancels;
-    r->loop->cancels = r;
-  }
+  if (r->active) coord_track_cancel(r->loop, r);
   return 0;
 }
 
@@ -371,13 +343,8 @@ static long http_version(lua_State *L, const char *v) {
   return luaL_error(L, "bad request option 'http_version' ('1.0', '1.1', '2', '2tls' or '2-prior-knowledge' expected, got '%s')", v);
 }
 
-typedef struct tls_opts {
-  const char *ca_file, *ca_path, *cert_file, *key_file, *key_password;
-  int verify, verify_host;
-} tls_opts;
-
 /* Returns whether a tls table was given. */
-static int read_tls(lua_State *L, int t, tls_opts *o) {
+static int read_tls(lua_State *L, int t, coord_tls *o) {
   memset(o, 0, sizeof *o);
   o->verify = o->verify_host = 1;
   if (!opt(L, t, "tls", LUA_TTABLE)) return 0;
@@ -392,32 +359,17 @@ static int read_tls(lua_State *L, int t, tls_opts *o) {
   return 1;
 }
 
-static void set_tls(CURL *e, const tls_opts *o) {
-  if (o->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
-  if (o->ca_path) curl_easy_setopt(e, CURLOPT_CAPATH, o->ca_path);
-  if (o->cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, o->cert_file);
-  if (o->key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, o->key_file);
-  if (o->key_password) curl_easy_setopt(e, CURLOPT_KEYPASSWD, o->key_password);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)o->verify);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->verify_host ? 2L : 0L);
-}
-
-/* The options every transfer uses, set once per easy handle: when it is created and after a
-   curl_easy_reset (coord_loop_easy / coord_loop_release_easy). A pooled handle keeps them,
-   so a request does not pay for setting them again (the protocol list is parsed each time). */
-void coord_req_init_easy(CURL *e) {
-#if LIBCURL_VERSION_NUM >= 0x075500
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
+/* A request that libcurl refused to start (an option it rejects, such as a URL longer than
+   it accepts) fails like one that failed in flight: it is done, with the failure, and its
+   owner is handed to Lua by the next poll. Returns the request. */
+static int failed_start(lua_State *L, coord_loop *lp, coord_req *r, const char *what, const char *why) {
+  r->fault = what;
+  r->fault_why = why;
+  r->done = 1;
+  r->loop = lp;
+  coord_track_ready(lp, r);
+  lua_pushvalue(L, 2);
+  return 1;
 }
 
 /* request(opts, owner): starts a transfer and returns its object. owner is what poll()
@@ -432,107 +384,90 @@ int coord_req_new(lua_State *L) {
   r->errbuf[0] = '\0';
   coord_buf_init(&r->body, r->body_inline, sizeof r->body_inline);
   coord_buf_init(&r->hdrs, r->hdrs_inline, sizeof r->hdrs_inline);
-  r->ref = LUA_NOREF;
+  coord_track_init(r);
   luaL_setmetatable(L, COORD_REQ_MT);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
   lua_replace(L, 2); /* stack: opts, req, then option values kept alive */
 
   luaL_checkstack(L, 24, "request options");
-  const char *url = opt_string(L, 1, "url");
-  if (url == NULL) return luaL_error(L, "bad request option 'url' (string expected, got nil)");
-  const char *method = opt_string(L, 1, "method");
-  if (method) check_method(L, method, lua_rawlen(L, -1));
-  size_t bodylen = 0;
-  const char *body = NULL;
+  coord_easy_opts o;
+  memset(&o, 0, sizeof o);
+  o.owner = r;
+  o.errbuf = r->errbuf;
+  o.url = opt_string(L, 1, "url");
+  if (o.url == NULL) return luaL_error(L, "bad request option 'url' (string expected, got nil)");
+  o.method = opt_string(L, 1, "method");
+  if (o.method) check_method(L, o.method, lua_rawlen(L, -1));
   if (opt(L, 1, "body", LUA_TSTRING)) {
-    body = lua_tolstring(L, -1, &bodylen);
+    o.body = lua_tolstring(L, -1, &o.body_len);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, 2, 2); /* keeps the body alive: curl reads it in place */
   }
   r->stream = opt_bool(L, 1, "stream", 0);
-  r->upload = opt_bool(L, 1, "upload", 0);
-  if (body && r->upload) return luaL_error(L, "bad request options ('body' and 'upload' exclude each other)");
-  long timeout = opt_ms(L, 1, "timeout", r->stream || r->upload ? 0 : DEFAULT_TIMEOUT_MS);
-  long connect_timeout = opt_ms(L, 1, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS);
-  const char *unix_socket = opt_string(L, 1, "unix_socket");
-  long version = http_version(L, opt_string(L, 1, "http_version"));
-  int pipewait = opt_bool(L, 1, "pipewait", 0);
+  r->upload = o.upload = opt_bool(L, 1, "upload", 0);
+  if (o.body && r->upload) return luaL_error(L, "bad request options ('body' and 'upload' exclude each other)");
+  o.timeout_ms = opt_ms(L, 1, "timeout", r->stream || r->upload ? 0 : DEFAULT_TIMEOUT_MS);
+  o.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS);
+  o.unix_socket = opt_string(L, 1, "unix_socket");
+  o.http_version = http_version(L, opt_string(L, 1, "http_version"));
+  o.pipewait = opt_bool(L, 1, "pipewait", 0);
   r->max_body = opt_size(L, 1, "max_body", DEFAULT_MAX_BODY);
   r->high_water = opt_size(L, 1, "buffer", DEFAULT_HIGH_WATER);
-  tls_opts tls;
-  int has_tls = read_tls(L, 1, &tls);
+  o.has_tls = read_tls(L, 1, &o.tls);
   read_headers(L, 1, r);
   read_connect_to(L, 1, r);
   if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
-  if (!method) method = body || r->upload ? "POST" : "GET";
-  int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
-  r->resend = opt_bool(L, 1, "resend", is_get || is_head);
+  o.headers = r->headers;
+  o.connect_to = r->connect_to;
+  if (!o.method) o.method = o.body || r->upload ? "POST" : "GET";
+  o.is_get = strcmp(o.method, "GET") == 0;
+  o.is_head = strcmp(o.method, "HEAD") == 0;
+  r->resend = opt_bool(L, 1, "resend", o.is_get || o.is_head);
 
-  CURL *e = coord_loop_easy(lp);
-  if (e == NULL) return luaL_error(L, "coord: cannot create a curl handle (out of memory?)");
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
-  curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-  curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout); /* pooled handles keep options: always set */
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
-  if (unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_socket);
-  if (version != CURL_HTTP_VERSION_NONE) curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
-  if (pipewait) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  if (r->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-  if (r->connect_to) curl_easy_setopt(e, CURLOPT_CONNECT_TO, r->connect_to);
-  if (is_head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  else if (r->upload) {
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-    curl_easy_setopt(e, CURLOPT_READDATA, r);
-  } else if (body || (!is_get && strcmp(method, "DELETE") != 0)) {
-    /* POST and PUT without a body still send Content-Length: 0 */
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+  coord_track_hold(L, r, 2); /* may raise: taken before anything is acquired */
+  CURL *e = coord_easy_take(lp);
+  if (e == NULL) {
+    coord_track_unhold(L, r);
+    return luaL_error(L, "coord: cannot create a curl handle (out of memory?)");
   }
-  if ((!is_get || body) && !is_head && strcmp(method, "POST") != 0)
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  if (has_tls) set_tls(e, &tls);
-  r->easy_flags = (!has_tls && !unix_socket && !r->connect_to && !r->upload && !is_head ? COORD_EASY_PLAIN : 0) |
-                  (version != CURL_HTTP_VERSION_NONE ? COORD_EASY_VERSION : 0) |
-                  (pipewait ? COORD_EASY_PIPEWAIT : 0);
-
-  lua_pushvalue(L, 2);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise: done before curl holds the request */
-  if (curl_multi_add_handle(lp->multi, e) != CURLM_OK) {
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    coord_loop_release_easy(lp, e, 0);
-    return luaL_error(L, "coord: curl refused the transfer");
+  unsigned flags;
+  CURLcode rc = coord_easy_configure(e, &o, &flags);
+  if (rc != CURLE_OK) {
+    coord_easy_release(lp, e, flags);
+    return failed_start(L, lp, r, "curl_easy_setopt", curl_easy_strerror(rc));
   }
-  r->ref = ref;
-  r->easy = e;
-  r->loop = lp;
-  r->active = 1;
-  r->next = lp->active;
-  if (lp->active) lp->active->prev = r;
-  lp->active = r;
-  lp->nactive++;
+  r->easy_flags = flags;
+  CURLMcode mrc = curl_multi_add_handle(lp->multi, e);
+  if (mrc != CURLM_OK) {
+    coord_easy_release(lp, e, 0);
+    return failed_start(L, lp, r, "curl_multi_add_handle", curl_multi_strerror(mrc));
+  }
+  coord_track_activate(lp, r, e);
   lua_pushvalue(L, 2);
   return 1;
 }
 
 /* ---- Lua methods ---- */
 
+/* curl_easy_pause with the pause bits the request still wants; a failure fails it. */
+static void set_pause(coord_req *r) {
+  int bits = (r->recv_paused ? CURLPAUSE_RECV : 0) | (r->send_paused ? CURLPAUSE_SEND : 0);
+  CURLcode rc = curl_easy_pause(r->easy, bits);
+  if (rc != CURLE_OK) coord_req_fault(r->loop, r, "curl_easy_pause", curl_easy_strerror(rc));
+}
+
 static void resume_recv(coord_req *r) {
   if (r->recv_paused && r->active && coord_buf_unread(&r->body) < r->high_water) {
     r->recv_paused = 0;
-    curl_easy_pause(r->easy, r->send_paused ? CURLPAUSE_SEND : CURLPAUSE_CONT);
+    set_pause(r);
   }
 }
 
 static void resume_send(coord_req *r) {
   if (r->send_paused && r->active) {
     r->send_paused = 0;
-    curl_easy_pause(r->easy, r->recv_paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+    set_pause(r);
   }
 }
 

@@ -23,6 +23,8 @@ struct coord_req {
   unsigned resend : 1;   /* libcurl may send the request again on a fresh connection */
   unsigned resend_refused : 1; /* it wanted to, and was stopped (on_prereq) */
   unsigned char sent;    /* attempts whose request may have left this process (saturates) */
+  const char *fault;     /* a libcurl or libuv call for this request failed: which one ... */
+  const char *fault_why; /* ... and why (static strings); the request fails with it */
   CURLcode result;
   long status;
   size_t max_body;       /* bound on buffered response bytes */
@@ -41,12 +43,17 @@ struct coord_req {
 };
 
 void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code);
+void coord_req_fault(coord_loop *lp, coord_req *r, const char *what, const char *why);
 void coord_req_detach(coord_loop *lp, coord_req *r);
-void coord_req_settle(lua_State *L, coord_req *r);
 int coord_req_new(lua_State *L);
 void coord_req_register(lua_State *L);
-void coord_req_init_easy(CURL *e);
 void coord_req_unpolled(coord_loop *lp, CURL *e);
 void coord_req_unstall(coord_loop *lp);
+
+/* curl's callbacks of a request (set by easy.c) */
+size_t coord_req_on_write(char *p, size_t size, size_t nmemb, void *ud);
+size_t coord_req_on_header(char *p, size_t size, size_t nmemb, void *ud);
+size_t coord_req_on_read(char *p, size_t size, size_t nmemb, void *ud);
+int coord_req_on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port);
 
 #endif

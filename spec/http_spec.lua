@@ -234,6 +234,28 @@ describe("coord.http", function()
     assert.are.equal(0, require("coord.core").inflight())
   end)
 
+  it("fails a request whose options libcurl refuses, on a pooled handle too, and goes on", function()
+    -- libcurl refuses a URL over 8 MB (curl_easy_setopt fails): the request fails with that,
+    -- on the handle the first request left in the pool, which then serves the third
+    assert.are.equal("hello", assert(http.get(peer.url("/hello"))).body)
+    local long = peer.url("/hello?pad=" .. ("a"):rep(8 * 1024 * 1024))
+    for _, opts in ipairs { {}, { stream = true } } do
+      local res, err
+      if opts.stream then
+        local s <close> = http.stream { url = long }
+        res, err = s:response()
+      else
+        res, err = http.get(long)
+      end
+      assert.is_nil(res)
+      assert.are.equal("protocol", err.kind)
+      assert.matches("^curl_easy_setopt failed: ", err.message)
+      assert.is_nil(err.maybe_applied)
+    end
+    assert.are.equal("hello", assert(http.get(peer.url("/hello"))).body)
+    assert.are.equal(0, require("coord.core").inflight())
+  end)
+
   it("lua_close with requests in flight is clean", function()
     local ok, code, out = helpers.run_lua(([[
       local coord = require "coord"

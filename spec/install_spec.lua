@@ -28,7 +28,7 @@ describe("running your own script from a checkout", function()
     local ok, out = servers.sh("cd " .. q(top) .. " && " .. CLEAN .. "COORD_EXPECT_FROM=" .. q(top)
       .. " bash -euo pipefail -c " .. q(table.concat(lines, "\n")))
     assert.is_true(ok, out)
-    assert.matches("your_script ok: coord [%d.]+, %d+ modules, coord.core from " .. top:gsub("%p", "%%%0")
+    assert.matches("your_script ok: " .. coord._VERSION:gsub("%p", "%%%0") .. ", %d+ modules, coord.core from " .. top:gsub("%p", "%%%0")
       .. "/coord/core%.so\n", out)
   end)
 
@@ -57,14 +57,35 @@ describe("tested versions", function()
     table.sort(etcd)
     return {
       Lua = { first("lua5.4 -v", "^Lua (%d+%.%d+%.%d+)") },
-      libcurl = { (assert(coord.versions:match("libcurl/(%S+)"), coord.versions)) },
-      libuv = { (assert(coord.versions:match("libuv/(%S+)"), coord.versions)) },
-      ["c-ares"] = { (assert(coord.versions:match("c%-ares/(%S+)"), coord.versions)) },
+      libcurl = { coord.versions.libcurl },
+      libuv = { coord.versions.libuv },
+      ["c-ares"] = { coord.versions.cares },
       etcd = etcd,
       Consul = { first(q(servers.bin.consul) .. " version", "^Consul v(%S+)") },
       LuaRocks = { first("luarocks --version", "^%S+ (%d[%d.]*)") },
     }
   end
+
+  it("coord.versions names coord's version, Lua's and what libcurl and libuv report", function()
+    local v = coord.versions
+    assert.matches("^%d+%.%d+%.%d+$", coord._VERSION)
+    assert.equal(coord._VERSION, v.coord)
+    assert.equal(_VERSION, v.lua)
+    assert.matches("^%d+%.%d+%.%d+", v.libcurl)
+    assert.matches("^%d+%.%d+%.%d+", v.libuv)
+    assert.is_boolean(v.http2)
+    -- curl's own account of itself, as `curl --version` prints it
+    local ok, out = servers.sh("curl --version")
+    assert(ok, out)
+    local first = out:match("^[^\n]*")
+    assert.matches(" libcurl/" .. v.libcurl:gsub("%p", "%%%0") .. " ", first)
+    if v.ssl then assert.truthy(first:find(" " .. v.ssl .. " ", 1, true), first) end
+    assert.equal(out:match("\nFeatures:[^\n]* HTTP2") ~= nil, v.http2)
+    -- the rockspec builds from a checkout (scm) or names this very version
+    local spec = {}
+    assert(load(assert(servers.read_file("rockspec/coord-scm-1.rockspec")), "rockspec", "t", spec))()
+    assert.truthy(spec.version == "scm-1" or spec.version:match("^(.-)%-%d+$") == coord._VERSION, spec.version)
+  end)
 
   it("the README table lists exactly the versions the suite runs on", function()
     local now = measured()

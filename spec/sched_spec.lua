@@ -197,6 +197,49 @@ describe("coord scheduler", function()
     assert.is_false(finished)
   end)
 
+  it("gather raises a function's error even when the error value is nil", function()
+    local other_finished = false
+    local ok, err = pcall(coord.run, function()
+      coord.gather(function() coord.sleep(0.01) error(nil) end,
+                   function() coord.sleep(1) other_finished = true end)
+      return "returned"
+    end)
+    assert.is_false(ok)
+    assert.is_nil(err)
+    coord.run()
+    assert.is_false(other_finished)
+  end)
+
+  it("gather closes the to-be-closed results nobody receives: when one raises, when its caller is canceled", function()
+    local closed = {}
+    local function closable(name)
+      return setmetatable({ name = name }, { __close = function(x) closed[#closed + 1] = x.name end })
+    end
+    assert.has_error(function()
+      coord.run(function()
+        coord.gather(function() return closable("before the failure"), "plain" end,
+                     function() coord.sleep(0.01) error("failed", 0) end)
+      end)
+    end, "failed")
+    coord.run(function()
+      local caller
+      caller = coord.spawn(function()
+        return coord.gather(function() coord.sleep(0) return closable("caller canceled") end,
+                            function() coord.sleep(0.02) caller:cancel() coord.sleep(10) end)
+      end)
+      assert.is_false((caller:join()))
+    end)
+    coord.run()
+    table.sort(closed)
+    assert.are.same({ "before the failure", "caller canceled" }, closed)
+    -- what gather returns is the caller's: nothing of it is closed
+    closed = {}
+    local a = coord.run(function() return coord.gather(function() return closable("kept") end) end)
+    coord.run()
+    assert.are.same({}, closed)
+    assert.are.equal("kept", a[1].name)
+  end)
+
   it("sends errors of spawned coroutines to the handler, with a traceback", function()
     local got
     local old = coord.on_error(function(err, co, trace) got = { err = err, co = co, trace = trace } end)

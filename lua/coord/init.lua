@@ -7,8 +7,10 @@ local sched = require "coord.sched"
 local sync = require "coord.sync"
 local errors = require "coord.errors"
 
+local VERSION = "0.2.0"
+
 local coord = {
-  _VERSION = "coord 0.1.0",
+  _VERSION = VERSION,
   spawn = sched.spawn,
   run = sched.run,
   step = sched.step,
@@ -24,8 +26,11 @@ local coord = {
   on_error = sched.on_error,
   error = errors.new,
   is_error = errors.is,
-  versions = core.versions,
 }
+
+--- What coord runs on: its own version, Lua's, and what the loaded libcurl and libuv report.
+coord.versions = { coord = VERSION, lua = _VERSION }
+for k, v in pairs(core.versions) do coord.versions[k] = v end
 
 coord.http = require "coord.http"
 

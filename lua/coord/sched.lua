@@ -200,7 +200,7 @@ local function finish(t, ok, ...)
   if ok then
     t.results = pack(...)
   else
-    t.err = ...
+    t.failed, t.err = true, ...
     t.traceback = traceback(t.co, tostring(t.err))
     close(t.co) -- runs the coroutine's pending <close> guards: cancels what it waited on
     if not t.propagate then report(t.err, t.co, t.traceback) end
@@ -213,7 +213,7 @@ end
 -- Closes a suspended (or not yet started) task's coroutine: its pending <close> guards run,
 -- cancelling whatever it waits on; joiners get a "canceled" error.
 local function close_task(t)
-  t.done, t.canceled = true, true
+  t.done, t.canceled, t.failed = true, true, true
   t.err = errors.new("canceled", "task canceled")
   close(t.co) -- its guards still see the task as canceling (M.canceling)
   tasks[t.co] = nil
@@ -285,7 +285,7 @@ function Task:join()
     self.joiners[#self.joiners + 1] = w
     wait(w)
   end
-  if self.err ~= nil then return false, self.err end
+  if self.failed then return false, self.err end
   return true, unpack(self.results, 1, self.results.n)
 end
 
@@ -314,7 +314,7 @@ end
 function Task:status()
   if not self.done then return status(self.co) == "running" and "running" or "waiting" end
   if self.canceled then return "canceled" end
-  return self.err ~= nil and "failed" or "done"
+  return self.failed and "failed" or "done"
 end
 
 ---------------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ function M.run(fn, ...)
   rtail = rtail + 1
   rq[rtail] = t
   drive(t)
-  if t.err ~= nil then error(t.err, 0) end
+  if t.failed then error(t.err, 0) end
   return unpack(t.results, 1, t.results.n)
 end
 
@@ -596,24 +596,32 @@ function M.timeout(s, fn, ...)
       return nil, errors.new("timeout", ("timed out after %g s"):format(s))
     end
   end
-  if child.err ~= nil then error(child.err, 0) end
+  if child.failed then error(child.err, 0) end
   return unpack(child.results, 1, child.results.n)
 end
 
 --- Runs every function in its own coroutine and waits for all. Returns one packed table of
---- results per function (t.n and t[1..n]). If one raises, the others are canceled and the
---- error is raised again.
+--- results per function (t.n and t[1..n]). If one raises (any value, nil included), the others
+--- are canceled and the error is raised again. Results nobody will receive (those of the
+--- functions that ended, when one raises or the caller is canceled) are not dropped: the
+--- ones with a __close metamethod (a lock, a leadership) are closed, as coord.timeout does.
 function M.gather(...)
   local n = select("#", ...)
   local fns = { ... }
   for i = 1, n do check_fn(fns[i], i, "gather") end
   local children, left = {}, n
-  local w = M.waiter(function()
-    for i = 1, #children do close_child(children[i]) end
-  end)
+  local function abandon()
+    for i = 1, #children do
+      local c = children[i]
+      if c.results then close_results(c.results) end
+      c.results = nil
+      close_child(c)
+    end
+  end
+  local w = M.waiter(abandon)
   local function notify(t)
     left = left - 1
-    if t.err ~= nil then wake(w, t) elseif left == 0 then wake(w) end
+    if t.failed then wake(w, t) elseif left == 0 then wake(w) end
   end
   for i = 1, n do
     if w.done then break end
@@ -621,7 +629,7 @@ function M.gather(...)
   end
   local failed = n > 0 and wait(w) or nil
   if failed then
-    for i = 1, #children do close_child(children[i]) end
+    abandon()
     error(failed.err, 0)
   end
   local out = {}
