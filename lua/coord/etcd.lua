@@ -35,7 +35,7 @@ local SYNC_RETRY = 1
 local function endpoint(u, tls)
   if not u:find("://", 1, true) then u = "http://" .. u end
   u = u:gsub("/+$", "")
-  local ep = { url = u, base = u, fails = 0, down_until = 0 }
+  local ep = { url = u, base = u, backoff = sched.backoff(BACKOFF_BASE, BACKOFF_MAX), down_until = 0 }
   local path = u:match("^unix://(/.+)$")
   if path then
     ep.base, ep.unix_socket = "http://localhost", path
@@ -181,8 +181,7 @@ function Client:_failed(url, err)
   local eps = self.endpoints
   for k, ep in ipairs(eps) do
     if ep.url == url then
-      ep.fails = ep.fails + 1
-      ep.down_until = now() + sched.jitter(math.min(BACKOFF_MAX, BACKOFF_BASE * 2 ^ (ep.fails - 1)))
+      ep.down_until = now() + ep.backoff:delay()
       self.last_error = err
       if self.cur == k then self.cur = k % #eps + 1 end
       return
@@ -191,7 +190,8 @@ function Client:_failed(url, err)
 end
 
 local function succeeded(ep)
-  ep.fails, ep.down_until = 0, 0
+  ep.backoff:reset()
+  ep.down_until = 0
 end
 
 --- Forgets `token` if it is still the current one, so the next call authenticates again.

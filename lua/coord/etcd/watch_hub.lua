@@ -35,10 +35,6 @@ function M.of(client)
   return hub
 end
 
-local function jittered(failures)
-  return sched.jitter(math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ^ (failures - 1)))
-end
-
 --- Counters for monitoring: watches, connected (endpoint URL or nil), streams opened,
 --- results read, fragments reassembled, pauses of slow watches, probes sent, progress
 --- replies read.
@@ -387,7 +383,7 @@ end
 --- next endpoint and starts again. Ends when no watch is left.
 function M.run(hub)
   local client = hub.client
-  local failures = 0
+  local backoff = sched.backoff(BACKOFF_MIN, BACKOFF_MAX)
   local me = coroutine.running()
   local function mine() return hub.count > 0 and hub.task ~= nil and hub.task.co == me end
   while mine() do
@@ -399,8 +395,7 @@ function M.run(hub)
         fail_all(hub, terr)
         break
       end
-      failures = failures + 1
-      sched.sleep(jittered(failures))
+      sched.sleep(backoff:delay())
     else
       local s <close> = http.stream {
         url = target.url .. "/v3/watch", method = "POST", upload = true,
@@ -425,15 +420,15 @@ function M.run(hub)
       hub.last_error = err
       if not mine() then break end
       if hub.restarting then
-        failures = 0
+        backoff:reset()
       else
         if err and err.kind == "auth" and target.token then
           client:_auth_expired(target.token)
         elseif err and err.kind ~= "canceled" then
           client:_failed(target.endpoint, err)
         end
-        failures = got and 1 or failures + 1
-        sched.sleep(jittered(failures))
+        if got then backoff:reset() end
+        sched.sleep(backoff:delay())
       end
     end
   end
