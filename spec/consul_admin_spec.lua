@@ -157,7 +157,6 @@ describe("coord.consul admin calls", function()
         assert.are.equal(0, report.FailureTolerance)
         assert.are.equal("coord-test", report.Servers[1].Name)
         assert.is_true(report.Servers[1].Leader)
-        print(("autopilot answers seen on a fresh agent: 429 %s, 200 %s"):format(tostring(seen[429]), tostring(seen[200])))
       end)
 
       it("fails over to it and says so in the meta", function()

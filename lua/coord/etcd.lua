@@ -237,6 +237,9 @@ local function server_error(res, j, path)
   -- a value over the gateway's 2 MiB gRPC limit: code 8 like "too many requests", but it
   -- can never succeed
   if msg:find("larger than max", 1, true) then kind = "invalid" end
+  -- the auth store's own refusal, handed on unconverted by some calls (code 2, HTTP 500:
+  -- "auth: permission denied" to a snapshot by a user who is not root)
+  if kind == "http" and msg:find("permission denied", 1, true) then kind = "permission" end
   for _, m in ipairs(auth_messages) do
     if msg:find(m, 1, true) then kind = "auth" end
   end
@@ -251,6 +254,19 @@ local function stream_error(status, j, body, path)
   return server_error({ status = status or 500, body = body or "" }, j, path)
 end
 M._stream_error = stream_error
+
+--- The error of a stream the server refused with status: its body read (at most 64
+--- chunks) and classified as a call's reply would be.
+function M._refused(s, status, path)
+  local body = {}
+  for _ = 1, 64 do
+    local chunk = s:read()
+    if not chunk then break end
+    body[#body + 1] = chunk
+  end
+  body = table.concat(body)
+  return stream_error(status, json_decode(body), body, path)
+end
 
 local function stale_token(err)
   return err.kind == "auth" and (err.message:find("invalid auth token", 1, true)

@@ -34,25 +34,12 @@ local function hex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
--- The error of a refused snapshot stream. The server hands the auth store's own error
--- (code 2, HTTP 500: "auth: permission denied" for a user who is not root) to the gateway
--- unconverted: it is named here as a plain call's would be.
 local function stream_error(status, j, body)
-  local err = require("coord.etcd")._stream_error(status, j, body, SNAPSHOT_PATH)
-  if err.kind == "http" and err.message:find("permission denied", 1, true) then err.kind = "permission" end
-  return err
+  return require("coord.etcd")._stream_error(status, j, body, SNAPSHOT_PATH)
 end
 
--- Reads the body of a refused stream (bounded) and makes its error.
 local function refusal(s, status)
-  local body = {}
-  for _ = 1, 64 do
-    local chunk = s:read()
-    if not chunk then break end
-    body[#body + 1] = chunk
-  end
-  body = table.concat(body)
-  return stream_error(status, json_decode(body), body)
+  return require("coord.etcd")._refused(s, status, SNAPSHOT_PATH)
 end
 
 -- Copies one snapshot stream from target t into the open file f. Returns {size, sha256,
