@@ -224,7 +224,7 @@ describe("coord.consul watch", function()
   end)
 
   it("takes the new values when a restarted agent gives rewritten keys the same indexes", function()
-    local own <close> = servers.consul {}
+    local own <close> = servers.consul { fixed_indexes = true }
     local cl = consul_mod.new { address = own.address }
     local keys = { "same/a", "same/b", "same/c" }
     local function write(tag) return own:write_at_fixed_indexes(cl, keys, tag) end

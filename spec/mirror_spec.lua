@@ -300,7 +300,7 @@ describe("coord.mirror on consul", function()
   end)
 
   it("takes the new values when a restarted agent gives rewritten keys the same indexes", function()
-    local srv <close> = servers.consul {}
+    local srv <close> = servers.consul { fixed_indexes = true }
     local client = backends.consul.client(srv)
     local keys = { "same/a", "same/b", "same/c" }
     local function write(tag) return srv:write_at_fixed_indexes(client, keys, tag) end

@@ -325,6 +325,9 @@ local function consul_start(self)
     hcl[#hcl + 1] = ('ca_file = "%s"\ncert_file = "%s"\nkey_file = "%s"\nverify_incoming = %s')
       :format(c.ca, c.cert, c.key, o.verify_incoming and "true" or "false")
   end
+  -- no writes of its own: the agent's periodic coordinate update takes a Raft index, which
+  -- write_at_fixed_indexes cannot have happen between its writes
+  if o.fixed_indexes then hcl[#hcl + 1] = "disable_coordinates = true" end
   if self.socket then
     hcl[#hcl + 1] = ('addresses { http = "127.0.0.1 unix://%s" }'):format(self.socket)
   end
@@ -380,9 +383,13 @@ end
 function Consul:wait_node()
   local opts = { timeout = 2, headers = self.opts.acl and { ["X-Consul-Token"] = self.opts.acl } or nil,
     tls = self:client_tls() }
+  -- the leader registers the node when it joins; the agent's own sync of it (which adds the
+  -- tagged addresses) is a second write, a little later
   M.until_true("consul node registration", function()
     local res = http.get(self.address .. "/v1/catalog/node/coord-test", opts)
-    return res and res.status == 200 and res.body:find('"Node"', 1, true) ~= nil
+    local j = res and res.status == 200 and require("coord.core").json_decode(res.body)
+    local node = type(j) == "table" and type(j.Node) == "table" and j.Node
+    return node and type(node.TaggedAddresses) == "table" and node.TaggedAddresses.lan ~= nil or false
   end, 60, self.proc)
   -- sessions need the node's serfHealth check too ("Missing check 'serfHealth' registration")
   M.until_true("consul serfHealth check passing", function()
@@ -409,16 +416,22 @@ function Consul:fill_index(client, target)
   error("fill_index: target not reached")
 end
 
---- On a settled agent, writes `tag .. i` to each of keys after filling the index to 50, so
---- that the same call on a fresh agent gives the keys the same ModifyIndex values (what an
---- agent restarted with its data lost does to a watcher). Returns the indexes.
+--- On a settled agent started with fixed_indexes = true, writes `tag .. i` to each of keys
+--- in one transaction after filling the index to 99, so that the same call on a fresh agent
+--- gives the keys the same ModifyIndex (100: what an agent restarted with its data lost does
+--- to a watcher). Returns the indexes.
 function Consul:write_at_fixed_indexes(client, keys, tag)
+  assert(self.opts.fixed_indexes, "write_at_fixed_indexes needs servers.consul{fixed_indexes = true}")
   self:wait_node()
-  self:fill_index(client, 50)
+  self:fill_index(client, 100)
+  local ops = {}
+  for i, k in ipairs(keys) do ops[i] = { verb = "set", key = k, value = tag .. i } end
+  local r = assert(client.txn:run(ops))
+  assert(r.applied, "the transaction was rolled back")
   local idx = {}
   for i, k in ipairs(keys) do
-    assert(client.kv:put(k, tag .. i))
-    idx[i] = client.kv:get(k).modify_index
+    idx[i] = assert(client.kv:get(k)).modify_index
+    assert(idx[i] == 100, ("a write of the agent's own took index 100 (%s is at %d)"):format(k, idx[i]))
   end
   return idx
 end
