@@ -5,7 +5,8 @@ LUA      ?= lua5.4
 # libcurl: the system's (7.88.1) for coord/core.so; `make build CURL=8` builds
 # build/curl8/coord/core.so instead, against libcurl 8.14.1 from bookworm-backports, which
 # `.ci/deps curl8` unpacks into .deps/curl-8.14 (never installed). That core.so finds its libcurl
-# through its own rpath, so nothing else (the system build, the servers, the peer) sees it.
+# through its own rpath rather than LD_LIBRARY_PATH: it holds wherever the .so is loaded (busted,
+# build/host, child lua5.4 processes) and nothing else (the servers, the peer, system tools) sees it.
 CURL     ?=
 CURL8    := $(CURDIR)/.deps/curl-8.14/usr
 ARCH     := $(shell $(CC) -print-multiarch)
@@ -17,9 +18,8 @@ SRCS     := $(wildcard csrc/*.c)
 HDRS     := $(wildcard csrc/*.h)
 PKG_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv libcares)
 PKG_LIBS   = $(shell pkg-config --libs libuv libcares)
-SYS_CURL   = $(shell pkg-config --cflags libcurl) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(shell pkg-config --libs libcurl)
-CURL8_FLAGS = -I$(CURL8)/include/$(ARCH) $(PKG_CFLAGS) -shared -o $@ $(SRCS) \
-              -L$(CURL8)/lib/$(ARCH) -Wl,-rpath,$(CURL8)/lib/$(ARCH) -lcurl
+CURL_CFLAGS = $(shell pkg-config --cflags libcurl)
+CURL_LIBS   = $(shell pkg-config --libs libcurl)
 BUSTED   := $(LUA) /usr/bin/busted
 SPEC_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(1)/?.so;;" COORD_PEER="$(CURDIR)/build/peer$(2)"
@@ -45,18 +45,20 @@ endif
 
 coord/core.so: $(SRCS) $(HDRS)
 	@mkdir -p coord
-	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(SYS_CURL) $(PKG_LIBS)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL_CFLAGS) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(CURL_LIBS) $(PKG_LIBS)
 
 $(CURL8_H):
 	@bash .ci/deps curl8
 
+build/curl8/coord/core.so: CURL_CFLAGS = -I$(CURL8)/include/$(ARCH)
+build/curl8/coord/core.so: CURL_LIBS = -L$(CURL8)/lib/$(ARCH) -Wl,-rpath,$(CURL8)/lib/$(ARCH) -lcurl
 build/curl8/coord/core.so: $(SRCS) $(HDRS) | $(CURL8_H)
 	@mkdir -p build/curl8/coord
-	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL8_FLAGS) $(PKG_LIBS)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL_CFLAGS) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(CURL_LIBS) $(PKG_LIBS)
 
 build/asan/coord/core.so: $(SRCS) $(HDRS)
 	@mkdir -p build/asan/coord
-	$(CC) -O1 -g $(SAN) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(SYS_CURL) $(PKG_LIBS)
+	$(CC) -O1 -g $(SAN) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL_CFLAGS) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(CURL_LIBS) $(PKG_LIBS)
 
 build/peer: spec/peer/peer.c
 	@mkdir -p build
