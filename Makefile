@@ -2,14 +2,24 @@
 # `make test` and `make demo` install what is missing on Debian 12 (see .ci/deps).
 
 LUA      ?= lua5.4
-PKGS     := lua5.4 libuv libcurl libcares
+# libcurl: the system's (7.88.1) for coord/core.so; `make build CURL=8` builds
+# build/curl8/coord/core.so instead, against libcurl 8.14.1 from bookworm-backports, which
+# `.ci/deps curl8` unpacks into .deps/curl-8.14 (never installed). That core.so finds its libcurl
+# through its own rpath rather than LD_LIBRARY_PATH: it holds wherever the .so is loaded (busted,
+# build/host, child lua5.4 processes) and nothing else (the servers, the peer, system tools) sees it.
+CURL     ?=
+CURL8    := $(CURDIR)/.deps/curl-8.14/usr
+ARCH     := $(shell $(CC) -print-multiarch)
+CURL8_H  := $(CURL8)/include/$(ARCH)/curl/curlver.h
 CC       ?= gcc
 WARN     := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
 SRCS     := $(wildcard csrc/*.c)
 HDRS     := $(wildcard csrc/*.h)
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS   = $(shell pkg-config --libs libuv libcurl libcares)
+PKG_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv libcares)
+PKG_LIBS   = $(shell pkg-config --libs libuv libcares)
+CURL_CFLAGS = $(shell pkg-config --cflags libcurl)
+CURL_LIBS   = $(shell pkg-config --libs libcurl)
 BUSTED   := $(LUA) /usr/bin/busted
 SPEC_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(1)/?.so;;" COORD_PEER="$(CURDIR)/build/peer$(2)"
@@ -18,22 +28,37 @@ ASAN_RT   = $(shell $(CC) -print-file-name=libasan.so)
 VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
             --errors-for-leak-kinds=definite,indirect --suppressions=$(CURDIR)/.ci/valgrind.supp
 
-.PHONY: all deps build test asan valgrind demo example bench rock soak clean
+.PHONY: all deps build test test-curl8 asan valgrind demo example bench rock soak clean
 
 all: build
 
 deps:
 	@bash .ci/deps
 
+ifeq ($(CURL),8)
+build: build/curl8/coord/core.so
+else ifeq ($(CURL),)
 build: coord/core.so
+else
+$(error CURL=$(CURL): say CURL=8, or nothing for the system libcurl)
+endif
 
 coord/core.so: $(SRCS) $(HDRS)
 	@mkdir -p coord
-	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(PKG_LIBS)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL_CFLAGS) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(CURL_LIBS) $(PKG_LIBS)
+
+$(CURL8_H):
+	@bash .ci/deps curl8
+
+build/curl8/coord/core.so: CURL_CFLAGS = -I$(CURL8)/include/$(ARCH)
+build/curl8/coord/core.so: CURL_LIBS = -L$(CURL8)/lib/$(ARCH) -Wl,-rpath,$(CURL8)/lib/$(ARCH) -lcurl
+build/curl8/coord/core.so: $(SRCS) $(HDRS) | $(CURL8_H)
+	@mkdir -p build/curl8/coord
+	$(CC) $(CFLAGS) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL_CFLAGS) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(CURL_LIBS) $(PKG_LIBS)
 
 build/asan/coord/core.so: $(SRCS) $(HDRS)
 	@mkdir -p build/asan/coord
-	$(CC) -O1 -g $(SAN) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(PKG_LIBS)
+	$(CC) -O1 -g $(SAN) $(WARN) -std=gnu11 -fPIC -fvisibility=hidden $(CURL_CFLAGS) $(PKG_CFLAGS) -shared -o $@ $(SRCS) $(CURL_LIBS) $(PKG_LIBS)
 
 build/peer: spec/peer/peer.c
 	@mkdir -p build
@@ -52,6 +77,13 @@ build/peer-asan: spec/peer/peer.c
 test: deps
 	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
+
+# make test-curl8 [SPEC=spec/http_spec.lua]: the specs (default: all) with coord built against
+# libcurl 8.14.1 (CURL=8 above); spec/install_spec.lua checks that this is the libcurl loaded.
+SPEC ?= spec
+test-curl8: deps
+	@$(MAKE) --no-print-directory build/curl8/coord/core.so build/peer build/host
+	$(call SPEC_ENV,build/curl8,) COORD_EXPECT_CURL=8.14.1 $(BUSTED) --output=utfTerminal $(SPEC)
 
 asan: deps
 	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan build/host

@@ -49,6 +49,23 @@ describe("tested versions", function()
     return (assert(out:match(pattern), cmd .. " printed no version: " .. out))
   end
 
+  local function loaded_curl()
+    return (assert(coord.versions.libcurl))
+  end
+
+  -- the libcurls the suite runs on: the system's (`make test`), and the one `.ci/deps` unpacks
+  -- into .deps/curl-8.14 (`make test-curl8`), whichever of the two this run loaded
+  local function curls()
+    local set = { [loaded_curl()] = true, [first("pkg-config --modversion libcurl", "^(%S+)")] = true }
+    local h = servers.read_file(".deps/curl-8.14/usr/include/" .. first("gcc -print-multiarch", "^(%S+)")
+      .. "/curl/curlver.h")
+    if h then set[assert(h:match('#define LIBCURL_VERSION "([^"]+)"'))] = true end
+    local list = {}
+    for v in pairs(set) do list[#list + 1] = v end
+    table.sort(list)
+    return list
+  end
+
   local function measured()
     local etcd = {}
     for _, bin in pairs(servers.bin.etcd) do
@@ -57,7 +74,7 @@ describe("tested versions", function()
     table.sort(etcd)
     return {
       Lua = { first("lua5.4 -v", "^Lua (%d+%.%d+%.%d+)") },
-      libcurl = { coord.versions.libcurl },
+      libcurl = curls(),
       libuv = { coord.versions.libuv },
       ["c-ares"] = { coord.versions.cares },
       etcd = etcd,
@@ -98,6 +115,11 @@ describe("tested versions", function()
       table_[row[1]] = list
     end
     assert.same(now, table_)
+  end)
+
+  it("coord runs on the libcurl this run was asked for (COORD_EXPECT_CURL, default the system's)", function()
+    local want = os.getenv("COORD_EXPECT_CURL") or first("pkg-config --modversion libcurl", "^(%S+)")
+    assert.equal(want, loaded_curl())
   end)
 end)
 
