@@ -5,6 +5,7 @@
 #include "dispatch.h"
 #include "file.h"
 #include "json.h"
+#include "pb.h"
 #include "request.h"
 #include "sha256.h"
 #include "srv.h"
@@ -25,6 +26,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_loop_register(L);
   coord_codec_register(L);
   coord_json_register(L);
+  coord_pb_register(L);
   coord_file_register(L);
   coord_sha256_register(L);
   coord_dispatch_register(L);
