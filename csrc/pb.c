@@ -256,7 +256,9 @@ static uint64_t le(const unsigned char *p, int n) {
   return v;
 }
 
-static int skip_field(decoder *d, const unsigned char **pp, const unsigned char *end, uint64_t tag, int depth) {
+/* Skips the value of an unknown field whose tag began at tagat. */
+static int skip_field(decoder *d, const unsigned char *tagat, const unsigned char **pp, const unsigned char *end,
+                      uint64_t tag, int depth) {
   const unsigned char *at = *pp;
   uint64_t v;
   size_t n;
@@ -269,16 +271,16 @@ static int skip_field(decoder *d, const unsigned char **pp, const unsigned char 
       *pp += n;
       return 0;
     case 3: /* a group: skip to its end-group tag */
-      if (depth >= MAX_DEPTH) return fail(d, at, "nested too deeply");
+      if (depth >= MAX_DEPTH) return fail(d, tagat, "nested too deeply");
       for (;;) {
         uint64_t t;
         const unsigned char *tat = *pp;
         if (read_varint(d, pp, end, &t)) return -1;
         if ((t & 7) == 4) return (t >> 3) == (tag >> 3) ? 0 : fail(d, tat, "mismatched end of group");
-        if (skip_field(d, pp, end, t, depth + 1)) return -1;
+        if (skip_field(d, tat, pp, end, t, depth + 1)) return -1;
       }
-    case 4: return fail(d, at, "end of group without a start");
-    default: return fail(d, at, "invalid wire type");
+    case 4: return fail(d, tagat, "end of group without a start");
+    default: return fail(d, tagat, "invalid wire type");
   }
   if ((size_t)(end - *pp) < n) return fail(d, at, "truncated fixed-width value");
   *pp += n;
@@ -375,7 +377,7 @@ static int decode_message(decoder *d, int msg, const unsigned char *p, const uns
     const pb_field *f = find_field(m, (uint32_t)(tag >> 3));
     unsigned wt = (unsigned)(tag & 7);
     if (f == NULL) {
-      if (skip_field(d, &p, end, tag, depth)) return -1;
+      if (skip_field(d, at, &p, end, tag, depth)) return -1;
       continue;
     }
     lua_rawgeti(L, d->names, f->name);
