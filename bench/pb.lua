@@ -52,15 +52,11 @@ end
 local pb_decode, json_decode, kv, hdr = core.pb_decode, core.json_decode, proto.kv, proto.header
 
 local function pb_only(s) return pb_decode(types.RangeResponse, s) end
--- what the gRPC transport will hand on: the same kv tables as the JSON path, defaults filled
+-- what the gRPC transport will hand on: the JSON path's kv shape (absent fields as 0 and ""),
+-- filled in by the decoder itself
 local function pb_full(s)
-  local r = pb_decode(types.RangeResponse, s)
-  local out = {}
-  for i, k in ipairs(r.kvs or {}) do
-    out[i] = { key = k.key or "", value = k.value or "", create_revision = k.create_revision or 0,
-      mod_revision = k.mod_revision or 0, version = k.version or 0, lease = k.lease or 0 }
-  end
-  return out, r.header
+  local r = pb_decode(types.RangeResponse, s, true)
+  return r.kvs or {}, r.header
 end
 local function json_only(s) return json_decode(s) end
 local function json_full(s) -- what coord.etcd does with a gateway reply today
@@ -70,7 +66,7 @@ local function json_full(s) -- what coord.etcd does with a gateway reply today
   return out, hdr(r.header)
 end
 
-print(("%-8s %7s %7s %11s %11s %11s %11s %9s %9s"):format("kvs", "pb B", "json B", "pb ns", "pb+kv ns",
+print(("%-8s %7s %7s %11s %11s %11s %11s %9s %9s"):format("kvs", "pb B", "json B", "pb ns", "pb+dflt ns",
   "json ns", "json+kv ns", "pb/json", "full"))
 for _, n in ipairs { 1, 100 } do
   local pb, json = reply(n)
@@ -82,5 +78,5 @@ for _, n in ipairs { 1, 100 } do
   print(("%-8d %7d %7d %11.0f %11.0f %11.0f %11.0f %9.2f %9.2f"):format(n, #pb, #json, t_pb * 1e9, t_pbf * 1e9,
     t_js * 1e9, t_jsf * 1e9, t_pb / t_js, t_pbf / t_jsf))
 end
-print("pb/json: pb_decode against json_decode alone; full: both turned into coord's kv tables "
-  .. "(json: + base64 and int64 strings)")
+print("pb/json: pb_decode against json_decode alone; full: both as coord's kv tables, every field "
+  .. "there (pb: pb_decode with defaults; json: + base64 and int64 strings, coord.etcd.proto.kv)")

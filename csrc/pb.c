@@ -215,6 +215,7 @@ typedef struct decoder {
   const pb_set *set;
   const unsigned char *start;
   int names;
+  int defaults; /* fill absent singular scalars with their proto3 defaults */
   const char *err;
   const unsigned char *errat;
 } decoder;
@@ -226,8 +227,13 @@ static int fail(decoder *d, const unsigned char *at, const char *what) {
 }
 
 /* Reads a varint of at most 10 bytes whose value fits in 64 bits. */
-static int read_varint(decoder *d, const unsigned char **pp, const unsigned char *end, uint64_t *out) {
+static inline int read_varint(decoder *d, const unsigned char **pp, const unsigned char *end, uint64_t *out) {
   const unsigned char *p = *pp;
+  if (p < end && *p < 0x80) { /* tags and small values: one byte */
+    *out = *p;
+    *pp = p + 1;
+    return 0;
+  }
   uint64_t v = 0;
   for (int i = 0; i < 10; i++) {
     if (p >= end) return fail(d, *pp, "truncated varint");
@@ -369,6 +375,18 @@ static int decode_message(decoder *d, int msg, const unsigned char *p, const uns
   if (depth > MAX_DEPTH) return fail(d, p, "nested too deeply");
   if (!lua_checkstack(L, 8)) return fail(d, p, "nested too deeply");
   int t = lua_gettop(L);
+  if (d->defaults) { /* set first, overwritten by what the wire holds */
+    for (int i = 0; i < m->nfields; i++) {
+      const pb_field *f = &m->fields[i];
+      if (f->repeated || f->oneof || f->type == T_MESSAGE) continue;
+      lua_rawgeti(L, d->names, f->name);
+      if (f->type == T_BOOL) lua_pushboolean(L, 0);
+      else if (f->type == T_STRING || f->type == T_BYTES) lua_pushliteral(L, "");
+      else if (f->type == T_FLOAT || f->type == T_DOUBLE) lua_pushnumber(L, 0);
+      else lua_pushinteger(L, 0);
+      lua_rawset(L, t);
+    }
+  }
   while (p < end) {
     const unsigned char *at = p;
     uint64_t tag;
@@ -436,14 +454,18 @@ static int decode_message(decoder *d, int msg, const unsigned char *p, const uns
   return 0;
 }
 
-/* pb_decode(handle, bytes): the message as a table (fields absent on the wire are absent),
-   or nil and "invalid protobuf at offset N: why". Never reads outside `bytes`. */
+/* pb_decode(handle, bytes [, defaults]): the message as a table, or nil and "invalid protobuf
+   at offset N: why". Fields absent on the wire are absent, unless `defaults` is true: then every
+   singular scalar outside a oneof is there with its proto3 default (0, false, ""), the shape
+   the JSON path's tables have. Never reads outside `bytes`. */
 static int pb_decode(lua_State *L) {
   pb_handle *h;
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 2, &n);
+  int defaults = lua_toboolean(L, 3);
+  lua_settop(L, 2);
   pb_set *set = handle_set(L, 1, &h);
-  decoder d = {L, set, s, lua_gettop(L), NULL, NULL};
+  decoder d = {L, set, s, lua_gettop(L), defaults, NULL, NULL};
   lua_createtable(L, 0, set->msgs[h->msg].nfields);
   if (decode_message(&d, h->msg, s, s + n, 1) == 0) return 1;
   lua_settop(L, d.names);

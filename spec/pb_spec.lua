@@ -119,6 +119,18 @@ describe("the protobuf codec", function()
     assert.are.same({ sub = {} }, D(T.All, E(T.All, { sub = {} })))
   end)
 
+  it("fills absent singular scalars with their defaults when asked, as the JSON path's tables have them", function()
+    local bytes = E(T.All, { i64 = 5, sub = { name = "n" }, rsub = { {} }, one_s = "x" })
+    local t = D(T.All, bytes, true)
+    assert.are.same({ i32 = 0, i64 = 5, u32 = 0, u64 = 0, s32 = 0, s64 = 0, b = false, e = 0, f32 = 0, sf32 = 0,
+      fl = 0.0, f64 = 0, sf64 = 0, d = 0.0, str = "", by = "", sub = { x = 0, name = "n" }, rsub = { { x = 0, name = "" } },
+      one_s = "x" }, t)
+    assert.are.equal("float", math.type(t.d))
+    assert.are.same({ i64 = 5, sub = { name = "n" }, rsub = { {} }, one_s = "x" }, D(T.All, bytes))
+    local kv = D(etcd.KeyValue, E(etcd.KeyValue, { key = "k" }), true)
+    assert.are.same({ key = "k", value = "", create_revision = 0, mod_revision = 0, version = 0, lease = 0 }, kv)
+  end)
+
   it("round-trips repeated fields, packing the scalars, and decodes packed and unpacked alike", function()
     local t = {
       ri32 = { 1, -1, 300 }, ri64 = { math.mininteger, 0, math.maxinteger }, rs64 = { -1, 1, -2 },
@@ -375,7 +387,7 @@ describe("etcd's schemas", function()
       for _ = 1, math.random(1, 3) do input = mutate(input) end
       local against = seeds[math.random(#seeds)][1] -- sometimes another message's bytes
       if math.random(2) == 1 then against = seeds[k][1] end
-      local ok, v, err = pcall(D, against, input)
+      local ok, v, err = pcall(D, against, input, math.random(4) == 1) -- sometimes with defaults
       assert(ok, "decode raised: " .. tostring(v) .. " on " .. hex(input) .. " (seed " .. seed .. ")")
       if v then
         decoded = decoded + 1
