@@ -305,7 +305,7 @@ static const pb_field *find_field(const pb_msg *m, uint32_t number) {
   return NULL;
 }
 
-static int decode_message(decoder *d, int msg, const unsigned char *p, const unsigned char *end, int depth);
+static int decode_message(decoder *d, int msg, const unsigned char *p, const unsigned char *end, int depth, int fresh);
 
 /* Reads one value of field f (wire type already checked) and pushes it. */
 static int push_value(decoder *d, const pb_field *f, const unsigned char **pp, const unsigned char *end, int depth) {
@@ -362,20 +362,21 @@ static int push_value(decoder *d, const pb_field *f, const unsigned char **pp, c
         return 0;
       }
       lua_createtable(L, 0, d->set->msgs[f->msg].nfields);
-      if (decode_message(d, f->msg, *pp, *pp + n, depth + 1)) return -1;
+      if (decode_message(d, f->msg, *pp, *pp + n, depth + 1, 1)) return -1;
       *pp += n;
       return 0;
   }
 }
 
-/* Decodes the bytes [p, end) into the table on top of the stack. */
-static int decode_message(decoder *d, int msg, const unsigned char *p, const unsigned char *end, int depth) {
+/* Decodes the bytes [p, end) into the table on top of the stack (fresh: a new table, not one
+   being merged into). */
+static int decode_message(decoder *d, int msg, const unsigned char *p, const unsigned char *end, int depth, int fresh) {
   lua_State *L = d->L;
   const pb_msg *m = &d->set->msgs[msg];
   if (depth > MAX_DEPTH) return fail(d, p, "nested too deeply");
   if (!lua_checkstack(L, 8)) return fail(d, p, "nested too deeply");
   int t = lua_gettop(L);
-  if (d->defaults) { /* set first, overwritten by what the wire holds */
+  if (d->defaults && fresh) { /* set first, overwritten by what the wire holds */
     for (int i = 0; i < m->nfields; i++) {
       const pb_field *f = &m->fields[i];
       if (f->repeated || f->oneof || f->type == T_MESSAGE) continue;
@@ -433,7 +434,7 @@ static int decode_message(decoder *d, int msg, const unsigned char *p, const uns
       if (lua_rawget(L, t) == LUA_TTABLE) {
         size_t len;
         if (read_length(d, &p, end, &len)) return -1;
-        if (decode_message(d, f->msg, p, p + len, depth + 1)) return -1;
+        if (decode_message(d, f->msg, p, p + len, depth + 1, 0)) return -1;
         p += len;
         lua_rawset(L, t);
         continue;
@@ -467,7 +468,7 @@ static int pb_decode(lua_State *L) {
   pb_set *set = handle_set(L, 1, &h);
   decoder d = {L, set, s, lua_gettop(L), defaults, NULL, NULL};
   lua_createtable(L, 0, set->msgs[h->msg].nfields);
-  if (decode_message(&d, h->msg, s, s + n, 1) == 0) return 1;
+  if (decode_message(&d, h->msg, s, s + n, 1, 1) == 0) return 1;
   lua_settop(L, d.names);
   luaL_pushfail(L);
   lua_pushfstring(L, "invalid protobuf at offset %d: %s", (int)(d.errat - d.start), d.err);

@@ -176,6 +176,7 @@ describe("the protobuf codec", function()
   it("merges a message field seen twice and lets the last oneof member win", function()
     local twice = E(T.All, { sub = { x = 5 } }) .. E(T.All, { sub = { name = "n" } })
     assert.are.same({ sub = { x = 5, name = "n" } }, D(T.All, twice))
+    assert.are.same({ x = 5, name = "n" }, D(T.All, twice, true).sub) -- defaults do not undo the first part
     local both = E(T.All, { one_i = 4 }) .. E(T.All, { one_s = "s" })
     assert.are.same({ one_s = "s" }, D(T.All, both))
     assert.are.same({ one_i = 4 }, D(T.All, E(T.All, { one_s = "s" }) .. E(T.All, { one_i = 4 })))
