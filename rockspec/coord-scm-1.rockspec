@@ -53,6 +53,7 @@ build = {
          ["coord.http"] = "lua/coord/http.lua",
          ["coord.etcd"] = "lua/coord/etcd.lua",
          ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
+         ["coord.etcd.pb_schema"] = "lua/coord/etcd/pb_schema.lua",
          ["coord.mirror"] = "lua/coord/mirror.lua",
          ["coord.consul"] = "lua/coord/consul.lua",
          ["coord.consul.kv"] = "lua/coord/consul/kv.lua",
