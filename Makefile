@@ -74,9 +74,12 @@ build/peer-asan: spec/peer/peer.c
 	@mkdir -p build
 	$(CC) -std=gnu11 -O1 -g $(SAN) $(WARN) -pthread -o $@ $<
 
+# make test: the whole suite on the system's libcurl (7.88.1), then again on libcurl 8.14.1
+# (test-curl8, without the soak and the rockspec install, which builds on the system's).
 test: deps
 	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
+	@$(MAKE) --no-print-directory test-curl8 SPEC="--exclude-pattern=soak_spec --exclude-pattern=rock_spec spec"
 
 # make test-curl8 [SPEC=spec/http_spec.lua]: the specs (default: all) with coord built against
 # libcurl 8.14.1 (CURL=8 above); spec/install_spec.lua checks that this is the libcurl loaded.
