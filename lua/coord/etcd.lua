@@ -221,9 +221,31 @@ local function stream_error(status, j, body, path)
 end
 M._stream_error = stream_error
 
+-- The error of a stream the server refused with status: its body (read, bounded) classified
+-- as a call's reply is.
+function M._refusal(s, status, path)
+  local body = {}
+  for _ = 1, 64 do
+    local chunk = s:read()
+    if not chunk then break end
+    body[#body + 1] = chunk
+  end
+  body = table.concat(body)
+  return stream_error(status, json_decode(body), body, path)
+end
+
 local function stale_token(err)
   return err.kind == "auth" and (err.message:find("invalid auth token", 1, true)
     or err.message:find("auth store is old", 1, true)) and true or false
+end
+
+--- The pipeline's credential refresh, for calls and streams alike: when err says that
+--- token (the one a request was sent with) is stale, forgets it so that the next pick
+--- authenticates again (single-flight), and returns true: worth one more attempt.
+function Client:_refresh(err, token)
+  if not (token and stale_token(err)) then return false end
+  self:_auth_expired(token)
+  return true
 end
 
 -- The pipeline's "pick + credentials" step, shared by calls and streams: a token first when
@@ -324,9 +346,7 @@ end
 
 -- The token was refused as stale: forget it, the next attempt authenticates again.
 function backend.refresh(self, err, call)
-  if not (call.with_token and call.token and stale_token(err)) then return false end
-  self:_auth_expired(call.token)
-  return true
+  return call.with_token and self:_refresh(err, call.token)
 end
 
 function backend.transient() return false end

@@ -37,22 +37,17 @@ end
 -- The error of a refused snapshot stream. The server hands the auth store's own error
 -- (code 2, HTTP 500: "auth: permission denied" for a user who is not root) to the gateway
 -- unconverted: it is named here as a plain call's would be.
-local function stream_error(status, j, body)
-  local err = require("coord.etcd")._stream_error(status, j, body, SNAPSHOT_PATH)
+local function named(err)
   if err.kind == "http" and err.message:find("permission denied", 1, true) then err.kind = "permission" end
   return err
 end
 
--- Reads the body of a refused stream (bounded) and makes its error.
+local function stream_error(status, j, body)
+  return named(require("coord.etcd")._stream_error(status, j, body, SNAPSHOT_PATH))
+end
+
 local function refusal(s, status)
-  local body = {}
-  for _ = 1, 64 do
-    local chunk = s:read()
-    if not chunk then break end
-    body[#body + 1] = chunk
-  end
-  body = table.concat(body)
-  return stream_error(status, json_decode(body), body)
+  return named(require("coord.etcd")._refusal(s, status, SNAPSHOT_PATH))
 end
 
 -- Copies one snapshot stream from target t into the open file f. Returns {size, sha256,
@@ -229,12 +224,10 @@ return function(Client, E)
       end
       os.remove(tmp)
       -- an expired token: authenticate again, once
-      local stale = h.kind == "auth" and t.token and h.message:find("invalid auth token", 1, true)
-      if attempt == 2 or not stale then
+      if attempt == 2 or not self:_refresh(h, t.token) then
         h.path = h.path or SNAPSHOT_PATH
         return nil, h
       end
-      self:_auth_expired(t.token)
     end
   end
 

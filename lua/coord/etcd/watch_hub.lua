@@ -293,16 +293,7 @@ end
 local function read_loop(hub, s)
   local status, err = s:response()
   if not status then return err, false end
-  if status ~= 200 then
-    local body = {}
-    for _ = 1, 64 do
-      local chunk = s:read()
-      if not chunk then break end
-      body[#body + 1] = chunk
-    end
-    body = table.concat(body)
-    return stream_error(status, json_decode(body), body), false
-  end
+  if status ~= 200 then return require("coord.etcd")._refusal(s, status, "/v3/watch"), false end
   local got = false
   while true do
     local line, rerr = s:read_line()
