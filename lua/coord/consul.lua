@@ -282,9 +282,9 @@ local function use_agent(self, i)
   self.cur, self.base, self.unix_socket, self.limit = i, a.base, a.unix_socket, a.limit
 end
 
--- The Consul backend of coord.pipeline. A call: method, rest (path and query), req (the
--- coord.http request, its url set per attempt), attempt (seconds per attempt), blocking,
--- ok, raw, cached, token (the caller's own: never replaced), sent_token, cache_control.
+-- The Consul backend of coord.pipeline. A call is also its coord.http request (its url set
+-- per attempt), with rest (path and query), opts (_call's), sent_token (the token in its
+-- headers), and the pipeline's cap, idempotent, retries.
 local backend = {
   -- the agent itself is out of reach: the client moves to its next address
   down = { connect = true, resolve = true, closed = true, unknown = true, timeout = true, tls = true },
@@ -295,38 +295,38 @@ function backend.pick(self)
 end
 
 function backend.request(self, agent, call)
-  local req = call.req
-  req.url, req.unix_socket, req.timeout = agent.base .. call.rest, agent.unix_socket, call.attempt
-  if call.token == nil and self.token ~= call.sent_token then
+  call.url, call.unix_socket = agent.base .. call.rest, agent.unix_socket
+  if self.token ~= call.sent_token and call.opts.token == nil then
     -- the token was rotated since the last attempt
     call.sent_token = self.token
-    req.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = call.cache_control }
+    call.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = call.opts.cache_control }
   end
-  return req
+  return call
 end
 
 -- One exchange with an agent, holding a permit of its limit (two for a blocking read).
 function backend.send(_, agent, req, call)
-  local b <close> = call.blocking and agent.limit.blocking:acquire() or nil
+  local opts = call.opts
+  local b <close> = (opts.index or opts.hash) and agent.limit.blocking:acquire() or nil
   local permit <close> = agent.limit.all:acquire()
   return http.request(req)
 end
 
-function backend.classify(_, res, call)
-  local req = call.req
-  if not accepted(call.ok, res.status) then return server_error(res, call.method, req.url) end
+function backend.classify(_, res, req)
+  local opts = req.opts
+  if not accepted(opts.ok, res.status) then return server_error(res, req.method, req.url) end
   local raw, body_out = res.body, nil
-  if call.raw or raw == "" then
+  if opts.raw or raw == "" then
     body_out = raw ~= "" and raw or nil
   else
     local v, jerr = core.json_decode(raw)
     if v == nil and res.status < 300 then
       return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr,
-        { status = res.status, method = call.method, url = req.url })
+        { status = res.status, method = req.method, url = req.url })
     end
     body_out = v == nil and raw or v
   end
-  return { status = res.status, body = body_out, meta = meta_of(res, call.cached) }
+  return { status = res.status, body = body_out, meta = meta_of(res, opts.cached) }
 end
 
 function backend.failed(self, agent)
@@ -345,7 +345,7 @@ end
 -- answer is "ACL not found" and the token file now holds another token. A 403 applied
 -- nothing, so sending again is safe.
 function backend.refresh(self, err, call)
-  if err.status ~= 403 or call.token ~= nil then return false end
+  if err.status ~= 403 or call.opts.token ~= nil then return false end
   local token = call.sent_token
   if self.token ~= token then return true end
   if not self.token_file or err.kind ~= "auth" then return false end
@@ -357,7 +357,7 @@ end
 
 -- A read is tried again when its connection failed or the server said so (429, 500, 503).
 function backend.transient(_, err, call)
-  if call.method ~= "GET" then return false end
+  if not call.idempotent then return false end
   local status = err.status
   if status then return status == 429 or status == 500 or status == 503 end
   return err.kind == "connect" or err.kind == "closed"
@@ -377,6 +377,7 @@ function Client:_call(method, path, opts)
   local blocking = opts.index or opts.hash
   local wait = opts.wait or (blocking and 300) or nil
   local timeout = opts.timeout
+  -- each attempt's (the pipeline gives every attempt what is left of a caller's timeout)
   local attempt = self.timeout
   if wait then
     if timeout then wait = capped_wait(wait, timeout) else attempt = wait + wait / 16 + self.timeout end
@@ -386,22 +387,24 @@ function Client:_call(method, path, opts)
   if type(body) == "table" then body = core.json_encode(body) end
   local token = opts.token
   if token == nil then token = self.token end
-  -- only the fields that are set: a constructor sizes the table for every field it names
-  local req = { method = method, url = false, timeout = attempt }
-  if body ~= nil then req.body = body end
-  if self.tls ~= nil then req.tls = self.tls end
-  if token and token ~= "" then req.headers = { ["X-Consul-Token"] = token } end
+  local headers
+  if token and token ~= "" then headers = { ["X-Consul-Token"] = token } end
   local cc = opts.cache_control
   if cc then
-    req.headers = req.headers or {}
-    req.headers["Cache-Control"] = cc
+    headers = headers or {}
+    headers["Cache-Control"] = cc
   end
-  return pipeline.run(backend, self, {
-    method = method, rest = #q > 0 and path .. "?" .. table.concat(q, "&") or path, req = req,
-    attempt = attempt, timeout = timeout, blocking = blocking, ok = opts.ok, raw = opts.raw,
-    cached = opts.cached, token = opts.token, sent_token = token, cache_control = cc,
-    idempotent = method == "GET", retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0),
-  })
+  local get = method == "GET"
+  -- eight fields, the table's size; the others only when they are set
+  local call = {
+    method = method, url = false, timeout = attempt, rest = #q > 0 and path .. "?" .. table.concat(q, "&") or path,
+    opts = opts, cap = timeout, idempotent = get, retries = opts.retries or ((get and not blocking) and 2 or 0),
+  }
+  if body ~= nil then call.body = body end
+  if self.tls ~= nil then call.tls = self.tls end
+  if headers then call.headers = headers end
+  if token ~= nil then call.sent_token = token end
+  return pipeline.run(backend, self, call)
 end
 
 -- The options every call accepts, with the type each must have.

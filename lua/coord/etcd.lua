@@ -288,18 +288,13 @@ function backend.pick(self, call)
   return acquire(self, call.with_token)
 end
 
+-- The call is the coord.http request too: the endpoint's fields are set here, per attempt.
 function backend.request(self, ep, call)
   local t = call.at and target(self, ep) or cached_target(self, ep, call.with_token)
-  call.token = t.token
-  local data = call.data
-  return {
-    url = t.url .. call.path, method = data and "POST" or "GET", body = data, headers = t.headers,
-    timeout = self.timeout, tls = t.tls, http_version = t.http_version, pipewait = t.pipewait,
-    unix_socket = t.unix_socket, connect_to = t.connect_to,
-    -- only an idempotent call may be sent again by libcurl when its connection dies before
-    -- the reply (see coord.http's resend)
-    resend = call.idempotent or nil,
-  }
+  call.url, call.headers, call.tls, call.token = t.url .. call.path, t.headers, t.tls, t.token
+  call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait, t.unix_socket, t.connect_to
+  call.timeout = self.timeout
+  return call
 end
 
 function backend.send(_, _, req, call)
@@ -362,11 +357,22 @@ function Client:_failed(u, err)
   end
 end
 
-local function post(self, path, body, opts, with_token)
-  return pipeline.run(backend, self, {
-    path = path, data = body and json_encode(body), with_token = with_token,
-    idempotent = opts and opts.idempotent, timeout = opts and opts.timeout,
-  })
+-- A call of the pipeline, which is also its coord.http request (a constructor sizes the table
+-- for every field it names, so the fields backend.request sets are named here too). data:
+-- the JSON text of body when the caller made it already; at: one endpoint only (_at).
+-- Only an idempotent call may be sent again by libcurl when its connection dies before the
+-- reply (see coord.http's resend).
+local function post(self, path, body, opts, with_token, data, at)
+  data = data or body and json_encode(body)
+  local idempotent = opts and opts.idempotent
+  local call = {
+    path = path, with_token = with_token, idempotent = idempotent, cap = opts and opts.timeout,
+    method = data and "POST" or "GET", body = data, resend = idempotent or nil,
+    url = nil, headers = nil, tls = nil, token = nil, http_version = nil, pipewait = nil, unix_socket = nil,
+    connect_to = nil, timeout = nil,
+  }
+  call.at = at -- (not named above: 16 names fill the table's 16 slots)
+  return pipeline.run(backend, self, call)
 end
 
 --- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") through
@@ -380,10 +386,7 @@ end
 --- Sends body (nil: a GET) to path on the endpoint with base URL `url` only, with the
 --- client's token, re-authenticating once if it has expired. For per-member calls.
 function Client:_at(u, path, body, opts)
-  return pipeline.run(backend, self, {
-    path = path, data = body and json_encode(body), with_token = true, at = endpoint(u, self.tls),
-    idempotent = opts and opts.idempotent, timeout = opts and opts.timeout,
-  })
+  return post(self, path, body, opts, true, nil, endpoint(u, self.tls))
 end
 
 -- The client URLs of the voting members in a member list reply, each once.
@@ -590,8 +593,14 @@ function Client:get(key, opts)
   -- the RangeRequest of range_request for one key, without the options get does not take
   local k = self.prefix .. key
   if k == "" then k = "\0" end
-  local body = { key = b64(k), revision = i64(revision), serializable = serializable or nil }
-  local j, err = self:_post("/v3/kv/range", body, IDEMPOTENT)
+  local j, err
+  if revision or serializable then
+    j, err = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision), serializable = serializable or nil },
+      IDEMPOTENT, true)
+  else
+    -- (base64 needs no JSON escaping: the text json_encode would make, without its table)
+    j, err = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}')
+  end
   if not j then return nil, err end
   local kv = j.kvs and j.kvs[1]
   return kv and kv_of(kv, #self.prefix) or nil, nil, header_of(j.header)

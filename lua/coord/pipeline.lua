@@ -33,16 +33,18 @@ end
 --   transient(c, err, call) -> true for an answer worth another attempt after a backoff;
 --   never_sent(err) (optional, on top of M.never_sent);
 --   down: the error kinds that say the endpoint is in trouble.
--- call: idempotent (may be sent again after any failure), timeout (the caller's cap on the
--- whole call: attempts, re-authentication and backoff), retries (transient answers retried,
--- default 0), plus whatever the backend reads.
+-- call: idempotent (may be sent again after any failure), cap (the caller's timeout: a cap on
+-- the whole call, attempts, re-authentication and backoff), retries (transient answers
+-- retried, default 0), plus whatever the backend reads. The backend may make the call table
+-- its request table too (coord.http ignores fields it does not know): one table per call.
 -- A failure may be retried only when the call is idempotent or the request certainly never
 -- left (a write with err.maybe_applied is never sent again): on the next endpoint right away
 -- when the endpoint is in trouble (each endpoint once per call), else after a backoff when
 -- the backend says the answer is transient (call.retries times). Credentials are refreshed
 -- once per call, whatever the call (a refused request applied nothing).
 function M.run(b, c, call)
-  local deadline = call.timeout and now() + call.timeout
+  local cap = call.cap
+  local deadline = cap and now() + cap
   local down, send = b.down, b.send or default_send
   local moves, retries, refreshed, backoff = 0, 0, false, nil
   local last
@@ -53,7 +55,7 @@ function M.run(b, c, call)
     if deadline then
       local left = deadline - now()
       if left <= 0 then
-        return nil, last or errors.new("timeout", "the call's timeout passed", { timeout = call.timeout })
+        return nil, last or errors.new("timeout", "the call's timeout passed", { timeout = cap })
       end
       req.timeout = left -- the caller's timeout is every attempt's, less what went before
     end
