@@ -2,7 +2,6 @@
 
 local core = require "coord.core"
 local http = require "coord.http"
-local sched = require "coord.sched"
 local sync = require "coord.sync"
 local errors = require "coord.errors"
 local url = require "coord.url"
