@@ -266,4 +266,39 @@ describe("coord.consul client", function()
       peer.stop()
     end)
   end)
+
+  -- coord.pipeline's retry policy and whole-call deadline, against the fault peer's /status
+  describe("the request pipeline", function()
+    local peer
+    setup(function() peer = helpers.start_peer() end)
+    teardown(function() peer.stop() end)
+
+    local function requests()
+      local res = assert(require("coord.http").request { url = peer.url("/stats"), expect = 200 })
+      return require("coord.core").json_decode(res.body).requests
+    end
+
+    it("retries a transient answer `retries` times, and a caller's timeout caps the whole call", function()
+      local c = consul_mod.new { address = peer.url("") }
+      local before = requests()
+      local ok, err = c:request { path = "/status", query = { code = 503, body = "busy" } }
+      assert.is_nil(ok)
+      assert.are.equal("unavailable", err.kind)
+      assert.are.equal(3, requests() - before - 1, "one attempt and two retries")
+      -- 60 retries would back off for minutes (up to 5 s each): the timeout ends it
+      before = requests()
+      local t0 = coord.now()
+      ok, err = c:request { path = "/status", query = { code = 503, body = "busy" }, retries = 60, timeout = 0.5 }
+      assert.is_nil(ok)
+      assert.are.equal("unavailable", err.kind, "the last attempt's error")
+      assert.is_true(coord.now() - t0 < 10, "ended by the call's timeout")
+      assert.is_true(requests() - before - 1 >= 2, "retried within it")
+      -- a write is not retried on a transient answer
+      before = requests()
+      ok, err = c:request { method = "PUT", path = "/status", query = { code = 503 }, retries = 5 }
+      assert.is_nil(ok)
+      assert.are.equal(503, err.status)
+      assert.are.equal(1, requests() - before - 1)
+    end)
+  end)
 end)

@@ -2,11 +2,11 @@
 
 local core = require "coord.core"
 local http = require "coord.http"
-local sched = require "coord.sched"
 local sync = require "coord.sync"
 local errors = require "coord.errors"
 local url = require "coord.url"
 local args = require "coord.args"
+local pipeline = require "coord.pipeline"
 
 local M = {}
 
@@ -276,26 +276,66 @@ function Client:_error(res, method, path)
   return server_error(res, method, self.base .. path)
 end
 
+local function use_agent(self, i)
+  local a = self.agents[i]
+  self.cur, self.base, self.unix_socket, self.limit = i, a.base, a.unix_socket, a.limit
+end
+
+-- The Consul backend of coord.pipeline. A call is also its coord.http request (its url set
+-- per attempt), with rest (path and query), opts (_call's), sent_token (the token in its
+-- headers), and the pipeline's cap, idempotent, retries.
+local backend = {
+  -- the agent itself is out of reach: the client moves to its next address
+  down = { connect = true, resolve = true, closed = true, unknown = true, timeout = true, tls = true },
+}
+
+function backend.pick(self)
+  return self.agents[self.cur]
+end
+
+function backend.request(self, agent, call)
+  call.url, call.unix_socket = agent.base .. call.rest, agent.unix_socket
+  if self.token ~= call.sent_token and call.opts.token == nil then
+    -- the token was rotated since the last attempt
+    call.sent_token = self.token
+    call.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = call.opts.cache_control }
+  end
+  return call
+end
+
 -- One exchange with an agent, holding a permit of its limit (two for a blocking read).
-local function send(agent, req, blocking)
-  local b <close> = blocking and agent.limit.blocking:acquire() or nil
+function backend.send(_, agent, req, call)
+  local opts = call.opts
+  local b <close> = (opts.index or opts.hash) and agent.limit.blocking:acquire() or nil
   local permit <close> = agent.limit.all:acquire()
   return http.request(req)
 end
 
--- Failures that say the agent itself is out of reach: the client moves to its next address.
-local agent_down = { connect = true, resolve = true, closed = true, unknown = true, timeout = true, tls = true }
-
--- Whether a request that failed with err may be sent again (to this agent or another): a
--- read may; a write only when it certainly never left this process.
-local function repeatable(method, err)
-  if method == "GET" then return true end
-  return (err.kind == "connect" or err.kind == "resolve") and not err.maybe_applied
+function backend.classify(_, res, req)
+  local opts = req.opts
+  if not accepted(opts.ok, res.status) then return server_error(res, req.method, req.url) end
+  local raw, body_out = res.body, nil
+  if opts.raw or raw == "" then
+    body_out = raw ~= "" and raw or nil
+  else
+    local v, jerr = core.json_decode(raw)
+    if v == nil and res.status < 300 then
+      return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr,
+        { status = res.status, method = req.method, url = req.url })
+    end
+    body_out = v == nil and raw or v
+  end
+  return { status = res.status, body = body_out, meta = meta_of(res, opts.cached) }
 end
 
-local function use_agent(self, i)
-  local a = self.agents[i]
-  self.cur, self.base, self.unix_socket, self.limit = i, a.base, a.unix_socket, a.limit
+function backend.failed(self, agent)
+  if self.agents[self.cur] == agent then use_agent(self, self.cur % #self.agents + 1) end
+end
+
+function backend.succeeded() end
+
+function backend.size(self)
+  return #self.agents
 end
 
 -- A 403 for a request sent with the client's token: true when the request may be sent again
@@ -303,97 +343,67 @@ end
 -- while the request was out (set_token, or another call read the token file), or when the
 -- answer is "ACL not found" and the token file now holds another token. A 403 applied
 -- nothing, so sending again is safe.
-local function token_rotated(self, res, token)
-  if res.status ~= 403 then return false end
+function backend.refresh(self, err, call)
+  if err.status ~= 403 or call.opts.token ~= nil then return false end
+  local token = call.sent_token
   if self.token ~= token then return true end
-  if not self.token_file then return false end
-  if not (res.body or ""):find("ACL not found", 1, true) then return false end
+  if not self.token_file or err.kind ~= "auth" then return false end
   local t = read_token_file(self.token_file)
   if not t or t == "" or t == token then return false end
   self.token = t
   return true
 end
 
--- Failures worth another attempt. A read: the connection failed, or the server said so. A
--- write: only a request that certainly never left this process (connect, resolve); one that
--- may have been applied (err.maybe_applied) is never sent again.
-local function transient(method, res, err)
-  if method ~= "GET" then
-    return err ~= nil and (err.kind == "connect" or err.kind == "resolve") and not err.maybe_applied
-  end
-  if err then return err.kind == "connect" or err.kind == "closed" end
-  return res.status == 429 or res.status == 500 or res.status == 503
+-- A read is tried again when its connection failed or the server said so (429, 500, 503).
+function backend.transient(_, err, call)
+  if not call.idempotent then return false end
+  local status = err.status
+  if status then return status == 429 or status == 500 or status == 503 end
+  return err.kind == "connect" or err.kind == "closed"
 end
 
---- Sends one request to the agent. path: "/v1/..." (already escaped). opts: query (params:
---- string, number or true), body (a string sent raw, or a table sent as JSON), ok (list of
---- non-2xx statuses to accept), token, dc, consistency/stale/consistent, ns, partition,
---- index/hash + wait (a blocking query: with a per-call timeout the wait is shortened so
---- that the call ends within it; else the deadline is wait + wait/16 + the client's
---- timeout), timeout, raw (keep the body as a string), retries (default 2 for a GET that does not
---- block, else 0; a write is only retried when it was certainly not sent). Returns
---- {status, body, meta} or nil, err.
+--- Sends one request to the agent through coord.pipeline. path: "/v1/..." (already
+--- escaped). opts: query (params: string, number or true), body (a string sent raw, or a
+--- table sent as JSON), ok (list of non-2xx statuses to accept), token, dc,
+--- consistency/stale/consistent, ns, partition, index/hash + wait (a blocking query: with a
+--- per-call timeout the wait is shortened so that the call ends within it; else each attempt
+--- may take wait + wait/16 + the client's timeout), timeout (a cap on the whole call), raw
+--- (keep the body as a string), retries (default 2 for a GET that does not block, else 0; a
+--- write is only retried when it was certainly not sent). Returns {status, body, meta} or
+--- nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
   local wait = opts.wait or (blocking and 300) or nil
   local timeout = opts.timeout
+  -- each attempt's (the pipeline gives every attempt what is left of a caller's timeout)
+  local attempt = self.timeout
   if wait then
-    if timeout then wait = capped_wait(wait, timeout) else timeout = wait + wait / 16 + self.timeout end
+    if timeout then wait = capped_wait(wait, timeout) else attempt = wait + wait / 16 + self.timeout end
   end
-  timeout = timeout or self.timeout
   local q = build_query(self, method, opts, wait)
-  local rest = path .. (#q > 0 and "?" .. table.concat(q, "&") or "")
   local body = opts.body
   if type(body) == "table" then body = core.json_encode(body) end
   local token = opts.token
   if token == nil then token = self.token end
-  -- only the fields that are set: a constructor sizes the table for every field it names
-  local req = { method = method, url = false, timeout = timeout }
-  if body ~= nil then req.body = body end
-  if self.tls ~= nil then req.tls = self.tls end
-  if token and token ~= "" then req.headers = { ["X-Consul-Token"] = token } end
-  if opts.cache_control then
-    req.headers = req.headers or {}
-    req.headers["Cache-Control"] = opts.cache_control
+  local headers
+  if token and token ~= "" then headers = { ["X-Consul-Token"] = token } end
+  local cc = opts.cache_control
+  if cc then
+    headers = headers or {}
+    headers["Cache-Control"] = cc
   end
-  local retries = opts.retries or ((method == "GET" and not blocking) and 2 or 0)
-  local attempt, moves, rotated, backoff = 0, #self.agents - 1, false, nil
-  local res, err, full
-  while true do
-    local agent = self.agents[self.cur]
-    full = agent.base .. rest
-    req.url, req.unix_socket = full, agent.unix_socket
-    res, err = send(agent, req, blocking)
-    if res and accepted(opts.ok, res.status) then break end
-    if err and agent_down[err.kind] and moves > 0 then
-      -- each other address is tried once per call, for what may be sent again
-      use_agent(self, self.cur % #self.agents + 1)
-      if not repeatable(method, err) then break end
-      moves = moves - 1
-    elseif res and not rotated and opts.token == nil and token_rotated(self, res, token) then
-      rotated = true
-      req.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = opts.cache_control }
-    else
-      if attempt >= retries or not transient(method, res, err) then break end
-      attempt = attempt + 1
-      backoff = backoff or sched.backoff(0.1, 5)
-      sched.sleep(backoff:delay())
-    end
-  end
-  if not res then return nil, err end
-  if not accepted(opts.ok, res.status) then return server_error(res, method, full) end
-  local raw, body_out = res.body, nil
-  if opts.raw or raw == "" then
-    body_out = raw ~= "" and raw or nil
-  else
-    local v, jerr = core.json_decode(raw)
-    if v == nil and res.status < 300 then
-      return nil, errors.new("protocol", "invalid JSON from Consul: " .. jerr, { status = res.status, method = method, url = full })
-    end
-    body_out = v == nil and raw or v
-  end
-  return { status = res.status, body = body_out, meta = meta_of(res, opts.cached) }
+  local get = method == "GET"
+  -- eight fields, the table's size; the others only when they are set
+  local call = {
+    method = method, url = false, timeout = attempt, rest = #q > 0 and path .. "?" .. table.concat(q, "&") or path,
+    opts = opts, cap = timeout, idempotent = get, retries = opts.retries or ((get and not blocking) and 2 or 0),
+  }
+  if body ~= nil then call.body = body end
+  if self.tls ~= nil then call.tls = self.tls end
+  if headers then call.headers = headers end
+  if token ~= nil then call.sent_token = token end
+  return pipeline.run(backend, self, call)
 end
 
 -- The options every call accepts, with the type each must have.

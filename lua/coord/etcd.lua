@@ -8,6 +8,7 @@ local errors = require "coord.errors"
 local proto = require "coord.etcd.proto"
 local discovery = require "coord.etcd.discovery"
 local args = require "coord.args"
+local pipeline = require "coord.pipeline"
 
 local M = {}
 
@@ -175,44 +176,13 @@ local function cached_target(self, ep, with_token)
   return t
 end
 
---- Marks the endpoint with this URL as failing: calls move on to the next healthy one, and
---- it is tried again after a jittered exponential backoff.
-function Client:_failed(url, err)
-  local eps = self.endpoints
-  for k, ep in ipairs(eps) do
-    if ep.url == url then
-      ep.down_until = now() + ep.backoff:delay()
-      self.last_error = err
-      if self.cur == k then self.cur = k % #eps + 1 end
-      return
-    end
-  end
-end
-
-local function succeeded(ep)
-  ep.backoff:reset()
-  ep.down_until = 0
-end
-
 --- Forgets `token` if it is still the current one, so the next call authenticates again.
 function Client:_auth_expired(token)
   if self.token == token then self.token = nil end
 end
 
--- Kinds of transport failure that say the endpoint itself is in trouble ("unknown": the
--- connection died after the request was sent).
-local endpoint_failure = { connect = true, resolve = true, timeout = true, closed = true, unavailable = true,
-  unknown = true }
-
 local function no_leader(e)
   return e.code == 14 and tostring(e.message):find("no leader", 1, true) ~= nil
-end
-
--- Failures where the request certainly was not applied, safe to send elsewhere: it never
--- left this process, or the member refused it before doing anything because it has no
--- leader (the hasleader check runs before the call's handler).
-local function never_sent(e)
-  return ((e.kind == "connect" or e.kind == "resolve") and not e.maybe_applied) or no_leader(e)
 end
 
 local auth_messages = { "invalid auth token", "user name is empty", "authentication failed", "revision of auth store is old" }
@@ -245,7 +215,6 @@ local function server_error(res, j, path)
   end
   return errors.new(kind, msg, { status = res.status, code = code, path = path })
 end
-M._server_error = server_error
 
 -- The coord error for a failure a stream reports (the watch stream, a keepalive reply): a
 -- refused stream's body, or an {"error": {...}} object inside the stream. body is the raw
@@ -255,9 +224,9 @@ local function stream_error(status, j, body, path)
 end
 M._stream_error = stream_error
 
---- The error of a stream the server refused with status: its body read (at most 64
---- chunks) and classified as a call's reply would be.
-function M._refused(s, status, path)
+-- The error of a stream the server refused with status: its body (read, bounded) classified
+-- as a call's reply is.
+function M._refusal(s, status, path)
   local body = {}
   for _ = 1, 64 do
     local chunk = s:read()
@@ -270,102 +239,157 @@ end
 
 local function stale_token(err)
   return err.kind == "auth" and (err.message:find("invalid auth token", 1, true)
-    or err.message:find("auth store is old", 1, true))
+    or err.message:find("auth store is old", 1, true)) and true or false
 end
 
--- One POST (a GET when data is nil) to one endpoint. Returns the decoded reply, or nil and
--- an error. Only an idempotent call may be sent again by libcurl when its connection dies
--- before the reply (see coord.http's resend).
-local function send(self, t, path, data, opts)
-  local res, err = http.request {
-    url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
-    timeout = opts and opts.timeout or self.timeout, tls = t.tls,
-    http_version = t.http_version, pipewait = t.pipewait,
-    unix_socket = t.unix_socket, connect_to = t.connect_to,
-    resend = opts and opts.idempotent or nil,
-  }
-  if not res then
-    err.path = path
-    return nil, err
+--- The pipeline's credential refresh, for calls and streams alike: when err says that
+--- token (the one a request was sent with) is stale, forgets it so that the next pick
+--- authenticates again (single-flight), and returns true: worth one more attempt.
+function Client:_refresh(err, token)
+  if not (token and stale_token(err)) then return false end
+  self:_auth_expired(token)
+  return true
+end
+
+-- The pipeline's "pick + credentials" step, shared by calls and streams: a token first when
+-- the client has a user and none, the member list read again when auto_sync says so (not
+-- for authenticate's own call, which that read would wait for), then a healthy endpoint.
+local function acquire(self, with_token)
+  if with_token and self.user and not self.token then
+    local ok, aerr = self:_authenticate()
+    if not ok then return nil, aerr end
   end
+  local auto = with_token and self.auto_sync
+  if auto and not self.syncing and now() >= self.synced_at + (self.sync_soon and SYNC_RETRY or auto) then
+    self:sync()
+  end
+  local ep, err = pick(self)
+  if ep or not auto then return ep, err end
+  self.sync_soon = true
+  if self.syncing or now() < self.synced_at + SYNC_RETRY or not self:sync() then return nil, err end
+  return pick(self)
+end
+
+-- The etcd backend of coord.pipeline. A call: path, data (JSON text; nil: a GET),
+-- idempotent, timeout, with_token (false for authenticate itself), at (one endpoint only,
+-- for per-member calls).
+local backend = {
+  -- the endpoint is in trouble ("unknown": the connection died after the request was sent;
+  -- "unavailable": no leader, or a 503)
+  down = { connect = true, resolve = true, timeout = true, closed = true, unavailable = true, unknown = true },
+}
+
+function backend.pick(self, call)
+  local at = call.at
+  if at then
+    if self.user and not self.token then
+      local ok, err = self:_authenticate()
+      if not ok then return nil, err end
+    end
+    return at
+  end
+  return acquire(self, call.with_token)
+end
+
+-- The call is the coord.http request too: the endpoint's fields are set here, per attempt.
+function backend.request(self, ep, call)
+  local t = call.at and target(self, ep) or cached_target(self, ep, call.with_token)
+  call.url, call.headers, call.tls, call.token = t.url .. call.path, t.headers, t.tls, t.token
+  call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait, t.unix_socket, t.connect_to
+  call.timeout = self.timeout
+  return call
+end
+
+function backend.send(_, _, req, call)
+  local res, err = http.request(req)
+  if not res then err.path = call.path end
+  return res, err
+end
+
+function backend.classify(_, res, call)
   local j = json_decode(res.body)
-  if res.status ~= 200 then return nil, server_error(res, j, path) end
+  if res.status ~= 200 then return nil, server_error(res, j, call.path) end
   if type(j) ~= "table" then
-    return nil, errors.new("protocol", "etcd sent a reply that is not a JSON object", { status = res.status, path = path })
+    return nil, errors.new("protocol", "etcd sent a reply that is not a JSON object", { status = res.status, path = call.path })
   end
   return j
 end
 
--- Posts to the healthy endpoints in turn: a failure that means the endpoint is in trouble
--- moves on to the next one when the call may be repeated: idempotent, or certainly never
--- sent (a write whose outcome is unknown is returned as it is, with err.maybe_applied).
-local function post(self, path, body, opts, with_token)
-  local data = json_encode(body)
-  local idempotent = opts and opts.idempotent
-  local tries, reauthed = 0, false
-  while true do
-    if with_token and self.user and not self.token then
-      local ok, aerr = self:_authenticate()
-      if not ok then return nil, aerr end
+function backend.failed(self, ep, err)
+  local eps, listed = self.endpoints, false
+  for _, e in ipairs(eps) do
+    if e == ep then listed = true end
+  end
+  if not listed then return end -- an endpoint of _at
+  ep.down_until = now() + ep.backoff:delay()
+  self.last_error = err
+  if eps[self.cur] == ep then self.cur = self.cur % #eps + 1 end
+  if self.auto_sync then
+    local t = now()
+    for _, e in ipairs(eps) do
+      if e.down_until <= t then return end
     end
-    -- (not from authenticate's own post: the member list read would wait for that token)
-    if with_token and self.auto_sync and not self.syncing
-      and now() >= self.synced_at + (self.sync_soon and SYNC_RETRY or self.auto_sync) then
-      self:sync()
-    end
-    local ep, err = pick(self)
-    if not ep then
-      if not (with_token and self.auto_sync) then return nil, err end
-      self.sync_soon = true
-      if self.syncing or now() < self.synced_at + SYNC_RETRY or not self:sync() then return nil, err end
-      ep, err = pick(self)
-      if not ep then return nil, err end
-    end
-    local t = cached_target(self, ep, with_token)
-    local j, e = send(self, t, path, data, opts)
-    if j then
-      succeeded(ep)
-      return j
-    end
-    tries = tries + 1
-    if e.status and e.kind ~= "unavailable" then succeeded(ep) end
-    if with_token and t.token and not reauthed and stale_token(e) then
-      reauthed = true
-      self:_auth_expired(t.token)
-    elseif endpoint_failure[e.kind] and not (e.kind == "timeout" and opts and opts.timeout) then
-      self:_failed(ep.url, e)
-      if not (idempotent or never_sent(e)) or tries >= #self.endpoints then
-        if self.auto_sync and tries >= #self.endpoints then self.sync_soon = true end
-        return nil, e
-      end
-    else
-      return nil, e
-    end
+    self.sync_soon = true
   end
 end
 
---- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") and returns
---- the decoded reply, or nil and an error. opts: idempotent (may be repeated on another
---- endpoint after a failure), timeout (the caller's own limit, as for a lock that blocks:
---- running out of it says nothing about the endpoint).
+function backend.succeeded(_, ep)
+  ep.backoff:reset()
+  ep.down_until = 0
+end
+
+function backend.size(self, call)
+  return call.at and 1 or #self.endpoints
+end
+
+-- The token was refused as stale: forget it, the next attempt authenticates again.
+function backend.refresh(self, err, call)
+  return call.with_token and self:_refresh(err, call.token)
+end
+
+function backend.transient() return false end
+
+-- A member that refuses for want of a leader does so before the call's handler runs.
+backend.never_sent = no_leader
+
+--- Marks the endpoint with this URL as failing: calls move on to the next healthy one, and
+--- it is tried again after a jittered exponential backoff. For the streams.
+function Client:_failed(u, err)
+  for _, ep in ipairs(self.endpoints) do
+    if ep.url == u then return backend.failed(self, ep, err) end
+  end
+end
+
+-- A call of the pipeline, which is also its coord.http request (a constructor sizes the table
+-- for every field it names, so the fields backend.request sets are named here too). data:
+-- the JSON text of body when the caller made it already; at: one endpoint only (_at).
+-- Only an idempotent call may be sent again by libcurl when its connection dies before the
+-- reply (see coord.http's resend).
+local function post(self, path, body, opts, with_token, data, at)
+  data = data or body and json_encode(body)
+  local idempotent = opts and opts.idempotent
+  local call = {
+    path = path, with_token = with_token, idempotent = idempotent, cap = opts and opts.timeout,
+    method = data and "POST" or "GET", body = data, resend = idempotent or nil,
+    url = nil, headers = nil, tls = nil, token = nil, http_version = nil, pipewait = nil, unix_socket = nil,
+    connect_to = nil, timeout = nil,
+  }
+  call.at = at -- (not named above: 16 names fill the table's 16 slots)
+  return pipeline.run(backend, self, call)
+end
+
+--- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") through
+--- coord.pipeline and returns the decoded reply, or nil and an error. opts: idempotent (may
+--- be repeated on another endpoint after a failure), timeout (the caller's cap on the whole
+--- call, as for a lock that blocks: running out of it says nothing about the endpoint).
 function Client:_post(path, body, opts)
   return post(self, path, body, opts, true)
 end
 
 --- Sends body (nil: a GET) to path on the endpoint with base URL `url` only, with the
 --- client's token, re-authenticating once if it has expired. For per-member calls.
-function Client:_at(url, path, body, opts)
-  local data = body and json_encode(body)
-  for attempt = 1, 2 do
-    if self.user and not self.token then
-      local ok, err = self:_authenticate()
-      if not ok then return nil, err end
-    end
-    local t = target(self, endpoint(url, self.tls))
-    local j, err = send(self, t, path, data, opts)
-    if j or attempt == 2 or not (t.token and stale_token(err)) then return j, err end
-    self:_auth_expired(t.token)
-  end
+function Client:_at(u, path, body, opts)
+  return post(self, path, body, opts, true, nil, endpoint(u, self.tls))
 end
 
 -- The client URLs of the voting members in a member list reply, each once.
@@ -480,11 +504,7 @@ end
 --- given), headers, tls, http_version, pipewait, unix_socket, connect_to, token};
 --- authenticates first when the client has a user and no token. Or nil and an error.
 function Client:_target()
-  if self.user and not self.token then
-    local ok, err = self:_authenticate()
-    if not ok then return nil, err end
-  end
-  local ep, err = pick(self)
+  local ep, err = acquire(self, true)
   if not ep then return nil, err end
   return target(self, ep)
 end
@@ -576,8 +596,14 @@ function Client:get(key, opts)
   -- the RangeRequest of range_request for one key, without the options get does not take
   local k = self.prefix .. key
   if k == "" then k = "\0" end
-  local body = { key = b64(k), revision = i64(revision), serializable = serializable or nil }
-  local j, err = self:_post("/v3/kv/range", body, IDEMPOTENT)
+  local j, err
+  if revision or serializable then
+    j, err = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision), serializable = serializable or nil },
+      IDEMPOTENT, true)
+  else
+    -- (base64 needs no JSON escaping: the text json_encode would make, without its table)
+    j, err = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}')
+  end
   if not j then return nil, err end
   local kv = j.kvs and j.kvs[1]
   return kv and kv_of(kv, #self.prefix) or nil, nil, header_of(j.header)

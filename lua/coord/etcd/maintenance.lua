@@ -39,7 +39,7 @@ local function stream_error(status, j, body)
 end
 
 local function refusal(s, status)
-  return require("coord.etcd")._refused(s, status, SNAPSHOT_PATH)
+  return require("coord.etcd")._refusal(s, status, SNAPSHOT_PATH)
 end
 
 -- Copies one snapshot stream from target t into the open file f. Returns {size, sha256,
@@ -216,12 +216,10 @@ return function(Client, E)
       end
       os.remove(tmp)
       -- an expired token: authenticate again, once
-      local stale = h.kind == "auth" and t.token and h.message:find("invalid auth token", 1, true)
-      if attempt == 2 or not stale then
+      if attempt == 2 or not self:_refresh(h, t.token) then
         h.path = h.path or SNAPSHOT_PATH
         return nil, h
       end
-      self:_auth_expired(t.token)
     end
   end
 

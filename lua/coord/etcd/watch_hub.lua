@@ -293,7 +293,7 @@ end
 local function read_loop(hub, s)
   local status, err = s:response()
   if not status then return err, false end
-  if status ~= 200 then return require("coord.etcd")._refused(s, status, "/v3/watch"), false end
+  if status ~= 200 then return require("coord.etcd")._refusal(s, status, "/v3/watch"), false end
   local got = false
   while true do
     local line, rerr = s:read_line()
