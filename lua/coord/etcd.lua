@@ -78,7 +78,8 @@ end
 --- server_name: the name the server's certificate is checked against), prefix (a
 --- namespace), auto_sync (seconds: refresh the endpoints from the member list that often,
 --- and after every endpoint failed), discovery_srv (a domain: the endpoints come from its
---- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery).
+--- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery),
+--- transport ("json", the default: the JSON gateway; "grpc": etcd's gRPC, see doc/grpc.md).
 function M.new(opts)
   opts = args.opts(opts, 1, "new")
   local tls = args.option(opts, "tls", "table", "new")
@@ -96,6 +97,10 @@ function M.new(opts)
   local auto_sync = opts.auto_sync
   if auto_sync ~= nil and not (type(auto_sync) == "number" and auto_sync > 0) then
     error("bad option 'auto_sync' to 'new' (seconds above 0 expected)", 2)
+  end
+  local transport = args.option(opts, "transport", "string", "new")
+  if transport ~= nil and transport ~= "json" and transport ~= "grpc" then
+    error("bad option 'transport' to 'new' ('json' or 'grpc' expected, got '" .. transport .. "')", 2)
   end
   local disc = discovery.new(opts)
   local self = setmetatable({
@@ -116,6 +121,7 @@ function M.new(opts)
     syncing = false,
   }, Client)
   self.seeds = self.endpoints
+  if transport == "grpc" then self.grpc = require("coord.etcd.grpc").client(self) end
   return self
 end
 
@@ -277,6 +283,10 @@ end
 -- an error. Only an idempotent call may be sent again by libcurl when its connection dies
 -- before the reply (see coord.http's resend).
 local function send(self, t, path, data, opts)
+  if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
+    local j, err, json = self.grpc.send(self, t, path, data, opts, server_error)
+    if not json then return j, err end
+  end
   local res, err = http.request {
     url = t.url .. path, method = data and "POST" or "GET", body = data, headers = t.headers,
     timeout = opts and opts.timeout or self.timeout, tls = t.tls,
