@@ -145,6 +145,20 @@ for _, version in ipairs { "3.4", "3.5" } do
         assert.equal(version, assert(c:status()).version:sub(1, 3))
       end))
 
+      it("gives a non-OK grpc-status as kind grpc with its code and decoded message", co(function()
+        local reply, err = grpc.call({ url = server.endpoint, tls = server:client_tls() }, "/etcdserverpb.KV/Nope",
+          "", { timeout = 5 })
+        assert.is_nil(reply)
+        assert.equal("grpc", err.kind, tostring(err))
+        assert.equal(12, err.code)
+        assert.matches("Nope", err.message)
+        local ok, perr = grpc.call({ url = server.endpoint, tls = server:client_tls() }, "/etcdserverpb.KV/Range",
+          "\255\255", { timeout = 5 })
+        assert.is_nil(ok)
+        assert.equal("grpc", perr.kind, tostring(perr))
+        assert.equal(13, perr.code) -- the server could not parse the request
+      end))
+
       it("multiplexes concurrent calls on one connection", co(function()
         local port = server.members[1].port
         assert(c:put("m/k", "v"))
