@@ -138,12 +138,24 @@ local function no_h2c(url)
 end
 M._no_h2c = no_h2c
 
+-- gRPC methods live at fixed paths: an endpoint under a path (etcd behind a reverse proxy at
+-- /etcd) cannot take them.
+local function under_path(base)
+  return base:find("^%a+://[^/]+/") ~= nil
+end
+
+local function no_path(url)
+  return "transport 'grpc' cannot use the endpoint " .. url .. ": gRPC methods have fixed paths"
+end
+
 --- What a client with transport = "grpc" keeps in client.grpc (this module). Raises, as a
---- bad option would, when an endpoint given can never work on the loaded libcurl.
+--- bad option would, when an endpoint given can never work: under a path, or plain on a
+--- libcurl that cannot keep h2c connections.
 function M.client(self)
-  if not M.h2c then
-    for _, ep in ipairs(self.endpoints) do
-      if plain(ep.base, ep.unix_socket) then error("bad option 'transport' to 'new' (" .. no_h2c(ep.url) .. ")", 3) end
+  for _, ep in ipairs(self.endpoints) do
+    if under_path(ep.base) then error("bad option 'transport' to 'new' (" .. no_path(ep.url) .. ")", 3) end
+    if not M.h2c and plain(ep.base, ep.unix_socket) then
+      error("bad option 'transport' to 'new' (" .. no_h2c(ep.url) .. ")", 3)
     end
   end
   return M
@@ -155,6 +167,7 @@ end
 function M.send(self, t, path, data, opts, classify)
   local c = calls[path]
   if not c then return nil, nil, "json" end
+  if under_path(t.url) then return nil, errors.new("invalid", no_path(t.url), { path = path }) end
   if not M.h2c and plain(t.url, t.unix_socket) then
     return nil, errors.new("invalid", no_h2c(t.url), { path = path })
   end
