@@ -3,6 +3,7 @@
 --   lua5.4 etcd_coord.lua get|put ENDPOINT N C     prints requests=<n> errors=<e> seconds=<wall>
 --   lua5.4 etcd_coord.lua watch ENDPOINT W C       see below (C: watches being created at a time)
 --
+-- With BENCH_TRANSPORT=grpc, the client uses etcd's gRPC instead of the JSON gateway.
 -- With BENCH_TLS_DIR set, connects with mutual TLS using ca.pem, client.pem and client.key from it.
 -- get reads the key bench-key (it must hold a 100-byte value), put writes it.
 --
@@ -19,7 +20,9 @@ local common = require "common"
 
 local mode, endpoint, count, conc = common.client_args("usage: etcd_coord.lua get|put|watch ENDPOINT N C")
 
-local etcd = etcd_client.new { endpoints = { endpoint }, tls = common.tls_from_env() }
+-- BENCH_TRANSPORT: the client's transport option ("json", the default, or "grpc")
+local etcd = etcd_client.new { endpoints = { endpoint }, tls = common.tls_from_env(),
+  transport = os.getenv("BENCH_TRANSPORT") or nil }
 
 -- one get (ok when bench-key holds 100 bytes) or put: ok, err
 local function kv_op()

@@ -42,6 +42,7 @@ local function public_api()
   local names = {}
   functions(coord, "coord.", names)
   functions(coord.http, "coord.http.", names)
+  functions(require "coord.grpc", "coord.grpc.", names)
   for k in pairs(core_public) do names[#names + 1] = "core." .. k end
   local s = coord.http.stream { url = "http://127.0.0.1:1/" }
   functions(getmetatable(s).__index, "s:", names)

@@ -91,13 +91,20 @@ describe("tested versions", function()
     assert.matches("^%d+%.%d+%.%d+", v.libcurl)
     assert.matches("^%d+%.%d+%.%d+", v.libuv)
     assert.is_boolean(v.http2)
-    -- curl's own account of itself, as `curl --version` prints it
-    local ok, out = servers.sh("curl --version")
-    assert(ok, out)
-    local first = out:match("^[^\n]*")
-    assert.matches(" libcurl/" .. v.libcurl:gsub("%p", "%%%0") .. " ", first)
-    if v.ssl then assert.truthy(first:find(" " .. v.ssl .. " ", 1, true), first) end
-    assert.equal(out:match("\nFeatures:[^\n]* HTTP2") ~= nil, v.http2)
+    -- curl's own account of the system's libcurl, as `curl --version` prints it (the command
+    -- line runs on the system's libcurl: a run on another one, make test-curl8, checks what
+    -- it was asked for instead, below)
+    local want = os.getenv("COORD_EXPECT_CURL")
+    if want then
+      assert.equal(want, v.libcurl)
+    else
+      local ok, out = servers.sh("curl --version")
+      assert(ok, out)
+      local first = out:match("^[^\n]*")
+      assert.matches(" libcurl/" .. v.libcurl:gsub("%p", "%%%0") .. " ", first)
+      if v.ssl then assert.truthy(first:find(" " .. v.ssl .. " ", 1, true), first) end
+      assert.equal(out:match("\nFeatures:[^\n]* HTTP2") ~= nil, v.http2)
+    end
     -- the rockspec builds from a checkout (scm) or names this very version
     local spec = {}
     assert(load(assert(servers.read_file("rockspec/coord-scm-1.rockspec")), "rockspec", "t", spec))()

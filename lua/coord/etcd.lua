@@ -79,7 +79,8 @@ end
 --- server_name: the name the server's certificate is checked against), prefix (a
 --- namespace), auto_sync (seconds: refresh the endpoints from the member list that often,
 --- and after every endpoint failed), discovery_srv (a domain: the endpoints come from its
---- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery).
+--- DNS SRV records, with discovery_srv_name and dns_server; see coord.etcd.discovery),
+--- transport ("json", the default: the JSON gateway; "grpc": etcd's gRPC, see doc/grpc.md).
 function M.new(opts)
   opts = args.opts(opts, 1, "new")
   local tls = args.option(opts, "tls", "table", "new")
@@ -97,6 +98,10 @@ function M.new(opts)
   local auto_sync = opts.auto_sync
   if auto_sync ~= nil and not (type(auto_sync) == "number" and auto_sync > 0) then
     error("bad option 'auto_sync' to 'new' (seconds above 0 expected)", 2)
+  end
+  local transport = args.option(opts, "transport", "string", "new")
+  if transport ~= nil and transport ~= "json" and transport ~= "grpc" then
+    error("bad option 'transport' to 'new' ('json' or 'grpc' expected, got '" .. transport .. "')", 2)
   end
   local disc = discovery.new(opts)
   local self = setmetatable({
@@ -117,6 +122,7 @@ function M.new(opts)
     syncing = false,
   }, Client)
   self.seeds = self.endpoints
+  if transport == "grpc" then self.grpc = require("coord.etcd.grpc").client(self) end
   return self
 end
 
@@ -295,18 +301,30 @@ end
 function backend.request(self, ep, call)
   local t = call.at and target(self, ep) or cached_target(self, ep, call.with_token)
   call.url, call.headers, call.tls, call.token = t.url .. call.path, t.headers, t.tls, t.token
+  call.base = t.url
   call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait, t.unix_socket, t.connect_to
   call.timeout = self.timeout
   return call
 end
 
-function backend.send(_, _, req, call)
+function backend.send(self, _, req, call)
+  if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
+    local t = { url = call.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
+      connect_to = req.connect_to }
+    local j, err, json = self.grpc.send(self, t, call.path, req.body,
+      { timeout = req.timeout, idempotent = call.idempotent }, server_error)
+    if not json then
+      if j then return { grpc = j } end
+      return nil, err
+    end
+  end
   local res, err = http.request(req)
   if not res then err.path = call.path end
   return res, err
 end
 
 function backend.classify(_, res, call)
+  if res.grpc then return res.grpc end -- decoded by the gRPC transport
   local j = json_decode(res.body)
   if res.status ~= 200 then return nil, server_error(res, j, call.path) end
   if type(j) ~= "table" then

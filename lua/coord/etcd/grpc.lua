@@ -1,0 +1,194 @@
+-- coord.etcd.grpc: the etcd client's unary calls over etcd's native gRPC (transport = "grpc").
+-- One request body in the gateway's JSON shape goes out as its protobuf message, and the reply
+-- comes back in the gateway's JSON shape, so everything above the transport stays as it is.
+
+local core = require "coord.core"
+local grpc = require "coord.grpc"
+local errors = require "coord.errors"
+local schema = require "coord.etcd.pb_schema"
+
+local M = {}
+
+local pb_encode, pb_decode, json_decode = core.pb_encode, core.pb_decode, core.json_decode
+local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64, core.u64
+local types, messages, enums = schema.types, schema.messages, schema.enums
+
+-- Each gateway path coord sends a unary call to, as its gRPC method and messages. A path not
+-- here (the streams: watch, lease keepalive, snapshot) stays on the JSON gateway.
+local calls = {
+  ["/v3/kv/range"] = { "/etcdserverpb.KV/Range", "RangeRequest", "RangeResponse" },
+  ["/v3/kv/put"] = { "/etcdserverpb.KV/Put", "PutRequest", "PutResponse" },
+  ["/v3/kv/deleterange"] = { "/etcdserverpb.KV/DeleteRange", "DeleteRangeRequest", "DeleteRangeResponse" },
+  ["/v3/kv/txn"] = { "/etcdserverpb.KV/Txn", "TxnRequest", "TxnResponse" },
+  ["/v3/kv/compaction"] = { "/etcdserverpb.KV/Compact", "CompactionRequest", "CompactionResponse" },
+  ["/v3/lease/grant"] = { "/etcdserverpb.Lease/LeaseGrant", "LeaseGrantRequest", "LeaseGrantResponse" },
+  ["/v3/lease/revoke"] = { "/etcdserverpb.Lease/LeaseRevoke", "LeaseRevokeRequest", "LeaseRevokeResponse" },
+  ["/v3/lease/timetolive"] = { "/etcdserverpb.Lease/LeaseTimeToLive", "LeaseTimeToLiveRequest",
+    "LeaseTimeToLiveResponse" },
+  ["/v3/lease/leases"] = { "/etcdserverpb.Lease/LeaseLeases", "LeaseLeasesRequest", "LeaseLeasesResponse" },
+  ["/v3/auth/authenticate"] = { "/etcdserverpb.Auth/Authenticate", "AuthenticateRequest", "AuthenticateResponse" },
+  ["/v3/cluster/member/list"] = { "/etcdserverpb.Cluster/MemberList", "MemberListRequest", "MemberListResponse" },
+  ["/v3/maintenance/status"] = { "/etcdserverpb.Maintenance/Status", "StatusRequest", "StatusResponse" },
+}
+M.calls = calls
+
+-- The enum of each enum field the mapped messages carry (the gateway spells enums by name).
+local enum_of = {
+  ["RangeRequest.sort_order"] = "RangeRequest.SortOrder",
+  ["RangeRequest.sort_target"] = "RangeRequest.SortTarget",
+  ["Compare.result"] = "Compare.CompareResult",
+  ["Compare.target"] = "Compare.CompareTarget",
+}
+
+-- Per message, field name -> { type, repeated, enum names -> numbers, numbers -> names }.
+local fields = {}
+for name, defs in pairs(messages) do
+  local f = {}
+  for _, d in ipairs(defs) do
+    local e = enum_of[name .. "." .. d[2]]
+    local by_name = e and enums[e]
+    local by_number
+    if by_name then
+      by_number = {}
+      for k, v in pairs(by_name) do by_number[v] = k end
+    end
+    f[d[2]] = { type = d[3], repeated = d[4] == "repeated", by_name = by_name, by_number = by_number }
+  end
+  fields[name] = f
+end
+
+local INT = { int64 = i64, sint64 = i64, sfixed64 = i64, int32 = i64, sint32 = i64, sfixed32 = i64, uint32 = i64,
+  fixed32 = i64, uint64 = u64, fixed64 = u64 }
+
+-- One gateway JSON value as the codec wants it: base64 -> bytes, int64 strings -> integers,
+-- enum names -> numbers, nested messages likewise. nil for a value that cannot be read.
+local to_pb
+local function pb_value(f, v)
+  local t = f.type
+  if t == "bytes" then return type(v) == "string" and b64decode(v) or nil end
+  local int = INT[t]
+  if int then
+    if type(v) == "string" then return int(v) end
+    return math.tointeger(v)
+  end
+  if t == "enum" then
+    if type(v) == "string" then return f.by_name and f.by_name[v] end
+    return math.tointeger(v)
+  end
+  if fields[t] then return type(v) == "table" and to_pb(t, v) or nil end
+  return v
+end
+
+function to_pb(name, j)
+  local fs, out = fields[name], {}
+  for k, v in pairs(j) do
+    local f = fs[k]
+    if f then
+      if f.repeated then
+        local list = {}
+        for i, x in ipairs(v) do list[i] = pb_value(f, x) end
+        out[k] = list
+      else
+        out[k] = pb_value(f, v)
+      end
+    end
+  end
+  return out
+end
+M._to_pb = to_pb
+
+-- A decoded reply in the gateway's shape: bytes as base64, enums by name. Integers stay
+-- integers (coord.etcd.proto reads both).
+local from_pb
+local function json_value(f, v)
+  local t = f.type
+  if t == "bytes" then return b64encode(v) end
+  if t == "enum" then return f.by_number and f.by_number[v] or v end
+  if fields[t] then return from_pb(t, v) end
+  return v
+end
+
+function from_pb(name, t)
+  local fs = fields[name]
+  for k, v in pairs(t) do
+    local f = fs[k]
+    if f.repeated then
+      for i = 1, #v do v[i] = json_value(f, v[i]) end
+    else
+      t[k] = json_value(f, v)
+    end
+  end
+  return t
+end
+M._from_pb = from_pb
+
+-- libcurl before 8.0.0 breaks an h2c (prior knowledge) connection when it reuses it ("Error
+-- in the HTTP2 framing layer"; curl pull request 10643): only https:// works there.
+local major = tonumber(tostring(core.versions.libcurl):match("^(%d+)")) or 0
+M.h2c = major >= 8
+
+local function plain(url, unix_socket)
+  return unix_socket ~= nil or url:sub(1, 6) ~= "https:"
+end
+M._plain = plain
+
+local function no_h2c(url)
+  return "transport 'grpc' on " .. url .. " needs HTTP/2 without TLS, which libcurl "
+    .. tostring(core.versions.libcurl) .. " cannot reuse (libcurl 8.0 or newer, or https://)"
+end
+M._no_h2c = no_h2c
+
+-- gRPC methods live at fixed paths: an endpoint under a path (etcd behind a reverse proxy at
+-- /etcd) cannot take them.
+local function under_path(base)
+  return base:find("^%a+://[^/]+/") ~= nil
+end
+
+local function no_path(url)
+  return "transport 'grpc' cannot use the endpoint " .. url .. ": gRPC methods have fixed paths"
+end
+
+--- What a client with transport = "grpc" keeps in client.grpc (this module). Raises, as a
+--- bad option would, when an endpoint given can never work: under a path, or plain on a
+--- libcurl that cannot keep h2c connections.
+function M.client(self)
+  for _, ep in ipairs(self.endpoints) do
+    if under_path(ep.base) then error("bad option 'transport' to 'new' (" .. no_path(ep.url) .. ")", 3) end
+    if not M.h2c and plain(ep.base, ep.unix_socket) then
+      error("bad option 'transport' to 'new' (" .. no_h2c(ep.url) .. ")", 3)
+    end
+  end
+  return M
+end
+
+--- Sends the gateway call `path` with JSON body `data` to target t as its gRPC method:
+--- returns the reply in the gateway's shape, or nil and an error classified as the gateway's
+--- would be (classify: coord.etcd's server_error). nil, nil, "json" for a path with no mapping.
+function M.send(self, t, path, data, opts, classify)
+  local c = calls[path]
+  if not c then return nil, nil, "json" end
+  if under_path(t.url) then return nil, errors.new("invalid", no_path(t.url), { path = path }) end
+  if not M.h2c and plain(t.url, t.unix_socket) then
+    return nil, errors.new("invalid", no_h2c(t.url), { path = path })
+  end
+  local body = data and json_decode(data) or {}
+  local msg = pb_encode(types[c[2]], to_pb(c[2], body))
+  local reply, err = grpc.call(t, c[1], msg, {
+    timeout = opts and opts.timeout or self.timeout,
+    metadata = { authorization = t.token, hasleader = "true" },
+    resend = opts and opts.idempotent or nil,
+  })
+  if not reply then
+    if err.kind == "grpc" then
+      err = classify({ status = grpc.http_status[err.code] or 500, body = "" }, { message = err.message, code = err.code },
+        path)
+    end
+    err.path = path
+    return nil, err
+  end
+  local j, why = pb_decode(types[c[3]], reply)
+  if not j then return nil, errors.new("protocol", "etcd sent a malformed " .. c[3] .. ": " .. why, { path = path }) end
+  return from_pb(c[3], j)
+end
+
+return M

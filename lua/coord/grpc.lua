@@ -1,0 +1,94 @@
+-- coord.grpc: unary gRPC calls over coord.http on HTTP/2 (h2c with prior knowledge on http://,
+-- ALPN h2 on https://). Knows gRPC's framing and status, nothing about any service.
+
+local http = require "coord.http"
+local core = require "coord.core"
+local errors = require "coord.errors"
+
+local M = {}
+
+local spack, sunpack, char = string.pack, string.unpack, string.char
+
+--- The HTTP status a grpc-gateway answers for each gRPC status code, so a gRPC failure can be
+--- classified as the same failure seen through a JSON gateway would be.
+M.http_status = { [1] = 408, [2] = 500, [3] = 400, [4] = 504, [5] = 404, [6] = 409, [7] = 403,
+  [8] = 429, [9] = 400, [10] = 409, [11] = 400, [12] = 501, [13] = 500, [14] = 503, [15] = 500, [16] = 401 }
+
+--- One message in gRPC's length-prefixed framing: flag 0 (not compressed), 4-byte big-endian length.
+function M.frame(msg)
+  return spack(">Bs4", 0, msg)
+end
+
+--- The message of a unary reply body: exactly one uncompressed frame. Or nil and why.
+function M.unframe(body)
+  if #body < 5 then return nil, "reply of " .. #body .. " bytes is shorter than a gRPC frame header" end
+  local flag, len = sunpack(">BI4", body)
+  if flag ~= 0 then return nil, "compressed or unknown frame flag " .. flag end
+  if #body ~= 5 + len then
+    return nil, ("frame says %d bytes, reply has %d after the header"):format(len, #body - 5)
+  end
+  return body:sub(6)
+end
+
+-- grpc-message is percent-encoded (gRPC's HTTP/2 protocol spec); bad escapes stay as they are.
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+M._unescape = unescape
+
+-- grpc-timeout: at most 8 digits and a unit; milliseconds, or seconds past 8 digits of them.
+local function timeout_header(seconds)
+  local ms = math.ceil(seconds * 1000)
+  if ms < 1 then ms = 1 end
+  if ms <= 99999999 then return ms .. "m" end
+  return math.min(math.ceil(seconds), 99999999) .. "S"
+end
+M._timeout_header = timeout_header
+
+local function protocol(message, fields)
+  return nil, errors.new("protocol", message, fields)
+end
+
+--- Calls method ("/pkg.Service/Method") on target with the request message bytes. target:
+--- url (http:// or https:// base), tls, unix_socket, connect_to (as coord.http). opts: timeout
+--- (seconds, default 30; sent as grpc-timeout too), metadata (a table name -> string value, or
+--- a list of "name: value"), resend (as coord.http's: only for calls safe to repeat). Returns the
+--- reply message bytes, or nil and an error: a transport failure as coord.http gives it, kind
+--- "grpc" for a non-OK status (fields code, the gRPC status code, and grpc_message),
+--- "protocol" for a reply that is not well-formed gRPC.
+function M.call(target, method, msg, opts)
+  opts = opts or {}
+  local timeout = opts.timeout or 30
+  local headers = { "Content-Type: application/grpc", "TE: trailers" }
+  if timeout > 0 then headers[3] = "grpc-timeout: " .. timeout_header(timeout) end
+  local md = opts.metadata
+  if md then
+    for k, v in pairs(md) do
+      headers[#headers + 1] = type(k) == "string" and (k .. ": " .. v) or v
+    end
+  end
+  local url = target.url .. method
+  local res, err = http.request {
+    url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
+    tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
+    http_version = url:sub(1, 6) == "https:" and "2tls" or "2-prior-knowledge", pipewait = true,
+    resend = opts.resend,
+  }
+  if not res then return nil, err end
+  local fields = { status = res.status, url = url }
+  if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
+  -- a reply's trailers reach the header block after the body; a trailers-only reply has
+  -- them in its headers: either way they are in the one raw block
+  local status, message = core.header(res.raw_headers, "grpc-status", "grpc-message")
+  local code = status and math.tointeger(tonumber(status))
+  if not code then return protocol("gRPC reply without a valid grpc-status (" .. tostring(status) .. ")", fields) end
+  if code ~= 0 then
+    message = message and unescape(message) or ("gRPC status " .. code)
+    return nil, errors.new("grpc", message, { code = code, grpc_message = message, url = url })
+  end
+  local reply, why = M.unframe(res.body)
+  if not reply then return protocol("malformed gRPC reply: " .. why, fields) end
+  return reply
+end
+
+return M
