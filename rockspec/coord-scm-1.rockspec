@@ -51,6 +51,7 @@ build = {
          ["coord.sched"] = "lua/coord/sched.lua",
          ["coord.sync"] = "lua/coord/sync.lua",
          ["coord.http"] = "lua/coord/http.lua",
+         ["coord.pipeline"] = "lua/coord/pipeline.lua",
          ["coord.grpc"] = "lua/coord/grpc.lua",
          ["coord.etcd"] = "lua/coord/etcd.lua",
          ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",

@@ -13,11 +13,28 @@ local function co(fn)
 end
 
 -- Descriptors open in this process.
+-- The UDP sockets this process holds (the resolver's are the only ones coord opens): the
+-- socket inodes of its descriptors that /proc/net/udp{,6} lists. Other descriptors (an idle
+-- HTTP connection closed meanwhile) do not count.
 local function open_fds()
-  local p = assert(io.popen("ls /proc/$PPID/fd")) -- $PPID: this process, the shell's parent
-  local n = 0
-  for _ in p:lines() do n = n + 1 end
+  local p = assert(io.popen("ls -l /proc/$PPID/fd 2>/dev/null")) -- $PPID: this process, the shell's parent
+  local mine = {}
+  for line in p:lines() do
+    local inode = line:match("socket:%[(%d+)%]")
+    if inode then mine[inode] = true end
+  end
   p:close()
+  local n = 0
+  for _, file in ipairs { "/proc/net/udp", "/proc/net/udp6" } do
+    local f = io.open(file)
+    if f then
+      for line in f:lines() do
+        local inode = line:match("^%s*%d+:%s+%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+(%d+)")
+        if inode and mine[inode] then n = n + 1 end
+      end
+      f:close()
+    end
+  end
   return n
 end
 
