@@ -329,7 +329,9 @@ function backend.classify(_, res, req)
     end
     body_out = v == nil and raw or v
   end
-  return { status = res.status, body = body_out, meta = meta_of(res, opts.cached) }
+  -- the response table itself becomes the result (one table less per call)
+  res.body, res.meta = body_out, meta_of(res, opts.cached)
+  return res
 end
 
 function backend.failed(self, agent)
@@ -373,8 +375,8 @@ end
 --- per-call timeout the wait is shortened so that the call ends within it; else each attempt
 --- may take wait + wait/16 + the client's timeout), timeout (a cap on the whole call), raw
 --- (keep the body as a string), retries (default 2 for a GET that does not block, else 0; a
---- write is only retried when it was certainly not sent). Returns {status, body, meta} or
---- nil, err.
+--- write is only retried when it was certainly not sent). Returns {status, body, meta} (the
+--- coord.http response, its body decoded) or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
