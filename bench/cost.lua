@@ -3,14 +3,15 @@
 -- call (GC stopped), for coord.etcd get, coord.consul kv:get and bare coord.http.request, and
 -- with --bare the C libcurl loop bench/bare.c under callgrind in the same run, for ratios.
 --
---   lua5.4 bench/cost.lua [--n N] [--bare] [--no-callgrind] [--only NAME,...]
+--   lua5.4 bench/cost.lua [--n N] [--runs R] [--bare] [--no-callgrind] [--only NAME,...]
 --
 -- Starts its own etcd 3.4 and Consul 1.8 (spec/servers.lua) on free 127.0.0.1 ports and stops
 -- them at the end. Each client runs in its own process, one request at a time (one coroutine;
 -- bare with concurrency 1), twice under callgrind: with N and with 2N measured calls. The
 -- difference of the two totals divided by N is the instructions per call, so start-up, the
--- warm-up and the connection set-up cancel out. Bytes per call come from the same child: after
--- its measured calls it stops the GC and counts collectgarbage("count") over 200 more calls.
+-- warm-up and the connection set-up cancel out; with --runs R, the median of R such pairs.
+-- Bytes per call come from the same child: after its measured calls it stops the GC and
+-- counts collectgarbage("count") over 200 more calls.
 --
 -- Child mode (used by the driver): lua5.4 bench/cost.lua --child NAME TARGET N
 local top = (debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$")) or "."
@@ -80,19 +81,20 @@ end
 local servers = require "servers"
 local q = servers.sh_quote
 
-local n, with_bare, with_callgrind, only = 1000, false, true, nil
+local n, runs, with_bare, with_callgrind, only = 1000, 1, false, true, nil
 do
   local i = 1
   while arg[i] do
     local a = arg[i]
     if a == "--n" then n = assert(tonumber(arg[i + 1]), "--n wants a number"); i = i + 1
+    elseif a == "--runs" then runs = assert(math.tointeger(tonumber(arg[i + 1])), "--runs wants an integer"); i = i + 1
     elseif a == "--bare" then with_bare = true
     elseif a == "--no-callgrind" then with_callgrind = false
     elseif a == "--only" then
       only = {}
       for w in assert(arg[i + 1], "--only wants names"):gmatch("[^,]+") do only[w] = true end
       i = i + 1
-    else error("usage: lua5.4 bench/cost.lua [--n N] [--bare] [--no-callgrind] [--only NAME,...]") end
+    else error("usage: lua5.4 bench/cost.lua [--n N] [--runs R] [--bare] [--no-callgrind] [--only NAME,...]") end
     i = i + 1
   end
 end
@@ -151,9 +153,14 @@ for _, row in ipairs(rows) do
   if not only or only[row.name] then
     local r = {}
     if with_callgrind then
-      local i1, b = run(row, n)
-      local i2 = run(row, 2 * n)
-      r.instr, r.bytes = (i2 - i1) / n, b
+      local list = {}
+      for k = 1, runs do
+        local i1, b = run(row, n)
+        local i2 = run(row, 2 * n)
+        list[k], r.bytes = (i2 - i1) / n, b
+      end
+      table.sort(list)
+      r.instr = list[(runs + 1) // 2]
     else
       r.bytes = select(2, run(row, n))
     end
@@ -162,7 +169,7 @@ for _, row in ipairs(rows) do
   end
 end
 
-print(("cost: %d calls per run, one at a time, libcurl %s, load %s"):format(n, coord.versions.libcurl,
+print(("cost: %d calls per run, median of %d, one at a time, libcurl %s, load %s"):format(n, runs, coord.versions.libcurl,
   (io.open("/proc/loadavg"):read("l"):match("^(%S+ %S+ %S+)"))))
 print(("%-34s %14s %12s %9s"):format("client", "instr/call", "bytes/call", "x bare"))
 for _, row in ipairs(rows) do
