@@ -57,7 +57,7 @@ end
 local null, b64decode = core.null, core.b64decode
 function M._entry(e)
   local v, session = e.Value, e.Session
-  if v == null or v == nil then
+  if v == null or not v then
     v = ""
   else
     local err

@@ -57,15 +57,15 @@ end
 --- from the key.
 function M.kv(j, strip)
   local k, v, c, m, n, l = j.key, j.value, j.create_revision, j.mod_revision, j.version, j.lease
-  local key = k and (b64decode(k) or bad(b64decode, k)) or ""
+  local key = k ~= nil and (b64decode(k) or bad(b64decode, k)) or ""
   if strip and strip > 0 then key = key:sub(strip + 1) end
   return {
     key = key,
-    value = v and (b64decode(v) or bad(b64decode, v)) or "",
-    create_revision = c and (i64(c) or bad(i64, c)) or 0,
-    mod_revision = m and (i64(m) or bad(i64, m)) or 0,
-    version = n and (i64(n) or bad(i64, n)) or 0,
-    lease = l and (i64(l) or bad(i64, l)) or 0,
+    value = v ~= nil and (b64decode(v) or bad(b64decode, v)) or "",
+    create_revision = c ~= nil and (i64(c) or bad(i64, c)) or 0,
+    mod_revision = m ~= nil and (i64(m) or bad(i64, m)) or 0,
+    version = n ~= nil and (i64(n) or bad(i64, n)) or 0,
+    lease = l ~= nil and (i64(l) or bad(i64, l)) or 0,
   }
 end
 
@@ -77,10 +77,10 @@ function M.header(j)
   j = j or EMPTY
   local c, m, r, t = j.cluster_id, j.member_id, j.revision, j.raft_term
   return setmetatable({
-    cluster_id = c and (u64(c) or bad(u64, c)) or 0,
-    member_id = m and (u64(m) or bad(u64, m)) or 0,
-    revision = r and (i64(r) or bad(i64, r)) or 0,
-    raft_term = t and (i64(t) or bad(i64, t)) or 0,
+    cluster_id = c ~= nil and (u64(c) or bad(u64, c)) or 0,
+    member_id = m ~= nil and (u64(m) or bad(u64, m)) or 0,
+    revision = r ~= nil and (i64(r) or bad(i64, r)) or 0,
+    raft_term = t ~= nil and (i64(t) or bad(i64, t)) or 0,
   }, Header)
 end
 
