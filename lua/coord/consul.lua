@@ -185,27 +185,31 @@ local function capped_wait(wait, timeout)
   return math.max(math.min(wait, max), 0.001)
 end
 
+-- q is nil until the first parameter (most reads have none): returns the list
 local function add(q, k, v)
-  if v == nil or v == false then return end
+  if v == nil or v == false then return q end
+  q = q or {}
   q[#q + 1] = v == true and k or k .. "=" .. url.query(tostring(v))
+  return q
 end
 
+-- The query parameters of a call, a list of "k=v" texts; nil when there are none.
 local function build_query(self, method, opts, wait)
-  local q = {}
+  local q
   if opts.query then
-    for k, v in pairs(opts.query) do add(q, k, v) end
+    for k, v in pairs(opts.query) do q = add(q, k, v) end
   end
-  add(q, "dc", opts.dc or self.datacenter)
-  add(q, "ns", opts.ns or self.namespace)
-  add(q, "partition", opts.partition or self.partition)
+  q = add(q, "dc", opts.dc or self.datacenter)
+  q = add(q, "ns", opts.ns or self.namespace)
+  q = add(q, "partition", opts.partition or self.partition)
   local consistency = opts.consistency
     or (opts.stale and "stale") or (opts.consistent and "consistent")
     or (method == "GET" and self.consistency)
-  if consistency == "stale" or consistency == "consistent" then add(q, consistency, true) end
-  if opts.cached then add(q, "cached", true) end
-  if opts.index then add(q, "index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
-  add(q, "hash", opts.hash)
-  if wait then add(q, "wait", duration(wait)) end
+  if consistency == "stale" or consistency == "consistent" then q = add(q, consistency, true) end
+  if opts.cached then q = add(q, "cached", true) end
+  if opts.index then q = add(q, "index", core.u64tostring(opts.index ~= 0 and opts.index or 1)) end
+  q = add(q, "hash", opts.hash)
+  if wait then q = add(q, "wait", duration(wait)) end
   return q
 end
 
@@ -325,7 +329,9 @@ function backend.classify(_, res, req)
     end
     body_out = v == nil and raw or v
   end
-  return { status = res.status, body = body_out, meta = meta_of(res, opts.cached) }
+  -- the response table itself becomes the result (one table less per call)
+  res.body, res.meta = body_out, meta_of(res, opts.cached)
+  return res
 end
 
 function backend.failed(self, agent)
@@ -369,8 +375,8 @@ end
 --- per-call timeout the wait is shortened so that the call ends within it; else each attempt
 --- may take wait + wait/16 + the client's timeout), timeout (a cap on the whole call), raw
 --- (keep the body as a string), retries (default 2 for a GET that does not block, else 0; a
---- write is only retried when it was certainly not sent). Returns {status, body, meta} or
---- nil, err.
+--- write is only retried when it was certainly not sent). Returns {status, body, meta} (the
+--- coord.http response, its body decoded) or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
@@ -396,7 +402,7 @@ function Client:_call(method, path, opts)
   local get = method == "GET"
   -- eight fields, the table's size; the others only when they are set
   local call = {
-    method = method, url = false, timeout = attempt, rest = #q > 0 and path .. "?" .. table.concat(q, "&") or path,
+    method = method, url = false, timeout = attempt, rest = q and path .. "?" .. table.concat(q, "&") or path,
     opts = opts, cap = timeout, idempotent = get, retries = opts.retries or ((get and not blocking) and 2 or 0),
   }
   if body ~= nil then call.body = body end

@@ -136,7 +136,10 @@ local function pick(self)
     local ok, err = self.discovery:refresh(self)
     if not ok then return nil, err end
   end
-  local eps, t = self.endpoints, now()
+  local eps = self.endpoints
+  local ep = eps[self.cur]
+  if ep and ep.down_until == 0 then return ep end -- the usual case: the current one never failed or recovered
+  local t = now()
   for i = 0, #eps - 1 do
     local k = (self.cur - 1 + i) % #eps + 1
     if eps[k].down_until <= t then

@@ -14,7 +14,7 @@ end
 
 local args = require "coord.args"
 local url = require "coord.url"
-local call_opts, value = consul._call_opts, consul._value
+local call_opts = consul._call_opts
 
 -- Paths of recently used keys, so that a program reading the same keys over and over does not
 -- check and escape them on every call. Only keys that passed check_key are stored. Bounded:
@@ -53,12 +53,22 @@ end
 
 -- An entry table from the JSON Consul sends: Value is base64, Flags a uint64 (above 2^63-1
 -- it is the negative Lua integer with the same bits). For coord.consul.txn.
+-- (every read makes one: JSON nulls tested here, not through consul._value calls)
+local null, b64decode = core.null, core.b64decode
 function M._entry(e)
-  local v = value(e.Value)
+  local v, session = e.Value, e.Session
+  if v == null or not v then
+    v = ""
+  else
+    local err
+    v, err = b64decode(v)
+    if v == nil then error(err, 0) end
+  end
+  if session == null then session = nil end
   return {
-    key = e.Key, value = v and assert(core.b64decode(v)) or "", flags = e.Flags,
+    key = e.Key, value = v, flags = e.Flags,
     create_index = e.CreateIndex, modify_index = e.ModifyIndex, lock_index = e.LockIndex,
-    session = value(e.Session),
+    session = session,
   }
 end
 

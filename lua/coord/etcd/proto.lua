@@ -6,30 +6,34 @@ local core = require "coord.core"
 local M = {}
 
 local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64, core.u64
-local math_type = math.type
 
 M.b64 = b64encode
 
 --- Decodes a base64 field; an absent field (etcd omits empty ones) is "".
 function M.bytes(s)
   if s == nil then return "" end
-  return (assert(b64decode(s)))
+  local b, err = b64decode(s)
+  if b == nil then error(err, 0) end
+  return b
 end
 
 --- An int64 field (a JSON string or, from the encoder's side, an integer) as a Lua
 --- integer; an absent field is 0.
+-- (core.i64 and core.u64 pass integers through; one C call per field, no assert call)
 function M.int(v)
   if v == nil then return 0 end
-  if math_type(v) == "integer" then return v end
-  return (assert(i64(v)))
+  local n, err = i64(v)
+  if n == nil then error(err, 0) end
+  return n
 end
 
 --- A uint64 field (member and cluster IDs) as the Lua integer with the same 64 bits
 --- (negative above 2^63-1); an absent field is 0.
 function M.uint(v)
   if v == nil then return 0 end
-  if math_type(v) == "integer" then return v end
-  return (assert(u64(v)))
+  local n, err = u64(v)
+  if n == nil then error(err, 0) end
+  return n
 end
 
 --- The range end that selects every key starting with `key`: the key with its last byte
@@ -43,20 +47,25 @@ function M.prefix_end(key)
   return "\0"
 end
 
+-- M.kv and M.header run for every kv and reply, so they call the C parsers directly (one C
+-- call per present field): `parse(v) or bad(parse, v)`, where bad raises the parser's message.
+local function bad(parse, v)
+  error((select(2, parse(v))), 0)
+end
+
 --- A kv table from the gateway's JSON kv, with `strip` bytes of namespace prefix removed
 --- from the key.
-local bytes, int, uint = M.bytes, M.int, M.uint
-
 function M.kv(j, strip)
-  local key = bytes(j.key)
+  local k, v, c, m, n, l = j.key, j.value, j.create_revision, j.mod_revision, j.version, j.lease
+  local key = k ~= nil and (b64decode(k) or bad(b64decode, k)) or ""
   if strip and strip > 0 then key = key:sub(strip + 1) end
   return {
     key = key,
-    value = bytes(j.value),
-    create_revision = int(j.create_revision),
-    mod_revision = int(j.mod_revision),
-    version = int(j.version),
-    lease = int(j.lease),
+    value = v ~= nil and (b64decode(v) or bad(b64decode, v)) or "",
+    create_revision = c ~= nil and (i64(c) or bad(i64, c)) or 0,
+    mod_revision = m ~= nil and (i64(m) or bad(i64, m)) or 0,
+    version = n ~= nil and (i64(n) or bad(i64, n)) or 0,
+    lease = l ~= nil and (i64(l) or bad(i64, l)) or 0,
   }
 end
 
@@ -66,11 +75,12 @@ local Header = require("coord.errors").record("etcd.header")
 
 function M.header(j)
   j = j or EMPTY
+  local c, m, r, t = j.cluster_id, j.member_id, j.revision, j.raft_term
   return setmetatable({
-    cluster_id = uint(j.cluster_id),
-    member_id = uint(j.member_id),
-    revision = int(j.revision),
-    raft_term = int(j.raft_term),
+    cluster_id = c ~= nil and (u64(c) or bad(u64, c)) or 0,
+    member_id = m ~= nil and (u64(m) or bad(u64, m)) or 0,
+    revision = r ~= nil and (i64(r) or bad(i64, r)) or 0,
+    raft_term = t ~= nil and (i64(t) or bad(i64, t)) or 0,
   }, Header)
 end
 
