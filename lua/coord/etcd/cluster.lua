@@ -34,16 +34,19 @@ return function(Client, E)
     return out
   end
 
+  -- A member table from the gateway's JSON member.
+  local function member_of(m)
+    return { id = uint(m.ID), name = m.name or "", peer_urls = urls(m.peerURLs),
+      client_urls = urls(m.clientURLs), is_learner = m.isLearner == true }
+  end
+
   --- The cluster's members: `list, nil, header`, a list of {id, name, peer_urls,
   --- client_urls, is_learner}.
   function Client:members()
     local j, err = self:_post("/v3/cluster/member/list", {}, { idempotent = true })
     if not j then return nil, err end
     local list = {}
-    for i, m in ipairs(j.members or {}) do
-      list[i] = { id = uint(m.ID), name = m.name or "", peer_urls = urls(m.peerURLs),
-        client_urls = urls(m.clientURLs), is_learner = m.isLearner == true }
-    end
+    for i, m in ipairs(j.members or {}) do list[i] = member_of(m) end
     return list, nil, header_of(j.header)
   end
 
@@ -91,11 +94,6 @@ return function(Client, E)
   E._check_endpoint = check_endpoint
   local args = require "coord.args"
   local u64tostring = require("coord.core").u64tostring
-
-  local function member_of(m)
-    return { id = uint(m.ID), name = m.name or "", peer_urls = urls(m.peerURLs),
-      client_urls = urls(m.clientURLs), is_learner = m.isLearner == true }
-  end
 
   -- Peer URLs: one URL or a list of them, each http(s)://host:port.
   local function peer_urls(v, i, fname)
