@@ -128,16 +128,10 @@ M._from_pb = from_pb
 local major = tonumber(tostring(core.versions.libcurl):match("^(%d+)")) or 0
 M.h2c = major >= 8
 
-local function plain(url, unix_socket)
-  return unix_socket ~= nil or url:sub(1, 6) ~= "https:"
-end
-M._plain = plain
-
 local function no_h2c(url)
   return "transport 'grpc' on " .. url .. " needs libcurl 8.0 or newer, not "
     .. tostring(core.versions.libcurl) .. " (its HTTP/2 breaks reused h2c connections and gRPC error replies)"
 end
-M._no_h2c = no_h2c
 
 -- gRPC methods live at fixed paths: an endpoint under a path (etcd behind a reverse proxy at
 -- /etcd) cannot take them.
@@ -150,8 +144,8 @@ local function no_path(url)
 end
 
 --- What a client with transport = "grpc" keeps in client.grpc (this module). Raises, as a
---- bad option would, when an endpoint given can never work: under a path, or plain on a
---- libcurl that cannot keep h2c connections.
+--- bad option would, when an endpoint given can never work: under a path, or any endpoint on
+--- a libcurl before 8.
 function M.client(self)
   for _, ep in ipairs(self.endpoints) do
     if under_path(ep.base) then error("bad option 'transport' to 'new' (" .. no_path(ep.url) .. ")", 3) end
