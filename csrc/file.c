@@ -1,5 +1,6 @@
 /* file.c: write_atomic(path, data): a whole file replaced atomically and durably (the
-   mirror's snapshot). Blocking: the loop waits for the disk while it runs. */
+   mirror's snapshot); fsync(path): a file written by other means (or a directory) made
+   durable. Blocking: the loop waits for the disk while they run. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -90,7 +91,24 @@ fail:
   return 2;
 }
 
+/* fsync(path): flushes the file or directory at path to the disk. Returns true, or nil and a
+   message. */
+static int fsync_path(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) < 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    lua_pushnil(L);
+    lua_pushfstring(L, "fsync %s: %s", path, strerror(e));
+    return 2;
+  }
+  close(fd);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void coord_file_register(lua_State *L) {
-  static const luaL_Reg fns[] = {{"write_atomic", write_atomic}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"write_atomic", write_atomic}, {"fsync", fsync_path}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -35,7 +35,7 @@ end
 local core_public = { json_decode = true, json_encode = true, b64encode = true, b64decode = true,
   u64 = true, u64tostring = true, i64 = true }
 local core_internal = { request = true, poll = true, fd = true, inflight = true, now = true,
-  header = true, parse_headers = true, write_atomic = true,
+  header = true, parse_headers = true, write_atomic = true, fsync = true,
   srv_lookup = true, sha256 = true, pb_compile = true, pb_encode = true, pb_decode = true }
 
 local function public_api()

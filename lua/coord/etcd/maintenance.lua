@@ -42,6 +42,13 @@ local function refusal(s, status)
   return require("coord.etcd")._refusal(s, status, SNAPSHOT_PATH)
 end
 
+-- The directory holding path, whose entry a rename changes.
+local function dir_of(path)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir == "" then return "/" end
+  return dir or "."
+end
+
 -- Copies one snapshot stream from target t into the open file f. Returns {size, sha256,
 -- endpoint}, header, or nil and an error. The bytes go to the file as they arrive; all but
 -- the last 32 are hashed, and the last 32 must be that hash.
@@ -192,7 +199,8 @@ return function(Client, E)
 
   --- Streams a snapshot of the current endpoint's database to the file at path: written to a
   --- temporary file next to it as it arrives, checked against the SHA-256 etcd sends last,
-  --- then renamed over path (on failure path is left as it was). The file is what
+  --- then synced to disk and renamed over path, and the directory synced (on failure path is
+  --- left as it was). The file is what
   --- `etcdctl snapshot save` writes, checksum included. opts: timeout (seconds for the whole
   --- transfer, default 300). Returns {size (bytes in the file), sha256 (hex), endpoint (the
   --- member it came from)}, nil, header (etcd 3.4 and 3.5 send none: its fields are 0).
@@ -210,7 +218,10 @@ return function(Client, E)
       local ok, cerr = f:close()
       if res and not ok then res, h = nil, errors.new("io", "snapshot: " .. tostring(cerr)) end
       if res then
-        local moved, merr = os.rename(tmp, path)
+        -- durable before it replaces path, and the rename durable before success is reported
+        local moved, merr = core.fsync(tmp)
+        if moved then moved, merr = os.rename(tmp, path) end
+        if moved then moved, merr = core.fsync(dir_of(path)) end
         if moved then return res, nil, h end
         res, h = nil, errors.new("io", "snapshot: " .. tostring(merr))
       end
