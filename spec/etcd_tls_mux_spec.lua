@@ -79,7 +79,7 @@ for _, version in ipairs { "3.4", "3.5" } do
 
     -- libcurl 7.88 may stall a shared connection under load (doc/etcd-watch.md, HTTP/2)
     local shared_it = curl8 and it or pending
-    shared_it("with watch.http2(true) (libcurl 8) carries 50 watches and 200 writers on 1 connection", function()
+    shared_it("sharing (libcurl 8's default) carries 50 watches and 200 writers on 1 connection", function()
       local old = watch.http2(true)
       finally(function() watch.http2(old) end)
       run(function()
@@ -116,3 +116,40 @@ for _, version in ipairs { "3.4", "3.5" } do
     end)
   end)
 end
+
+describe("coord.etcd.watch.http2", function()
+  it("shares the calls' HTTP/2 connection by default on libcurl 8 only", function()
+    local default = watch.http2(false)
+    watch.http2(default)
+    assert.are.equal(curl8, default)
+  end)
+end)
+
+describe("coord.http address_scope", function()
+  it("takes an integer from 0 to 2^32-1 and refuses anything else before sending", function()
+    local function req(v)
+      return function() coord.http.request { url = "http://127.0.0.1:1/", address_scope = v } end
+    end
+    local msg = "bad request option 'address_scope' (integer from 0 to 2^32-1 expected)"
+    assert.has_error(req(-1), msg)
+    assert.has_error(req(1.5), msg)
+    assert.has_error(req(1 << 32), msg)
+    assert.has_error(req("1"), "bad request option 'address_scope' (number expected, got string)")
+  end)
+
+  it("connects to IPv4 with a scope set, on a connection of its own", function()
+    local srv <close> = servers.etcd { version = "3.4", tls = true }
+    run(function()
+      local tls = srv:client_tls()
+      local port = srv.members[1].port
+      local before = sup.connections(port)
+      local res = assert(coord.http.get(srv.endpoint .. "/version", { tls = tls, address_scope = 7, http_version = "2tls" }))
+      assert.are.equal(200, res.status)
+      -- the idle connection the harness's health checks left is not reused for it
+      assert.are.equal(before + 1, sup.connections(port))
+      res = assert(coord.http.get(srv.endpoint .. "/version", { tls = tls, address_scope = 7, http_version = "2tls" }))
+      assert.are.equal(200, res.status)
+      assert.are.equal(before + 1, sup.connections(port))
+    end)
+  end)
+end)
