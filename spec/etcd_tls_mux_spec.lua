@@ -134,7 +134,7 @@ describe("coord.http address_scope", function()
     assert.has_error(req(-1), msg)
     assert.has_error(req(1.5), msg)
     assert.has_error(req(1 << 32), msg)
-    assert.has_error(req("1"), "bad request option 'address_scope' (number expected, got string)")
+    assert.has_error(req(true), "bad request option 'address_scope' (number expected, got boolean)")
   end)
 
   it("connects to IPv4 with a scope set, on a connection of its own", function()
