@@ -65,6 +65,12 @@ static CURLcode set_request(CURL *e, const coord_easy_opts *o) {
   if (o->pipewait) SET(e, CURLOPT_PIPEWAIT, 1L);
   if (o->headers) SET(e, CURLOPT_HTTPHEADER, o->headers);
   if (o->connect_to) SET(e, CURLOPT_CONNECT_TO, o->connect_to);
+  /* Besides its IPv6 meaning (ignored for IPv4 and for addresses that are not link-local),
+     the scope id is part of the key libcurl groups connections by (scope, port, host): a
+     transfer with another scope never shares a connection with the others. libcurl 7.88
+     marks a host's whole group as unable to multiplex once one of its connections speaks
+     HTTP/1.1, so an HTTP/1.1 stream kept in the group would stop HTTP/2 multiplexing. */
+  if (o->address_scope) SET(e, CURLOPT_ADDRESS_SCOPE, o->address_scope);
   if (o->is_head) {
     SET(e, CURLOPT_NOBODY, 1L);
   } else if (o->upload) {
@@ -88,7 +94,8 @@ CURLcode coord_easy_configure(CURL *e, const coord_easy_opts *o, unsigned *flags
   *flags = 0;
   CURLcode rc = set_request(e, o);
   if (rc != CURLE_OK) return rc;
-  *flags = (!o->has_tls && !o->unix_socket && !o->connect_to && !o->upload && !o->is_head ? COORD_EASY_PLAIN : 0) |
+  *flags = (!o->has_tls && !o->unix_socket && !o->connect_to && !o->address_scope && !o->upload && !o->is_head
+                ? COORD_EASY_PLAIN : 0) |
            (o->http_version != CURL_HTTP_VERSION_NONE ? COORD_EASY_VERSION : 0) |
            (o->pipewait ? COORD_EASY_PIPEWAIT : 0);
   return CURLE_OK;

@@ -27,13 +27,15 @@ typedef struct coord_easy_opts {
   const char *url, *method, *body, *unix_socket;
   size_t body_len;
   long timeout_ms, connect_timeout_ms, http_version; /* CURL_HTTP_VERSION_NONE: libcurl's */
+  long address_scope;                                /* 0: none */
   int is_get, is_head, upload, pipewait, has_tls;
   coord_tls tls;
   struct curl_slist *headers, *connect_to;
 } coord_easy_opts;
 
 /* How a configured handle is cleaned for reuse (coord_easy_configure says which): PLAIN when
-   it set no option that only a full reset undoes (TLS, unix socket, connect_to, upload, HEAD);
+   it set no option that only a full reset undoes (TLS, unix socket, connect_to, address scope,
+   upload, HEAD);
    VERSION and PIPEWAIT when it set those two, which are undone one by one. 0: a full reset. */
 enum { COORD_EASY_PLAIN = 1, COORD_EASY_VERSION = 2, COORD_EASY_PIPEWAIT = 4 };
 

@@ -13,6 +13,7 @@ typedef struct coord_sock coord_sock;
 typedef struct coord_srv coord_srv;
 
 #define COORD_MAX_IDLE_CONNS 256 /* connections curl keeps open for reuse */
+#define COORD_MAX_STREAMS 1000   /* HTTP/2 streams coord lets curl open on one connection */
 
 struct coord_loop {
   uv_loop_t uv;

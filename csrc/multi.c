@@ -148,7 +148,11 @@ int coord_multi_setup(coord_loop *lp) {
       curl_multi_setopt(lp->multi, CURLMOPT_TIMERDATA, lp) != CURLM_OK ||
       /* curl's default cache (4x the transfers in flight) shrinks as transfers finish and
          then closes connections that the next requests would have reused */
-      curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, (long)COORD_MAX_IDLE_CONNS) != CURLM_OK)
+      curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, (long)COORD_MAX_IDLE_CONNS) != CURLM_OK ||
+      /* curl's own cap of HTTP/2 streams per connection (default 100; the server's limit
+         still applies): past it libcurl 7.88 opened a connection per request instead of
+         waiting for one (200 concurrent etcd puts over TLS took 101 connections) */
+      curl_multi_setopt(lp->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)COORD_MAX_STREAMS) != CURLM_OK)
     return -1;
   return 0;
 }

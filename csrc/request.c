@@ -229,6 +229,15 @@ static int opt_bool(lua_State *L, int t, const char *name, int dflt) {
   return b;
 }
 
+/* address_scope: an IPv6 scope id (CURLOPT_ADDRESS_SCOPE, an unsigned 32-bit number); 0 when absent. */
+static long opt_scope(lua_State *L, int t) {
+  if (!opt(L, t, "address_scope", LUA_TNUMBER)) return 0;
+  lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
+  if (v < 0 || v > 0xffffffffLL) luaL_error(L, "bad request option 'address_scope' (integer from 0 to 2^32-1 expected)");
+  lua_pop(L, 1);
+  return (long)v;
+}
+
 /* A method is an RFC 9110 token: it goes into the request line as it is. */
 static void check_method(lua_State *L, const char *m, size_t n) {
   static const char extra[] = "!#$%&'*+-.^_`|~";
@@ -412,6 +421,7 @@ int coord_req_new(lua_State *L) {
   o.unix_socket = opt_string(L, 1, "unix_socket");
   o.http_version = http_version(L, opt_string(L, 1, "http_version"));
   o.pipewait = opt_bool(L, 1, "pipewait", 0);
+  o.address_scope = opt_scope(L, 1);
   r->max_body = opt_size(L, 1, "max_body", DEFAULT_MAX_BODY);
   r->high_water = opt_size(L, 1, "buffer", DEFAULT_HIGH_WATER);
   o.has_tls = read_tls(L, 1, &o.tls);

@@ -64,6 +64,7 @@ end
 --- opts: url (required), method, headers, body, timeout (30 s; 0 = none), connect_timeout
 --- (10 s), tls = {ca_file, ca_path, cert_file, key_file, key_password, verify = true,
 --- verify_host}, unix_socket, connect_to (list of "HOST:PORT:TO-HOST:TO-PORT"), http_version ("1.1", "2", "2tls", ...), pipewait, max_body,
+--- address_scope (an IPv6 scope id; requests with different ones never share a connection),
 --- expect (a status or list of statuses; any other is an "http" error), resend (libcurl may
 --- send the request again when a reused connection died before any reply; default true
 --- for GET and HEAD only).

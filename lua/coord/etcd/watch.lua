@@ -80,7 +80,8 @@ function M.stats(client)
 end
 
 --- Whether, over TLS, watch streams share the requests' HTTP/2 connection (true) or use an
---- HTTP/1.1 connection of their own (false, the default). Returns the previous setting.
+--- HTTP/1.1 connection of their own (false). Default: true with libcurl 8 or newer, false
+--- before. Returns the previous setting.
 function M.http2(on)
   check(on, "boolean", 1, "http2")
   local old = hubs.HTTP2
