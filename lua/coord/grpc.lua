@@ -45,6 +45,16 @@ local function timeout_header(seconds)
 end
 M._timeout_header = timeout_header
 
+-- libcurl 8 reports a request it sent on a pooled HTTP/2 connection that the server had
+-- closed meanwhile (a killed member) as an error of the HTTP/2 framing layer. Over HTTP/1.1
+-- the same is a closed connection, and libcurl sends the request again on a new one. So here
+-- too: a call that may be repeated is sent once more (the dead connection is gone by then),
+-- and one that may not is "unknown" with the cause "closed".
+local function broken(err)
+  local kind = err.kind == "unknown" and err.cause or err.kind
+  return kind == "protocol" and err.maybe_applied and err.message:find("HTTP2 framing layer", 1, true) ~= nil
+end
+
 local function protocol(message, fields)
   return nil, errors.new("protocol", message, fields)
 end
@@ -68,12 +78,20 @@ function M.call(target, method, msg, opts)
     end
   end
   local url = target.url .. method
-  local res, err = http.request {
+  local req = {
     url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
     http_version = url:sub(1, 6) == "https:" and "2tls" or "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
+  local res, err = http.request(req)
+  if not res and broken(err) then
+    if opts.resend then
+      res, err = http.request(req)
+    elseif err.kind == "unknown" then
+      err.cause = "closed"
+    end
+  end
   if not res then return nil, err end
   local fields = { status = res.status, url = url }
   if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
