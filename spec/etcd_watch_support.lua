@@ -22,7 +22,7 @@ end
 function M.call(srv, path, body, url, token)
   local res = assert(http.post((url or srv.endpoint) .. path, core.json_encode(body),
     { tls = srv:client_tls(), timeout = 10, headers = token and { Authorization = token } or nil,
-      http_version = "1.1" })) -- never on a gRPC client's h2c connection (servers.lua, GATEWAY)
+      http_version = not srv.certs and "1.1" or nil })) -- as servers.lua's gateway()
   assert(res.status == 200, path .. ": " .. res.status .. " " .. res.body)
   return assert(core.json_decode(res.body))
 end

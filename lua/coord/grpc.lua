@@ -81,7 +81,10 @@ function M.call(target, method, msg, opts)
   local req = {
     url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
-    http_version = url:sub(1, 6) == "https:" and "2tls" or "2-prior-knowledge", pipewait = true,
+    -- prior knowledge on https:// too: libcurl still negotiates h2 by ALPN, but never puts the
+    -- call on a pooled HTTP/1.1 connection to the host, as "2tls" would (etcd's gateway, not
+    -- its gRPC server, answers there: 404)
+    http_version = "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
   local res, err = http.request(req)
