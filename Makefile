@@ -86,8 +86,9 @@ test: deps
 # make test-grpc: the etcd specs and the examples again on libcurl 8.14.1, their clients on
 # transport "grpc" (spec/etcd_client.lua reads COORD_SPEC_ETCD_TRANSPORT; etcd_grpc_spec sets
 # its own, so it is not run twice).
-ETCD_SPECS := $(filter-out spec/etcd_grpc_spec.lua,$(wildcard spec/etcd_*_spec.lua)) spec/mirror_spec.lua \
-              spec/mirror_snapshot_spec.lua spec/write_safety_spec.lua spec/hosts_spec.lua spec/examples_spec.lua
+ETCD_SPECS := spec/etcd_spec.lua $(filter-out spec/etcd_grpc_spec.lua,$(wildcard spec/etcd_*_spec.lua)) \
+              spec/mirror_spec.lua spec/mirror_snapshot_spec.lua spec/write_safety_spec.lua spec/hosts_spec.lua \
+              spec/examples_spec.lua
 test-grpc:
 	@COORD_SPEC_ETCD_TRANSPORT=grpc $(MAKE) --no-print-directory test-curl8 SPEC="$(ETCD_SPECS)"
 
