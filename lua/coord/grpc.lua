@@ -55,6 +55,32 @@ local function broken(err)
   return kind == "protocol" and err.maybe_applied and err.message:find("HTTP2 framing layer", 1, true) ~= nil
 end
 
+-- libcurl 8.14 also takes an idle pooled HTTP/2 connection whose server died (killed, not
+-- stopped: no GOAWAY) for alive, so the first write after a member's crash and restart would
+-- go out on it and fail as "unknown". So a call that may not be repeated, to a target with no
+-- reply for M.idle seconds (1), is preceded by a probe: a call safe to repeat, of a method
+-- that need not exist (any gRPC answer, even "unimplemented", shows the connection works). A
+-- probe that finds the connection dead is sent again as reads are, on a new connection, which
+-- the call then takes. Its own outcome is otherwise ignored: the call reports its own.
+M.idle = 1
+local PROBE = "/grpc.health.v1.Health/Check"
+local now = core.now
+local last_reply = {} -- pool key (one per target) -> time of the last reply
+
+local function pool_key(target)
+  return target.url .. "|" .. tostring(target.unix_socket) .. "|" .. tostring(target.connect_to)
+end
+
+local function probe(target, req, timeout)
+  local p = { url = target.url .. PROBE, method = "POST", body = M.frame(""),
+    headers = { "Content-Type: application/grpc", "TE: trailers" }, timeout = timeout, tls = req.tls,
+    unix_socket = req.unix_socket, connect_to = req.connect_to, http_version = req.http_version,
+    pipewait = true, resend = true }
+  local res, err = http.request(p)
+  if not res and broken(err) then res = http.request(p) end
+  if res then last_reply[pool_key(target)] = now() end
+end
+
 local function protocol(message, fields)
   return nil, errors.new("protocol", message, fields)
 end
@@ -87,6 +113,12 @@ function M.call(target, method, msg, opts)
     http_version = "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
+  local key = pool_key(target)
+  if not opts.resend and now() - (last_reply[key] or -math.huge) > M.idle then
+    local t0 = now()
+    probe(target, req, math.min(timeout / 2, 1))
+    req.timeout = math.max(timeout - (now() - t0), 0.001)
+  end
   local res, err = http.request(req)
   if not res and broken(err) then
     if opts.resend then
@@ -96,6 +128,7 @@ function M.call(target, method, msg, opts)
     end
   end
   if not res then return nil, err end
+  last_reply[key] = now()
   local fields = { status = res.status, url = url }
   if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
   -- a reply's trailers reach the header block after the body; a trailers-only reply has
