@@ -28,7 +28,7 @@ ASAN_RT   = $(shell $(CC) -print-file-name=libasan.so)
 VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
             --errors-for-leak-kinds=definite,indirect --suppressions=$(CURDIR)/.ci/valgrind.supp
 
-.PHONY: all deps build test test-curl8 asan valgrind demo example bench rock soak clean
+.PHONY: all deps build test test-curl8 test-grpc asan valgrind demo example bench rock soak clean
 
 all: build
 
@@ -75,11 +75,22 @@ build/peer-asan: spec/peer/peer.c
 	$(CC) -std=gnu11 -O1 -g $(SAN) $(WARN) -pthread -o $@ $<
 
 # make test: the whole suite on the system's libcurl (7.88.1), then again on libcurl 8.14.1
-# (test-curl8, without the soak and the rockspec install, which builds on the system's).
+# (test-curl8, without the soak and the rockspec install, which builds on the system's), then
+# the etcd specs on libcurl 8.14.1 with the gRPC transport (test-grpc).
 test: deps
 	@$(MAKE) --no-print-directory build build/peer build/host
 	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
 	@$(MAKE) --no-print-directory test-curl8 SPEC="--exclude-pattern=soak_spec --exclude-pattern=rock_spec spec"
+	@$(MAKE) --no-print-directory test-grpc
+
+# make test-grpc: the etcd specs and the examples again on libcurl 8.14.1, their clients on
+# transport "grpc" (spec/etcd_client.lua reads COORD_SPEC_ETCD_TRANSPORT; etcd_grpc_spec sets
+# its own, so it is not run twice).
+ETCD_SPECS := spec/etcd_spec.lua $(filter-out spec/etcd_grpc_spec.lua,$(wildcard spec/etcd_*_spec.lua)) \
+              spec/mirror_spec.lua spec/mirror_snapshot_spec.lua spec/write_safety_spec.lua spec/hosts_spec.lua \
+              spec/examples_spec.lua
+test-grpc:
+	@COORD_SPEC_ETCD_TRANSPORT=grpc $(MAKE) --no-print-directory test-curl8 SPEC="$(ETCD_SPECS)"
 
 # make test-curl8 [SPEC=spec/http_spec.lua]: the specs (default: all) with coord built against
 # libcurl 8.14.1 (CURL=8 above); spec/install_spec.lua checks that this is the libcurl loaded.

@@ -6,7 +6,7 @@ local coord = require "coord"
 local http = require "coord.http"
 local servers = require "servers"
 local helpers = require "helpers"
-local etcd_mod = require "coord.etcd"
+local etcd_mod = require "etcd_client" -- coord.etcd with the run's transport
 
 -- Runs a test body as a coroutine (see etcd_lease_spec.lua).
 local function co(fn)
@@ -144,7 +144,10 @@ describe("coord.etcd with auth", function()
     local etcd = client("root", "rootpw")
     local real, n = http.request, 0
     http.request = function(o)
-      if o.url:find("/v3/auth/authenticate", 1, true) then n = n + 1 end
+      -- the gateway's path, or the gRPC method (transport "grpc")
+      if o.url:find("/v3/auth/authenticate", 1, true) or o.url:find("/etcdserverpb.Auth/Authenticate", 1, true) then
+        n = n + 1
+      end
       return real(o)
     end
     local fns = {}
@@ -439,20 +442,22 @@ describe("coord.etcd retries", function()
     if peer then peer.stop() end
   end)
 
+  -- The peer speaks HTTP/1.1 and its routes are paths: its clients use the JSON gateway
+  -- whatever the run's transport (gRPC has fixed paths, spec/etcd_grpc_spec.lua).
   -- an endpoint whose every gateway path lands on one of the peer's routes
   local function faulty(route)
     return peer.url(route .. (route:find("?", 1, true) and "&to=" or "?to="))
   end
 
   it("retries reads but not writes on a connection that broke after the request was sent", co(function()
-    local etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
+    local etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint }, transport = "json" }
     local ok, err = etcd:put("retry/a", "1")
     assert.is_nil(ok)
     assert.equal("unknown", err.kind) -- it was sent: the outcome is unknown
     assert.equal("closed", err.cause)
     assert.is_true(err.maybe_applied)
     assert.is_nil(assert(etcd_mod.new { endpoints = { server.endpoint } }:range("retry/", { prefix = true }))[1])
-    etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint } }
+    etcd = etcd_mod.new { endpoints = { faulty("/reset"), server.endpoint }, transport = "json" }
     local kv, _, h2 = etcd:get("retry/a")
     assert.is_nil(kv)
     assert.is_true(h2.revision > 0)
@@ -460,12 +465,12 @@ describe("coord.etcd retries", function()
   end))
 
   it("moves on after a 503 for reads and reports it for writes", co(function()
-    local etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
+    local etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint }, transport = "json" }
     local ok, err = etcd:put("retry/b", "1")
     assert.is_nil(ok)
     assert.equal("unavailable", err.kind)
     assert.equal(503, err.status)
-    etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint } }
+    etcd = etcd_mod.new { endpoints = { faulty("/status?code=503&body=busy"), server.endpoint }, transport = "json" }
     assert.is_nil((etcd:get("retry/b")))
     assert.equal(server.endpoint, etcd:_target().url)
   end))
@@ -473,13 +478,13 @@ describe("coord.etcd retries", function()
   -- The peer answers every gateway path 3 s late (with a body that is not JSON), well inside
   -- the client's 30 s request timeout: only the call's own cap can end it sooner.
   it("caps a lock's and a campaign's whole call with their timeout, authentication and lease grant included", co(function()
-    local etcd = etcd_mod.new { endpoints = { faulty("/slow?ms=3000") }, timeout = 30, user = "u", password = "p" }
+    local etcd = etcd_mod.new { endpoints = { faulty("/slow?ms=3000") }, transport = "json", timeout = 30, user = "u", password = "p" }
     local lock, err = etcd:lock("cap/l", { timeout = 0.3, ttl = 1 })
     assert.is_nil(lock)
     assert.equal("timeout", err.kind)
     assert.equal("timed out after 0.3 s", err.message)
     -- without a user: the lease grant is capped
-    etcd = etcd_mod.new { endpoints = { faulty("/slow?ms=3000") }, timeout = 30 }
+    etcd = etcd_mod.new { endpoints = { faulty("/slow?ms=3000") }, transport = "json", timeout = 30 }
     local l
     l, err = etcd:campaign("cap/e", "v", { timeout = 0.3, ttl = 1 })
     assert.is_nil(l)

@@ -6,7 +6,7 @@ local core = require "coord.core"
 local dns = require "coord.dns"
 local servers = require "servers"
 local helpers = require "helpers"
-local etcd_mod = require "coord.etcd"
+local etcd_mod = require "etcd_client" -- coord.etcd with the run's transport
 
 local function co(fn)
   return function() return coord.run(fn) end

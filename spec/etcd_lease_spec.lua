@@ -3,7 +3,7 @@
 
 local coord = require "coord"
 local servers = require "servers"
-local etcd_mod = require "coord.etcd"
+local etcd_mod = require "etcd_client" -- coord.etcd with the run's transport
 
 -- Waits (bounded) for a condition no event reports, such as another process's progress;
 -- `log` (a file) is shown if it never comes.

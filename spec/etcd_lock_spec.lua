@@ -4,7 +4,7 @@
 
 local coord = require "coord"
 local servers = require "servers"
-local etcd_mod = require "coord.etcd"
+local etcd_mod = require "etcd_client" -- coord.etcd with the run's transport
 local errors = require "coord.errors"
 local watch_mod = require "coord.etcd.watch"
 

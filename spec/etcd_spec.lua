@@ -2,7 +2,7 @@
 -- 3.5 members.
 
 local servers = require "servers"
-local etcd_mod = require "coord.etcd"
+local etcd_mod = require "etcd_client" -- coord.etcd with the run's transport
 
 local function all_bytes()
   local t = {}

@@ -466,7 +466,7 @@ local http = coord.http
 -- A put that may fail (the member is down or the cluster has no leader yet): revision or nil.
 local function try_put(url, key, value)
   local res = http.post(url .. "/v3/kv/put", core.json_encode { key = core.b64encode(key), value = core.b64encode(value) },
-    { timeout = 2 })
+    { timeout = 2, http_version = url:find("^http:") and "1.1" or nil }) -- as servers.lua's gateway()
   if not (res and res.status == 200) then return nil end
   return core.i64(core.json_decode(res.body).header.revision)
 end

@@ -9,18 +9,20 @@ local M = {}
 
 local b64 = core.b64encode
 
---- A coord.etcd client for server srv (opts are merged into the client's options).
+--- A coord.etcd client for server srv (opts are merged into the client's options), on the
+--- run's transport (spec/etcd_client.lua).
 function M.client(srv, opts)
   local o = { endpoints = srv.endpoints, tls = srv:client_tls(), timeout = 10 }
   for k, v in pairs(opts or {}) do o[k] = v end
-  return require("coord.etcd").new(o)
+  return require("etcd_client").new(o)
 end
 
 --- POSTs a JSON body to the gateway path on srv's first member (or `url`); returns the
 --- decoded reply (asserting a 200).
 function M.call(srv, path, body, url, token)
   local res = assert(http.post((url or srv.endpoint) .. path, core.json_encode(body),
-    { tls = srv:client_tls(), timeout = 10, headers = token and { Authorization = token } or nil }))
+    { tls = srv:client_tls(), timeout = 10, headers = token and { Authorization = token } or nil,
+      http_version = not srv.certs and "1.1" or nil })) -- as servers.lua's gateway()
   assert(res.status == 200, path .. ": " .. res.status .. " " .. res.body)
   return assert(core.json_decode(res.body))
 end

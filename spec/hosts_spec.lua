@@ -3,6 +3,7 @@
 -- etcd and Debian's lua-cqueues.
 local coord = require "coord"
 local servers = require "servers"
+local etcd_client = require "etcd_client" -- coord.etcd with the run's transport
 local cqueues = require "cqueues"
 
 -- A foreign scheduler: round robin over its coroutines, resuming each with "round N" whatever
@@ -90,7 +91,7 @@ describe("coord inside other schedulers", function()
     local server, etcd
     setup(function()
       server = servers.etcd {}
-      etcd = coord.etcd.new { endpoints = { server.endpoint } }
+      etcd = etcd_client.new { endpoints = { server.endpoint } }
     end)
     teardown(function()
       if server then server:stop() end

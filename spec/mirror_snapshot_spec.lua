@@ -4,14 +4,15 @@
 
 local coord = require "coord"
 local servers = require "servers"
+local etcd_client = require "etcd_client" -- coord.etcd with the run's transport
 
 -- What these specs need of each backend. down() takes the server away for good (etcd:
 -- SIGKILL; Consul: stopped with its data), proc() is the process to pause with SIGSTOP.
 local backends = {
   etcd = {
     start = function() return servers.etcd {} end,
-    client = function(srv) return coord.etcd.new { endpoints = { srv.endpoint } } end,
-    dead = function(port) return coord.etcd.new { endpoints = { "http://127.0.0.1:" .. port } } end,
+    client = function(srv) return etcd_client.new { endpoints = { srv.endpoint } } end,
+    dead = function(port) return etcd_client.new { endpoints = { "http://127.0.0.1:" .. port } } end,
     version = function(c, k) return assert(c:get(k)).mod_revision, "" end,
     put = function(c, k, v) return assert(c:put(k, v)) end,
     delete = function(c, k) return assert(c:delete(k)) end,

@@ -4,6 +4,7 @@
 local coord = require "coord"
 local core = require "coord.core"
 local servers = require "servers"
+local etcd_client = require "etcd_client" -- coord.etcd with the run's transport
 
 -- What the mirror needs of each backend, spelled once. down() takes the only server away,
 -- up() brings it back (etcd with its data, Consul as a fresh dev agent); stale_bound is the
@@ -11,7 +12,7 @@ local servers = require "servers"
 local backends = {
   etcd = {
     start = function() return servers.etcd {} end,
-    client = function(srv) return coord.etcd.new { endpoints = { srv.endpoint } } end,
+    client = function(srv) return etcd_client.new { endpoints = { srv.endpoint } } end,
     put = function(c, k, v) return assert(c:put(k, v)) end,
     delete = function(c, k) return assert(c:delete(k)) end,
     down = function(srv) srv:kill(1) end,
@@ -254,8 +255,8 @@ describe("coord.mirror on etcd", function()
 
   it("takes a fresh snapshot when its revision was compacted, reporting what differs", function()
     local srv <close> = servers.etcd { members = 3 }
-    local one = coord.etcd.new { endpoints = { srv.members[1].url } }
-    local two = coord.etcd.new { endpoints = { srv.members[2].url } }
+    local one = etcd_client.new { endpoints = { srv.members[1].url } }
+    local two = etcd_client.new { endpoints = { srv.members[2].url } }
     coord.run(function()
       local changes = {}
       assert(two:put("c/keep", "1"))

@@ -215,10 +215,17 @@ local function etcd_member(self, i)
   m.proc = M.spawn(table.concat(cmd, " "), m.dir .. ".log")
 end
 
+-- The HTTP version of the harness's own gateway calls: on a plain port HTTP/1.1, or libcurl 8
+-- could send them on a gRPC client's h2c connection, which etcd's gRPC server answers 415.
+-- Over TLS the default, so that they leave no HTTP/1.1 connection for the client's calls.
+local function gateway(self)
+  return not self.certs and "1.1" or nil
+end
+
 -- Whether the member answers /health with "true" (leader known).
 function Etcd:healthy(i)
   local m = self.members[i]
-  local res = http.get(m.url .. "/health", { timeout = 2, tls = self:client_tls() })
+  local res = http.get(m.url .. "/health", { timeout = 2, tls = self:client_tls(), http_version = gateway(self) })
   return res and res.status == 200 and res.body:find('"true"') ~= nil
 end
 
@@ -476,7 +483,8 @@ Consul.__close = Consul.stop
 function Etcd:leader()
   for i, m in ipairs(self.members) do
     if m.proc and m.proc:alive() then
-      local res = http.post(m.url .. "/v3/maintenance/status", "{}", { timeout = 2, tls = self:client_tls() })
+      local res = http.post(m.url .. "/v3/maintenance/status", "{}",
+        { timeout = 2, tls = self:client_tls(), http_version = gateway(self) })
       local j = res and res.status == 200 and require("coord.core").json_decode(res.body)
       if type(j) == "table" and type(j.header) == "table" and j.leader and j.leader == j.header.member_id then
         return i

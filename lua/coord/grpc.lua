@@ -45,6 +45,42 @@ local function timeout_header(seconds)
 end
 M._timeout_header = timeout_header
 
+-- libcurl 8 reports a request it sent on a pooled HTTP/2 connection that the server had
+-- closed meanwhile (a killed member) as an error of the HTTP/2 framing layer. Over HTTP/1.1
+-- the same is a closed connection, and libcurl sends the request again on a new one. So here
+-- too: a call that may be repeated is sent once more (the dead connection is gone by then),
+-- and one that may not is "unknown" with the cause "closed".
+local function broken(err)
+  local kind = err.kind == "unknown" and err.cause or err.kind
+  return kind == "protocol" and err.maybe_applied and err.message:find("HTTP2 framing layer", 1, true) ~= nil
+end
+
+-- libcurl 8.14 also takes an idle pooled HTTP/2 connection whose server died (killed, not
+-- stopped: no GOAWAY) for alive, so the first write after a member's crash and restart would
+-- go out on it and fail as "unknown". So a call that may not be repeated, to a target with no
+-- reply for M.idle seconds (1), is preceded by a probe: a call safe to repeat, of a method
+-- that need not exist (any gRPC answer, even "unimplemented", shows the connection works). A
+-- probe that finds the connection dead is sent again as reads are, on a new connection, which
+-- the call then takes. Its own outcome is otherwise ignored: the call reports its own.
+M.idle = 1
+local PROBE = "/grpc.health.v1.Health/Check"
+local now = core.now
+local last_reply = {} -- pool key (one per target) -> time of the last reply
+
+local function pool_key(target)
+  return target.url .. "|" .. tostring(target.unix_socket) .. "|" .. tostring(target.connect_to)
+end
+
+local function probe(target, req, timeout)
+  local p = { url = target.url .. PROBE, method = "POST", body = M.frame(""),
+    headers = { "Content-Type: application/grpc", "TE: trailers" }, timeout = timeout, tls = req.tls,
+    unix_socket = req.unix_socket, connect_to = req.connect_to, http_version = req.http_version,
+    pipewait = true, resend = true }
+  local res, err = http.request(p)
+  if not res and broken(err) then res = http.request(p) end
+  if res then last_reply[pool_key(target)] = now() end
+end
+
 local function protocol(message, fields)
   return nil, errors.new("protocol", message, fields)
 end
@@ -68,13 +104,31 @@ function M.call(target, method, msg, opts)
     end
   end
   local url = target.url .. method
-  local res, err = http.request {
+  local req = {
     url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
-    http_version = url:sub(1, 6) == "https:" and "2tls" or "2-prior-knowledge", pipewait = true,
+    -- prior knowledge on https:// too: libcurl still negotiates h2 by ALPN, but never puts the
+    -- call on a pooled HTTP/1.1 connection to the host, as "2tls" would (etcd's gateway, not
+    -- its gRPC server, answers there: 404)
+    http_version = "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
+  local key = pool_key(target)
+  if not opts.resend and now() - (last_reply[key] or -math.huge) > M.idle then
+    local t0 = now()
+    probe(target, req, math.min(timeout / 2, 1))
+    req.timeout = math.max(timeout - (now() - t0), 0.001)
+  end
+  local res, err = http.request(req)
+  if not res and broken(err) then
+    if opts.resend then
+      res, err = http.request(req)
+    elseif err.kind == "unknown" then
+      err.cause = "closed"
+    end
+  end
   if not res then return nil, err end
+  last_reply[key] = now()
   local fields = { status = res.status, url = url }
   if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
   -- a reply's trailers reach the header block after the body; a trailers-only reply has

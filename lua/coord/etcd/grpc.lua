@@ -14,7 +14,8 @@ local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64,
 local types, messages, enums = schema.types, schema.messages, schema.enums
 
 -- Each gateway path coord sends a unary call to, as its gRPC method and messages. A path not
--- here (the streams: watch, lease keepalive, snapshot) stays on the JSON gateway.
+-- here (the streams: watch, lease keepalive, snapshot) stays on the JSON gateway. The gateway's
+-- /v3/maintenance/transfer-leadership is the method MoveLeader.
 local calls = {
   ["/v3/kv/range"] = { "/etcdserverpb.KV/Range", "RangeRequest", "RangeResponse" },
   ["/v3/kv/put"] = { "/etcdserverpb.KV/Put", "PutRequest", "PutResponse" },
@@ -29,7 +30,30 @@ local calls = {
   ["/v3/auth/authenticate"] = { "/etcdserverpb.Auth/Authenticate", "AuthenticateRequest", "AuthenticateResponse" },
   ["/v3/cluster/member/list"] = { "/etcdserverpb.Cluster/MemberList", "MemberListRequest", "MemberListResponse" },
   ["/v3/maintenance/status"] = { "/etcdserverpb.Maintenance/Status", "StatusRequest", "StatusResponse" },
+  ["/v3/cluster/member/add"] = { "/etcdserverpb.Cluster/MemberAdd", "MemberAddRequest", "MemberAddResponse" },
+  ["/v3/cluster/member/remove"] = { "/etcdserverpb.Cluster/MemberRemove", "MemberRemoveRequest", "MemberRemoveResponse" },
+  ["/v3/cluster/member/update"] = { "/etcdserverpb.Cluster/MemberUpdate", "MemberUpdateRequest", "MemberUpdateResponse" },
+  ["/v3/cluster/member/promote"] = { "/etcdserverpb.Cluster/MemberPromote", "MemberPromoteRequest",
+    "MemberPromoteResponse" },
+  ["/v3/maintenance/alarm"] = { "/etcdserverpb.Maintenance/Alarm", "AlarmRequest", "AlarmResponse" },
+  ["/v3/maintenance/defragment"] = { "/etcdserverpb.Maintenance/Defragment", "DefragmentRequest", "DefragmentResponse" },
+  ["/v3/maintenance/hashkv"] = { "/etcdserverpb.Maintenance/HashKV", "HashKVRequest", "HashKVResponse" },
+  ["/v3/maintenance/transfer-leadership"] = { "/etcdserverpb.Maintenance/MoveLeader", "MoveLeaderRequest",
+    "MoveLeaderResponse" },
 }
+
+-- The Auth service's calls by gateway path, as methods; the messages of method M are
+-- AuthMRequest and AuthMResponse (AuthEnableRequest for AuthEnable).
+for path, method in pairs {
+  enable = "AuthEnable", disable = "AuthDisable", ["user/add"] = "UserAdd", ["user/get"] = "UserGet",
+  ["user/list"] = "UserList", ["user/delete"] = "UserDelete", ["user/changepw"] = "UserChangePassword",
+  ["user/grant"] = "UserGrantRole", ["user/revoke"] = "UserRevokeRole", ["role/add"] = "RoleAdd",
+  ["role/get"] = "RoleGet", ["role/list"] = "RoleList", ["role/delete"] = "RoleDelete",
+  ["role/grant"] = "RoleGrantPermission", ["role/revoke"] = "RoleRevokePermission",
+} do
+  local m = method:find("^Auth") and method or "Auth" .. method
+  calls["/v3/auth/" .. path] = { "/etcdserverpb.Auth/" .. method, m .. "Request", m .. "Response" }
+end
 M.calls = calls
 
 -- The enum of each enum field the mapped messages carry (the gateway spells enums by name).
@@ -38,6 +62,10 @@ local enum_of = {
   ["RangeRequest.sort_target"] = "RangeRequest.SortTarget",
   ["Compare.result"] = "Compare.CompareResult",
   ["Compare.target"] = "Compare.CompareTarget",
+  ["Permission.permType"] = "Permission.Type",
+  ["AlarmRequest.action"] = "AlarmRequest.AlarmAction",
+  ["AlarmRequest.alarm"] = "AlarmType",
+  ["AlarmMember.alarm"] = "AlarmType",
 }
 
 -- Per message, field name -> { type, repeated, enum names -> numbers, numbers -> names }.
