@@ -193,32 +193,37 @@ function Stream:recv()
   while true do
     local buf, pos = self.buf, self.pos
     local avail = #buf - pos + 1
+    local need = 5
     if avail >= 5 then
       local flag, len = sunpack(">BI4", buf, pos)
       if flag ~= 0 then
         return self:_fail(errors.new("protocol", "gRPC stream: compressed or unknown frame flag " .. flag,
           { url = self.url }))
       end
-      if avail >= 5 + len then
-        self.pos = pos + 5 + len
-        return buf:sub(pos + 5, pos + 4 + len)
+      need = 5 + len
+      if avail >= need then
+        self.pos = pos + need
+        return buf:sub(pos + 5, pos + need - 1)
       end
     end
-    local data, err = s:read()
-    if not data then
-      if err then return self:_fail(err) end
-      if avail > 0 then
-        return self:_fail(errors.new("protocol", ("gRPC stream ended inside a frame (%d bytes left)"):format(avail),
-          { url = self.url }))
+    -- read until `need` bytes are held, joining them once (a large message comes in many reads)
+    local parts, have = {}, avail
+    if avail > 0 then parts[1] = pos == 1 and buf or buf:sub(pos) end
+    repeat
+      local data, err = s:read()
+      if not data then
+        self.buf, self.pos = table.concat(parts), 1
+        if err then return self:_fail(err) end
+        if have > 0 then
+          return self:_fail(errors.new("protocol", ("gRPC stream ended inside a frame (%d bytes left)"):format(have),
+            { url = self.url }))
+        end
+        return self:_status()
       end
-      return self:_status()
-    end
-    if avail == 0 then
-      self.buf = data
-    else
-      self.buf = buf:sub(pos) .. data
-    end
-    self.pos = 1
+      parts[#parts + 1] = data
+      have = have + #data
+    until have >= need
+    self.buf, self.pos = table.concat(parts), 1
   end
 end
 
