@@ -368,6 +368,44 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
     end)
   end
 
+  describe("gRPC watch with auth on etcd " .. version, function()
+    local srv
+    setup(function()
+      srv = servers.etcd { version = version, auth = true, auth_token_ttl = 2 }
+      for _, cmd in ipairs { "user add alice --new-user-password=alicepw", "role add reader",
+        "role grant-permission reader read open/ --prefix=true", "user grant-role alice reader" } do
+        local ok, out = srv:ctl(cmd)
+        assert(ok, out)
+      end
+    end)
+    teardown(function() if srv then srv:stop() end end)
+
+    it("sends the token as metadata, reports a refusal, and renews an expired token", function()
+      run(function()
+        local c = sup.client(srv, { user = "alice", password = "alicepw", transport = "grpc" })
+        local w1 <close> = c:watch("open/", { prefix = true })
+        ready(w1)
+        local denied <close> = c:watch("secret")
+        local ev, err = coord.timeout(10, denied.next, denied)
+        assert.is_nil(ev)
+        assert.are.equal("permission", err.kind)
+        coord.sleep(3) -- the token's TTL is 2 s: the stream's token goes stale
+        local w2 <close> = c:watch("open/b")
+        assert(coord.timeout(10, w2.ready, w2))
+        assert(srv:ctl("put open/b 2"))
+        assert.are.equal("2", assert(coord.timeout(5, w1.next, w1)).kv.value)
+        assert.are.equal("2", assert(coord.timeout(5, w2.next, w2)).kv.value)
+        -- the refusal made the stream start again with a new token
+        assert.are.equal(2, stats(c).streams)
+        local bad = sup.client(srv, { user = "alice", password = "wrong", transport = "grpc" })
+        local w <close> = bad:watch("open/x")
+        ev, err = coord.timeout(10, w.next, w)
+        assert.is_nil(ev)
+        assert.are.equal("auth", err.kind)
+      end)
+    end)
+  end)
+
   describe("gRPC watch across a restart of etcd " .. version, function()
     local srv
     setup(function() srv = servers.etcd { version = version } end)
