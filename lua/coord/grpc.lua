@@ -215,8 +215,8 @@ function Stream:recv()
         self.buf, self.pos = table.concat(parts), 1
         if err then return self:_fail(err) end
         if have > 0 then
-          return self:_fail(errors.new("protocol", ("gRPC stream ended inside a frame (%d bytes left)"):format(have),
-            { url = self.url }))
+          local why = ("gRPC stream ended inside a frame (%d bytes left)"):format(have)
+          return self:_fail(errors.new("protocol", why, { url = self.url }))
         end
         return self:_status()
       end

@@ -28,7 +28,8 @@ M.HTTP2 = false
 function M.of(client)
   local hub = rawget(client, "_watch_hub")
   if not hub then
-    hub = setmetatable({ client = client, wire = client.grpc and client.grpc.watch_wire or M.json_wire, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
+    hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
+      wire = client.grpc and client.grpc.watch_wire or M.json_wire, -- the transport's, once
       counts = { streams = 0, results = 0, fragments = 0, pauses = 0, probes = 0, progress = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
   end
