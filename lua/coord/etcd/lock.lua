@@ -4,7 +4,8 @@
 local core = require "coord.core"
 local sched = require "coord.sched"
 local errors = require "coord.errors"
-local retry = require("coord.hold").retry
+local hold_mod = require "coord.hold"
+local retry, shield = hold_mod.retry, hold_mod.shield
 local args = require "coord.args"
 
 local Lock = { __name = "coord.etcd.lock" }
@@ -57,18 +58,22 @@ return function(Client, E)
   -- failing through a leader election) is returned, and retried in the background for one
   -- TTL so that the next contender need not wait for the lease to expire. Returns
   -- `true, nil, header` (no header when the lease was gone already), or nil, err.
+  -- Revokes lease (of ttl seconds); a revoke that fails is retried in the background for one TTL.
+  local function revoke(self, lease, ttl)
+    local ok, err, h = self:revoke(lease)
+    if ok then return true, nil, h end
+    if err.kind == "not_found" then return true end
+    retry(function()
+      local rok, rerr = self:revoke(lease)
+      return rok or rerr.kind == "not_found"
+    end, ttl)
+    return nil, err
+  end
+
   local function release(self, c)
     if c.own then
       if c.keeper and not c.lost then c.keeper:stop() end
-      local ok, err, h = self:revoke(c.lease)
-      if ok then return true, nil, h end
-      if err.kind == "not_found" then return true end
-      local client, lease = self, c.lease
-      retry(function()
-        local rok, rerr = client:revoke(lease)
-        return rok or rerr.kind == "not_found"
-      end, c.lease_ttl)
-      return nil, err
+      return revoke(self, c.lease, c.lease_ttl)
     end
     local n, err, h = self:delete(c.key)
     if not n then return nil, err end
@@ -165,7 +170,13 @@ return function(Client, E)
     local granted, maybe
     for _ = 1, CREATE_TRIES do
       c.lease = c.lease or new_lease_id()
-      local g, err = self:grant(ttl, { id = c.lease })
+      -- a grant canceled in flight may still be applied after the contender's release has
+      -- revoked nothing: it runs to its end, and a grant that was (or may have been) applied
+      -- is then revoked
+      local lease = c.lease
+      local g, err = shield(function() return self:grant(ttl, { id = lease }) end, function(gr, gerr)
+        if gr or uncertain(gerr) then revoke(self, lease, ttl) end
+      end)
       if g then
         granted = g.ttl
       elseif lease_exists(err) and maybe then
