@@ -175,7 +175,7 @@ static int l_holder_gc(lua_State *L) {
 
 /* Expects the module table on top; leaves it there. Functions share the holder as upvalue 1. */
 void coord_loop_register(lua_State *L) {
-  static const luaL_Reg fns[] = {{"poll", l_poll}, {"fd", l_fd}, {"request", coord_req_new},
+  static const luaL_Reg fns[] = {{"poll", l_poll}, {"fd", l_fd},
                                  {"inflight", l_inflight}, {"srv_lookup", coord_srv_lookup}, {NULL, NULL}};
   coord_holder *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->loop = NULL;
@@ -184,6 +184,9 @@ void coord_loop_register(lua_State *L) {
   lua_pushcfunction(L, l_holder_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  coord_req_push_new(L); /* its upvalues: the holder and the option names */
+  lua_setfield(L, -3, "request");
   luaL_setfuncs(L, fns, 1);
   lua_pushcfunction(L, l_now);
   lua_setfield(L, -2, "now");
