@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "failure.h"
+#include "hdrlist.h"
 #include "headers.h"
 #include "request.h"
 #include "track.h"
@@ -278,65 +279,6 @@ static void check_method(lua_State *L, const char *m, size_t n) {
   }
 }
 
-static void check_header_text(lua_State *L, const char *s, size_t n, int is_name) {
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0' || (is_name && (s[i] == ':' || s[i] == ' ')))
-      luaL_error(L, "bad request header %s '%s' (forbidden character)", is_name ? "name" : "value", s);
-  }
-  if (is_name && n == 0) luaL_error(L, "bad request header (empty name)");
-}
-
-static void add_header(lua_State *L, coord_req *r, const char *name, size_t nn, const char *val, size_t vn) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, name, nn);
-  if (vn == 0) luaL_addchar(&b, ';'); /* curl's spelling of a header with an empty value */
-  else {
-    luaL_addstring(&b, ": ");
-    luaL_addlstring(&b, val, vn);
-  }
-  luaL_pushresult(&b);
-  struct curl_slist *l = curl_slist_append(r->headers, lua_tostring(L, -1));
-  lua_pop(L, 1);
-  if (l == NULL) luaL_error(L, "coord: out of memory");
-  r->headers = l;
-}
-
-/* headers = { ["Name"] = "value", ... } and/or { "Name: value", ... } */
-static void read_headers(lua_State *L, int t, coord_req *r) {
-  if (!opt(L, t, K_HEADERS, LUA_TTABLE)) return;
-  int h = lua_gettop(L);
-  lua_pushnil(L);
-  while (lua_next(L, h)) {
-    size_t kn, vn;
-    int vt = lua_type(L, -1);
-    if (lua_type(L, -2) == LUA_TNUMBER) {
-      if (vt != LUA_TSTRING) luaL_error(L, "bad request header (\"Name: value\" string expected, got %s)", lua_typename(L, vt));
-      const char *line = lua_tolstring(L, -1, &vn);
-      const char *colon = memchr(line, ':', vn);
-      if (colon == NULL) luaL_error(L, "bad request header '%s' (\"Name: value\" expected)", line);
-      const char *v = colon + 1;
-      while (*v == ' ') v++;
-      check_header_text(L, line, (size_t)(colon - line), 1);
-      check_header_text(L, v, vn - (size_t)(v - line), 0);
-      add_header(L, r, line, (size_t)(colon - line), v, vn - (size_t)(v - line));
-    } else {
-      if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TSTRING && vt != LUA_TNUMBER))
-        luaL_error(L, "bad request header (string name and string value expected, got %s = %s)",
-                   luaL_typename(L, -2), lua_typename(L, vt));
-      const char *k = lua_tolstring(L, -2, &kn);
-      lua_pushvalue(L, -1); /* converting a number in place would confuse lua_next */
-      const char *v = lua_tolstring(L, -1, &vn);
-      check_header_text(L, k, kn, 1);
-      check_header_text(L, v, vn, 0);
-      add_header(L, r, k, kn, v, vn);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
 /* connect_to = { "HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT", ... } (CURLOPT_CONNECT_TO):
    the URL's host (and so the TLS server name and certificate check) stays, the connection goes
    elsewhere. Each entry has four fields (an IPv6 address in brackets) and no space or control
@@ -430,7 +372,7 @@ static int req_new(lua_State *L) {
     release_parts(r);
   } else {
     lua_pop(L, 1);
-    r = lua_newuserdatauv(L, sizeof *r, 2);
+    r = lua_newuserdatauv(L, sizeof *r, 3);
     luaL_setmetatable(L, COORD_REQ_MT);
   }
   memset(r, 0, offsetof(coord_req, body_inline));
@@ -441,6 +383,8 @@ static int req_new(lua_State *L) {
   lua_setiuservalue(L, 3, 1);
   lua_pushnil(L);
   lua_setiuservalue(L, 3, 2); /* a reused request's body */
+  lua_pushnil(L);
+  lua_setiuservalue(L, 3, 3); /* and its header list */
   lua_replace(L, 2); /* stack: opts, req, then option values kept alive */
 
   luaL_checkstack(L, 24, "request options");
@@ -471,10 +415,16 @@ static int req_new(lua_State *L) {
   r->max_body = opt_size(L, 1, K_MAX_BODY, DEFAULT_MAX_BODY);
   r->high_water = opt_size(L, 1, K_BUFFER, DEFAULT_HIGH_WATER);
   o.has_tls = read_tls(L, 1, &o.tls);
-  read_headers(L, 1, r);
+  if (opt(L, 1, K_HEADERS, LUA_TTABLE)) {
+    if (r->upload) coord_headers_append(L, &r->headers, lua_gettop(L));
+    else o.headers = coord_hdrlist_get(L, lua_gettop(L), lua_upvalueindex(2 + NKEYS), 2, 3);
+    lua_pop(L, 1);
+  }
   read_connect_to(L, 1, r);
-  if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
-  o.headers = r->headers;
+  if (r->upload) {
+    coord_header_add(L, &r->headers, "Transfer-Encoding", 17, "chunked", 7);
+    o.headers = r->headers;
+  }
   o.connect_to = r->connect_to;
   if (!o.method) o.method = o.body || r->upload ? "POST" : "GET";
   o.is_get = strcmp(o.method, "GET") == 0;
@@ -659,11 +609,13 @@ static int req_stats(lua_State *L) {
   return 1;
 }
 
-/* Replaces the loop's holder on top of the stack with the function request(opts, owner). */
+/* Replaces the loop's holder on top of the stack with the function request(opts, owner):
+   upvalues the holder, the option names, the cache of header lists (hdrlist.c). */
 void coord_req_push_new(lua_State *L) {
   luaL_checkstack(L, NKEYS, "request option names");
   for (int k = 0; k < NKEYS; k++) lua_pushstring(L, key_names[k]);
-  lua_pushcclosure(L, req_new, 1 + NKEYS);
+  coord_hdrlist_cache(L);
+  lua_pushcclosure(L, req_new, 2 + NKEYS);
 }
 
 void coord_req_register(lua_State *L) {

@@ -27,6 +27,33 @@ describe("coord.http request reuse", function()
     end)
   end)
 
+  it("sends a reused headers table as it is at each request, however it was changed", function()
+    coord.run(function()
+      local headers = { ["X-Test-A"] = "1", "X-Test-B: b" }
+      local opts = { url = peer.url("/echo"), headers = headers }
+      local function sent()
+        local res = assert(http.request(opts))
+        return res:header("X-Test-A"), res:header("X-Test-B"), res:header("X-Test-C")
+      end
+      assert.are.same({ "1", "b" }, { sent() })
+      assert.are.same({ "1", "b" }, { sent() })
+      headers["X-Test-A"] = "2"
+      assert.are.same({ "2", "b" }, { sent() })
+      headers["X-Test-A"] = 3
+      assert.are.same({ "3", "b" }, { sent() })
+      headers["X-Test-A"] = 3.0 -- equal to 3, sent as "3.0"
+      assert.are.same({ "3.0", "b" }, { sent() })
+      headers[1] = nil
+      assert.are.same({ "3.0" }, { sent() })
+      headers["X-Test-C"] = "c"
+      assert.are.same({ "3.0", nil, "c" }, { sent() })
+      headers["X-Test-A"] = nil
+      assert.are.same({ nil, nil, "c" }, { sent() })
+      headers["X-Test-C"] = "bad\r\nX-Evil: 1"
+      assert.has_error(function() http.request(opts) end)
+    end)
+  end)
+
   it("gives a request after a failed, timed-out or canceled one its own result", function()
     coord.run(function()
       local _, err = http.get(peer.url("/garbage"))
