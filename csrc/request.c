@@ -491,6 +491,8 @@ void coord_req_unstall(coord_loop *lp) {
 static int req_result(lua_State *L) {
   coord_req *r = check_req(L);
   if (!r->done) return luaL_error(L, "coord: request has not finished");
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 2); /* the request body: curl is done with it */
   int n = coord_push_failure(L, r);
   if (n) return n;
   lua_pushinteger(L, r->status);

@@ -82,7 +82,7 @@ function M.request(opts)
   if nspare > 0 then
     w = spare[nspare]
     spare[nspare], nspare = nil, nspare - 1
-    w.co, w.done, w.taken, w.a, w.b = false, false, false, nil, nil
+    w.done, w.taken = false, false
   else
     -- every field a wait sets is created here, so the table is sized once
     w = setmetatable({ cancel = cancel_request, ud = false, co = false, done = false, taken = false }, waiter)
@@ -91,6 +91,7 @@ function M.request(opts)
   wait(w)
   local status, raw, body, maybe_applied, cause = w.ud:result()
   if nspare < SPARE_MAX then
+    w.co, w.a, w.b = false, nil, nil -- a spare keeps no coroutine alive
     nspare = nspare + 1
     spare[nspare] = w
   end
