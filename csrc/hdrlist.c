@@ -1,7 +1,7 @@
 /* hdrlist.c: a request's header list (CURLOPT_HTTPHEADER) from its headers table, checked
    entry by entry. A client sends the same headers table with every request, so the list made
-   from it is kept (weakly keyed by the table) with a copy of the entries, and serves the next
-   request for which the table still holds exactly those entries: the check is one lookup per
+   from a table seen before is kept (weakly keyed by the table) with a copy of the entries,
+   and serves the next request for which the table still holds exactly those entries: the check is one lookup per
    entry instead of building and freeing a list. A request holds the list it was given (a
    uservalue), so a list stays alive while curl may read it. */
 #include <string.h>
@@ -103,19 +103,30 @@ static int unchanged(lua_State *L, int h, int snap, int n) {
   return count == n;
 }
 
-/* The header list for the headers table at h: the kept one if the table is unchanged, else a
-   new one (kept in the table at cache). Sets it as uservalue uv of the request at req, which
-   keeps it alive for the transfer. Raises on a bad entry. */
-struct curl_slist *coord_hdrlist_get(lua_State *L, int h, int cache, int req, int uv) {
+/* The header list for the headers table at h, in *list: the kept one if the table is
+   unchanged, else a new one, kept in the table at cache. Sets it as uservalue uv of the
+   request at req, which keeps it alive for the transfer. A table seen for the first time is
+   only marked, and 0 returned: the caller builds a list of its own (a table made for one
+   request, as a Consul call with a token makes, is not worth keeping). Raises on a bad entry. */
+int coord_hdrlist_get(lua_State *L, int h, int cache, int req, int uv, struct curl_slist **list) {
   luaL_checkstack(L, 8, "request headers");
   lua_pushvalue(L, h);
-  if (lua_rawget(L, cache) == LUA_TUSERDATA) {
+  int t = lua_rawget(L, cache);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, h);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, cache);
+    return 0;
+  }
+  if (t == LUA_TUSERDATA) {
     hdrlist *e = lua_touserdata(L, -1);
     lua_getiuservalue(L, -1, 1);
     if (unchanged(L, h, lua_gettop(L), e->n)) {
       lua_pop(L, 1);
       lua_setiuservalue(L, req, uv);
-      return e->list;
+      *list = e->list;
+      return 1;
     }
     lua_pop(L, 1);
   }
@@ -131,7 +142,8 @@ struct curl_slist *coord_hdrlist_get(lua_State *L, int h, int cache, int req, in
   lua_pushvalue(L, -2);
   lua_rawset(L, cache);
   lua_setiuservalue(L, req, uv);
-  return e->list;
+  *list = e->list;
+  return 1;
 }
 
 static int hdrlist_gc(lua_State *L) {

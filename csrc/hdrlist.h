@@ -7,7 +7,7 @@
 
 void coord_header_add(lua_State *L, struct curl_slist **list, const char *name, size_t nn, const char *val, size_t vn);
 void coord_headers_append(lua_State *L, struct curl_slist **list, int h);
-struct curl_slist *coord_hdrlist_get(lua_State *L, int h, int cache, int req, int uv);
+int coord_hdrlist_get(lua_State *L, int h, int cache, int req, int uv, struct curl_slist **list);
 void coord_hdrlist_cache(lua_State *L);
 
 #endif

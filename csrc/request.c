@@ -416,15 +416,14 @@ static int req_new(lua_State *L) {
   r->high_water = opt_size(L, 1, K_BUFFER, DEFAULT_HIGH_WATER);
   o.has_tls = read_tls(L, 1, &o.tls);
   if (opt(L, 1, K_HEADERS, LUA_TTABLE)) {
-    if (r->upload) coord_headers_append(L, &r->headers, lua_gettop(L));
-    else o.headers = coord_hdrlist_get(L, lua_gettop(L), lua_upvalueindex(2 + NKEYS), 2, 3);
+    int h = lua_gettop(L);
+    if (r->upload || !coord_hdrlist_get(L, h, lua_upvalueindex(2 + NKEYS), 2, 3, &o.headers))
+      coord_headers_append(L, &r->headers, h);
     lua_pop(L, 1);
   }
   read_connect_to(L, 1, r);
-  if (r->upload) {
-    coord_header_add(L, &r->headers, "Transfer-Encoding", 17, "chunked", 7);
-    o.headers = r->headers;
-  }
+  if (r->upload) coord_header_add(L, &r->headers, "Transfer-Encoding", 17, "chunked", 7);
+  if (r->headers) o.headers = r->headers;
   o.connect_to = r->connect_to;
   if (!o.method) o.method = o.body || r->upload ? "POST" : "GET";
   o.is_get = strcmp(o.method, "GET") == 0;
