@@ -44,9 +44,9 @@ static void push_message(lua_State *L, coord_req *r) {
   else if (r->fault)
     lua_pushfstring(L, "%s failed: %s", r->fault, r->fault_why);
   else if (r->result == CURLE_URL_MALFORMAT || r->result == CURLE_UNSUPPORTED_PROTOCOL)
-    lua_pushfstring(L, "malformed URL: %s", r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+    lua_pushfstring(L, "malformed URL: %s", r->errbuf && r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
   else
-    lua_pushstring(L, r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+    lua_pushstring(L, r->errbuf && r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
 }
 
 /* Pushes nil, kind, message, maybe_applied, cause and returns 5 if the transfer failed;

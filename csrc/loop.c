@@ -104,7 +104,8 @@ static int l_poll(lua_State *L) {
   lp->polling = 1;
   apply_cancels(L, lp);
   coord_srv_apply_cancels(L, lp);
-  if (lp->ready_head || lp->srv_ready) timeout = 0;
+  coord_multi_kick(lp);
+  if (lp->ready_head || lp->srv_ready || lp->fault) timeout = 0;
   /* uv_run's result says whether handles are left, not whether it failed */
   if (timeout == 0) {
     uv_run(&lp->uv, UV_RUN_NOWAIT);
@@ -145,7 +146,7 @@ static int l_poll(lua_State *L) {
 static int l_fd(lua_State *L) {
   coord_loop *lp = coord_loop_get(L, lua_upvalueindex(1));
   lua_pushinteger(L, uv_backend_fd(&lp->uv));
-  int t = lp->ready_head || lp->cancels || lp->srv_ready || lp->srv_cancels ? 0 : uv_loop_alive(&lp->uv) ? uv_backend_timeout(&lp->uv) : -1;
+  int t = lp->ready_head || lp->cancels || lp->kick || lp->srv_ready || lp->srv_cancels ? 0 : uv_loop_alive(&lp->uv) ? uv_backend_timeout(&lp->uv) : -1;
   if (t < 0) lua_pushnil(L);
   else lua_pushnumber(L, t / 1000.0);
   return 2;
@@ -175,7 +176,7 @@ static int l_holder_gc(lua_State *L) {
 
 /* Expects the module table on top; leaves it there. Functions share the holder as upvalue 1. */
 void coord_loop_register(lua_State *L) {
-  static const luaL_Reg fns[] = {{"poll", l_poll}, {"fd", l_fd}, {"request", coord_req_new},
+  static const luaL_Reg fns[] = {{"poll", l_poll}, {"fd", l_fd},
                                  {"inflight", l_inflight}, {"srv_lookup", coord_srv_lookup}, {NULL, NULL}};
   coord_holder *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->loop = NULL;
@@ -184,6 +185,9 @@ void coord_loop_register(lua_State *L) {
   lua_pushcfunction(L, l_holder_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  coord_req_push_new(L); /* its upvalues: the holder and the option names */
+  lua_setfield(L, -3, "request");
   luaL_setfuncs(L, fns, 1);
   lua_pushcfunction(L, l_now);
   lua_setfield(L, -2, "now");

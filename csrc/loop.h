@@ -32,6 +32,7 @@ struct coord_loop {
   const char *fault_why; /* ... and why; the poll raises it */
   int polling;           /* re-entry guard for coord_loop_poll */
   int stalled;           /* some request has recv_over set (see coord_req_unpolled) */
+  int kick;              /* curl asked for a 0 ms timeout: the next poll acts on it first */
   coord_srv *srv_active; /* DNS lookups in flight, finished, canceled (srv.c) */
   coord_srv *srv_ready;
   coord_srv *srv_cancels;
@@ -52,5 +53,6 @@ void coord_loop_register(lua_State *L);
 /* multi.c */
 int coord_multi_setup(coord_loop *lp);
 void coord_multi_close_socks(coord_loop *lp);
+void coord_multi_kick(coord_loop *lp);
 
 #endif

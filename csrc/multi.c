@@ -130,14 +130,25 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
 }
 
 /* CURLMOPT_TIMERFUNCTION: only arms or disarms the uv timer; curl is called when it fires.
-   A 0 ms request becomes 1 ms so the loop never spins inside one iteration. */
+   A 0 ms request becomes 1 ms so the loop never spins inside one iteration; it is also
+   marked, so that the next poll acts on it before it waits (coord_multi_kick): a new
+   request is sent in the poll that waits for its reply, not one poll and 1 ms later. */
 static int on_timer(CURLM *m, long timeout_ms, void *userp) {
   (void)m;
   coord_loop *lp = userp;
+  lp->kick = timeout_ms == 0;
   int rc = timeout_ms < 0 ? uv_timer_stop(&lp->curl_timer)
                           : uv_timer_start(&lp->curl_timer, on_curl_timer, timeout_ms ? (uint64_t)timeout_ms : 1, 0);
   if (rc != 0) coord_loop_fault(lp, timeout_ms < 0 ? "uv_timer_stop (curl timer)" : "uv_timer_start (curl timer)", uv_strerror(rc));
   return 0;
+}
+
+/* Called by the poll before it runs the uv loop (never from a curl callback): gives curl
+   the 0 ms timeout it asked for. The uv timer stays armed; curl re-arms it as it needs. */
+void coord_multi_kick(coord_loop *lp) {
+  if (!lp->kick) return;
+  lp->kick = 0;
+  act(lp, CURL_SOCKET_TIMEOUT, 0);
 }
 
 int coord_multi_setup(coord_loop *lp) {

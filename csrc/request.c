@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "failure.h"
+#include "hdrlist.h"
 #include "headers.h"
 #include "request.h"
 #include "track.h"
@@ -135,6 +136,10 @@ void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code) {
      (a second attempt, or a failure) is reset */
   int resent = r->sent > 1 || r->resend_refused || code != CURLE_OK;
   coord_easy_done(lp, coord_track_deactivate(lp, r), resent ? 0 : r->easy_flags);
+  if (code == CURLE_OK) { /* only a failure's message is read; curl has let go of it */
+    free(r->errbuf);
+    r->errbuf = NULL;
+  }
   r->done = 1;
   r->result = code;
   r->recv_paused = r->send_paused = 0;
@@ -161,9 +166,8 @@ void coord_req_detach(coord_loop *lp, coord_req *r) {
 
 static coord_req *check_req(lua_State *L) { return luaL_checkudata(L, 1, COORD_REQ_MT); }
 
-static int req_gc(lua_State *L) {
-  coord_req *r = check_req(L);
-  if (r->loop) coord_req_detach(r->loop, r);
+/* Frees what a request owns besides its userdata. */
+static void release_parts(coord_req *r) {
   curl_slist_free_all(r->headers);
   r->headers = NULL;
   curl_slist_free_all(r->connect_to);
@@ -171,6 +175,14 @@ static int req_gc(lua_State *L) {
   coord_buf_free(&r->body);
   coord_buf_free(&r->hdrs);
   coord_buf_free(&r->send);
+  free(r->errbuf);
+  r->errbuf = NULL;
+}
+
+static int req_gc(lua_State *L) {
+  coord_req *r = check_req(L);
+  if (r->loop) coord_req_detach(r->loop, r);
+  release_parts(r);
   return 0;
 }
 
@@ -187,43 +199,69 @@ static int req_cancel(lua_State *L) {
 
 /* ---- options ---- */
 
-/* Pushes field name of the table at t if it is set, checking its type; returns whether set. */
-static int opt(lua_State *L, int t, const char *name, int type) {
-  int got = lua_getfield(L, t, name);
+/* The option names, in the order of coord_req_new's upvalues 2.. (upvalue 1 is the loop's
+   holder): an option is read with lua_rawget and the interned name, which skips interning the
+   C string and the metatable lookup a missing field costs lua_getfield. A table with a
+   metatable is read with lua_getfield as before (its __index may supply options). */
+enum {
+  K_URL, K_METHOD, K_BODY, K_STREAM, K_UPLOAD, K_TIMEOUT, K_CONNECT_TIMEOUT, K_UNIX_SOCKET,
+  K_HTTP_VERSION, K_PIPEWAIT, K_MAX_BODY, K_BUFFER, K_TLS, K_HEADERS, K_CONNECT_TO, K_RESEND,
+  K_CA_FILE, K_CA_PATH, K_CERT_FILE, K_KEY_FILE, K_KEY_PASSWORD, K_VERIFY, K_VERIFY_HOST, K_ADDRESS_SCOPE,
+  NKEYS
+};
+static const char *const key_names[NKEYS] = {
+  "url", "method", "body", "stream", "upload", "timeout", "connect_timeout", "unix_socket",
+  "http_version", "pipewait", "max_body", "buffer", "tls", "headers", "connect_to", "resend",
+  "ca_file", "ca_path", "cert_file", "key_file", "key_password", "verify", "verify_host",
+  "address_scope"};
+
+/* Pushes field k of the table at (absolute index) t; returns its type. */
+static int get_key(lua_State *L, int t, int k) {
+  if (lua_getmetatable(L, t)) {
+    lua_pop(L, 1);
+    return lua_getfield(L, t, key_names[k]);
+  }
+  lua_pushvalue(L, lua_upvalueindex(2 + k));
+  return lua_rawget(L, t);
+}
+
+/* Pushes option k of the table at t if it is set, checking its type; returns whether set. */
+static int opt(lua_State *L, int t, int k, int type) {
+  int got = get_key(L, t, k);
   if (got == LUA_TNIL) {
     lua_pop(L, 1);
     return 0;
   }
   if (got != type && !(type == LUA_TNUMBER && lua_isnumber(L, -1)))
-    return luaL_error(L, "bad request option '%s' (%s expected, got %s)", name,
+    return luaL_error(L, "bad request option '%s' (%s expected, got %s)", key_names[k],
                       lua_typename(L, type), luaL_typename(L, -1));
   return 1;
 }
 
 /* The string stays on the stack, so it lives until the request has been set up. */
-static const char *opt_string(lua_State *L, int t, const char *name) {
-  return opt(L, t, name, LUA_TSTRING) ? lua_tostring(L, -1) : NULL;
+static const char *opt_string(lua_State *L, int t, int k) {
+  return opt(L, t, k, LUA_TSTRING) ? lua_tostring(L, -1) : NULL;
 }
 
 /* Milliseconds for a duration given in seconds; dflt when absent; 0 means none. */
-static long opt_ms(lua_State *L, int t, const char *name, long dflt) {
-  if (!opt(L, t, name, LUA_TNUMBER)) return dflt;
+static long opt_ms(lua_State *L, int t, int k, long dflt) {
+  if (!opt(L, t, k, LUA_TNUMBER)) return dflt;
   double s = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (!(s >= 0 && s <= 31536000)) luaL_error(L, "bad request option '%s' (seconds between 0 and a year expected)", name);
+  if (!(s >= 0 && s <= 31536000)) luaL_error(L, "bad request option '%s' (seconds between 0 and a year expected)", key_names[k]);
   return s > 0 && s < 0.001 ? 1 : (long)(s * 1000);
 }
 
-static size_t opt_size(lua_State *L, int t, const char *name, size_t dflt) {
-  if (!opt(L, t, name, LUA_TNUMBER)) return dflt;
+static size_t opt_size(lua_State *L, int t, int k, size_t dflt) {
+  if (!opt(L, t, k, LUA_TNUMBER)) return dflt;
   lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
-  if (v <= 0) luaL_error(L, "bad request option '%s' (positive integer expected)", name);
+  if (v <= 0) luaL_error(L, "bad request option '%s' (positive integer expected)", key_names[k]);
   lua_pop(L, 1);
   return (size_t)v;
 }
 
-static int opt_bool(lua_State *L, int t, const char *name, int dflt) {
-  if (!opt(L, t, name, LUA_TBOOLEAN)) return dflt;
+static int opt_bool(lua_State *L, int t, int k, int dflt) {
+  if (!opt(L, t, k, LUA_TBOOLEAN)) return dflt;
   int b = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return b;
@@ -231,7 +269,7 @@ static int opt_bool(lua_State *L, int t, const char *name, int dflt) {
 
 /* address_scope: an IPv6 scope id (CURLOPT_ADDRESS_SCOPE, an unsigned 32-bit number); 0 when absent. */
 static long opt_scope(lua_State *L, int t) {
-  if (!opt(L, t, "address_scope", LUA_TNUMBER)) return 0;
+  if (!opt(L, t, K_ADDRESS_SCOPE, LUA_TNUMBER)) return 0;
   lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
   if (v < 0 || v > 0xffffffffLL) luaL_error(L, "bad request option 'address_scope' (integer from 0 to 2^32-1 expected)");
   lua_pop(L, 1);
@@ -252,71 +290,12 @@ static void check_method(lua_State *L, const char *m, size_t n) {
   }
 }
 
-static void check_header_text(lua_State *L, const char *s, size_t n, int is_name) {
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0' || (is_name && (s[i] == ':' || s[i] == ' ')))
-      luaL_error(L, "bad request header %s '%s' (forbidden character)", is_name ? "name" : "value", s);
-  }
-  if (is_name && n == 0) luaL_error(L, "bad request header (empty name)");
-}
-
-static void add_header(lua_State *L, coord_req *r, const char *name, size_t nn, const char *val, size_t vn) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, name, nn);
-  if (vn == 0) luaL_addchar(&b, ';'); /* curl's spelling of a header with an empty value */
-  else {
-    luaL_addstring(&b, ": ");
-    luaL_addlstring(&b, val, vn);
-  }
-  luaL_pushresult(&b);
-  struct curl_slist *l = curl_slist_append(r->headers, lua_tostring(L, -1));
-  lua_pop(L, 1);
-  if (l == NULL) luaL_error(L, "coord: out of memory");
-  r->headers = l;
-}
-
-/* headers = { ["Name"] = "value", ... } and/or { "Name: value", ... } */
-static void read_headers(lua_State *L, int t, coord_req *r) {
-  if (!opt(L, t, "headers", LUA_TTABLE)) return;
-  int h = lua_gettop(L);
-  lua_pushnil(L);
-  while (lua_next(L, h)) {
-    size_t kn, vn;
-    int vt = lua_type(L, -1);
-    if (lua_type(L, -2) == LUA_TNUMBER) {
-      if (vt != LUA_TSTRING) luaL_error(L, "bad request header (\"Name: value\" string expected, got %s)", lua_typename(L, vt));
-      const char *line = lua_tolstring(L, -1, &vn);
-      const char *colon = memchr(line, ':', vn);
-      if (colon == NULL) luaL_error(L, "bad request header '%s' (\"Name: value\" expected)", line);
-      const char *v = colon + 1;
-      while (*v == ' ') v++;
-      check_header_text(L, line, (size_t)(colon - line), 1);
-      check_header_text(L, v, vn - (size_t)(v - line), 0);
-      add_header(L, r, line, (size_t)(colon - line), v, vn - (size_t)(v - line));
-    } else {
-      if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TSTRING && vt != LUA_TNUMBER))
-        luaL_error(L, "bad request header (string name and string value expected, got %s = %s)",
-                   luaL_typename(L, -2), lua_typename(L, vt));
-      const char *k = lua_tolstring(L, -2, &kn);
-      lua_pushvalue(L, -1); /* converting a number in place would confuse lua_next */
-      const char *v = lua_tolstring(L, -1, &vn);
-      check_header_text(L, k, kn, 1);
-      check_header_text(L, v, vn, 0);
-      add_header(L, r, k, kn, v, vn);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
 /* connect_to = { "HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT", ... } (CURLOPT_CONNECT_TO):
    the URL's host (and so the TLS server name and certificate check) stays, the connection goes
    elsewhere. Each entry has four fields (an IPv6 address in brackets) and no space or control
    character, so it cannot smuggle anything into curl's parser. */
 static void read_connect_to(lua_State *L, int t, coord_req *r) {
-  if (!opt(L, t, "connect_to", LUA_TTABLE)) return;
+  if (!opt(L, t, K_CONNECT_TO, LUA_TTABLE)) return;
   int l = lua_gettop(L);
   lua_Integer n = luaL_len(L, l);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -356,15 +335,15 @@ static long http_version(lua_State *L, const char *v) {
 static int read_tls(lua_State *L, int t, coord_tls *o) {
   memset(o, 0, sizeof *o);
   o->verify = o->verify_host = 1;
-  if (!opt(L, t, "tls", LUA_TTABLE)) return 0;
+  if (!opt(L, t, K_TLS, LUA_TTABLE)) return 0;
   int s = lua_gettop(L); /* the table and its strings stay on the stack */
-  o->ca_file = opt_string(L, s, "ca_file");
-  o->ca_path = opt_string(L, s, "ca_path");
-  o->cert_file = opt_string(L, s, "cert_file");
-  o->key_file = opt_string(L, s, "key_file");
-  o->key_password = opt_string(L, s, "key_password");
-  o->verify = opt_bool(L, s, "verify", 1);
-  o->verify_host = opt_bool(L, s, "verify_host", o->verify);
+  o->ca_file = opt_string(L, s, K_CA_FILE);
+  o->ca_path = opt_string(L, s, K_CA_PATH);
+  o->cert_file = opt_string(L, s, K_CERT_FILE);
+  o->key_file = opt_string(L, s, K_KEY_FILE);
+  o->key_password = opt_string(L, s, K_KEY_PASSWORD);
+  o->verify = opt_bool(L, s, K_VERIFY, 1);
+  o->verify_host = opt_bool(L, s, K_VERIFY_HOST, o->verify);
   return 1;
 }
 
@@ -381,59 +360,87 @@ static int failed_start(lua_State *L, coord_loop *lp, coord_req *r, const char *
   return 1;
 }
 
-/* request(opts, owner): starts a transfer and returns its object. owner is what poll()
-   hands back when the request has something for Lua. Every option is read and checked
-   before a curl handle is taken, so a bad option raises without leaking anything. */
-int coord_req_new(lua_State *L) {
+/* The request object at idx if it can carry a new request: a plain (not streamed) request
+   that has finished and is on none of the loop's lists, so neither curl nor the loop refers
+   to it. Anything else (nil included) gives NULL. */
+static coord_req *reusable(lua_State *L, int idx) {
+  coord_req *r = luaL_testudata(L, idx, COORD_REQ_MT);
+  if (r == NULL || !r->done || r->stream || r->upload || r->loop != NULL || r->ref != LUA_NOREF) return NULL;
+  return r;
+}
+
+/* request(opts, owner [, old]): starts a transfer and returns its object. owner is what
+   poll() hands back when the request has something for Lua. old, a finished request whose
+   results have been taken, is reused for this one (one allocation less) when it can be; the
+   result is then old itself. Every option is read and checked before a curl handle is
+   taken, so a bad option raises without leaking anything. */
+static int req_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   coord_loop *lp = coord_loop_get(L, lua_upvalueindex(1));
-  coord_req *r = lua_newuserdatauv(L, sizeof *r, 2);
-  memset(r, 0, offsetof(coord_req, errbuf));
-  r->errbuf[0] = '\0';
+  coord_req *r = reusable(L, 3);
+  if (r) {
+    release_parts(r);
+  } else {
+    lua_pop(L, 1);
+    r = lua_newuserdatauv(L, sizeof *r, 3);
+    luaL_setmetatable(L, COORD_REQ_MT);
+  }
+  memset(r, 0, offsetof(coord_req, body_inline));
   coord_buf_init(&r->body, r->body_inline, sizeof r->body_inline);
   coord_buf_init(&r->hdrs, r->hdrs_inline, sizeof r->hdrs_inline);
   coord_track_init(r);
-  luaL_setmetatable(L, COORD_REQ_MT);
   lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, 1);
+  lua_setiuservalue(L, 3, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 3, 2); /* a reused request's body */
+  lua_pushnil(L);
+  lua_setiuservalue(L, 3, 3); /* and its header list */
   lua_replace(L, 2); /* stack: opts, req, then option values kept alive */
 
   luaL_checkstack(L, 24, "request options");
+  /* outside the userdata, which stays small enough for malloc's fast path */
+  if ((r->errbuf = malloc(CURL_ERROR_SIZE)) == NULL) return luaL_error(L, "coord: out of memory");
+  r->errbuf[0] = '\0';
   coord_easy_opts o;
   memset(&o, 0, sizeof o);
   o.owner = r;
   o.errbuf = r->errbuf;
-  o.url = opt_string(L, 1, "url");
+  o.url = opt_string(L, 1, K_URL);
   if (o.url == NULL) return luaL_error(L, "bad request option 'url' (string expected, got nil)");
-  o.method = opt_string(L, 1, "method");
+  o.method = opt_string(L, 1, K_METHOD);
   if (o.method) check_method(L, o.method, lua_rawlen(L, -1));
-  if (opt(L, 1, "body", LUA_TSTRING)) {
+  if (opt(L, 1, K_BODY, LUA_TSTRING)) {
     o.body = lua_tolstring(L, -1, &o.body_len);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, 2, 2); /* keeps the body alive: curl reads it in place */
   }
-  r->stream = opt_bool(L, 1, "stream", 0);
-  r->upload = o.upload = opt_bool(L, 1, "upload", 0);
+  r->stream = opt_bool(L, 1, K_STREAM, 0);
+  r->upload = o.upload = opt_bool(L, 1, K_UPLOAD, 0);
   if (o.body && r->upload) return luaL_error(L, "bad request options ('body' and 'upload' exclude each other)");
-  o.timeout_ms = opt_ms(L, 1, "timeout", r->stream || r->upload ? 0 : DEFAULT_TIMEOUT_MS);
-  o.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS);
-  o.unix_socket = opt_string(L, 1, "unix_socket");
-  o.http_version = http_version(L, opt_string(L, 1, "http_version"));
-  o.pipewait = opt_bool(L, 1, "pipewait", 0);
+  o.timeout_ms = opt_ms(L, 1, K_TIMEOUT, r->stream || r->upload ? 0 : DEFAULT_TIMEOUT_MS);
+  o.connect_timeout_ms = opt_ms(L, 1, K_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_MS);
+  o.unix_socket = opt_string(L, 1, K_UNIX_SOCKET);
+  o.http_version = http_version(L, opt_string(L, 1, K_HTTP_VERSION));
+  o.pipewait = opt_bool(L, 1, K_PIPEWAIT, 0);
   o.address_scope = opt_scope(L, 1);
-  r->max_body = opt_size(L, 1, "max_body", DEFAULT_MAX_BODY);
-  r->high_water = opt_size(L, 1, "buffer", DEFAULT_HIGH_WATER);
+  r->max_body = opt_size(L, 1, K_MAX_BODY, DEFAULT_MAX_BODY);
+  r->high_water = opt_size(L, 1, K_BUFFER, DEFAULT_HIGH_WATER);
   o.has_tls = read_tls(L, 1, &o.tls);
-  read_headers(L, 1, r);
+  if (opt(L, 1, K_HEADERS, LUA_TTABLE)) {
+    int h = lua_gettop(L);
+    if (r->upload || !coord_hdrlist_get(L, h, lua_upvalueindex(2 + NKEYS), 2, 3, &o.headers))
+      coord_headers_append(L, &r->headers, h);
+    lua_pop(L, 1);
+  }
   read_connect_to(L, 1, r);
-  if (r->upload) add_header(L, r, "Transfer-Encoding", 17, "chunked", 7);
-  o.headers = r->headers;
+  if (r->upload) coord_header_add(L, &r->headers, "Transfer-Encoding", 17, "chunked", 7);
+  if (r->headers) o.headers = r->headers;
   o.connect_to = r->connect_to;
   if (!o.method) o.method = o.body || r->upload ? "POST" : "GET";
   o.is_get = strcmp(o.method, "GET") == 0;
   o.is_head = strcmp(o.method, "HEAD") == 0;
-  r->resend = opt_bool(L, 1, "resend", o.is_get || o.is_head);
+  r->resend = opt_bool(L, 1, K_RESEND, o.is_get || o.is_head);
 
   coord_track_hold(L, r, 2); /* may raise: taken before anything is acquired */
   CURL *e = coord_easy_take(lp);
@@ -495,6 +502,8 @@ void coord_req_unstall(coord_loop *lp) {
 static int req_result(lua_State *L) {
   coord_req *r = check_req(L);
   if (!r->done) return luaL_error(L, "coord: request has not finished");
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 2); /* the request body: curl is done with it */
   int n = coord_push_failure(L, r);
   if (n) return n;
   lua_pushinteger(L, r->status);
@@ -611,6 +620,15 @@ static int req_stats(lua_State *L) {
   lua_pushboolean(L, r->done);
   lua_setfield(L, -2, "done");
   return 1;
+}
+
+/* Replaces the loop's holder on top of the stack with the function request(opts, owner):
+   upvalues the holder, the option names, the cache of header lists (hdrlist.c). */
+void coord_req_push_new(lua_State *L) {
+  luaL_checkstack(L, NKEYS, "request option names");
+  for (int k = 0; k < NKEYS; k++) lua_pushstring(L, key_names[k]);
+  coord_hdrlist_cache(L);
+  lua_pushcclosure(L, req_new, 2 + NKEYS);
 }
 
 void coord_req_register(lua_State *L) {

@@ -36,8 +36,8 @@ struct coord_req {
   coord_buf body;        /* response body, or the unread part of a stream */
   coord_buf hdrs;        /* header lines of the final response */
   coord_buf send;        /* streamed request body not yet taken by curl */
-  /* from here on: storage, not state; coord_req_new zeroes only what comes before */
-  char errbuf[CURL_ERROR_SIZE];
+  char *errbuf;          /* CURLOPT_ERRORBUFFER (malloc'd): kept only when the transfer failed */
+  /* from here on: storage, not state; the request's constructor zeroes only what comes before */
   char body_inline[COORD_INLINE];  /* a typical reply fits here: no allocation */
   char hdrs_inline[COORD_INLINE];
 };
@@ -45,7 +45,7 @@ struct coord_req {
 void coord_req_finish(coord_loop *lp, coord_req *r, CURLcode code);
 void coord_req_fault(coord_loop *lp, coord_req *r, const char *what, const char *why);
 void coord_req_detach(coord_loop *lp, coord_req *r);
-int coord_req_new(lua_State *L);
+void coord_req_push_new(lua_State *L);
 void coord_req_register(lua_State *L);
 void coord_req_unpolled(coord_loop *lp, CURL *e);
 void coord_req_unstall(coord_loop *lp);

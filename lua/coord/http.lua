@@ -68,15 +68,34 @@ end
 --- expect (a status or list of statuses; any other is an "http" error), resend (libcurl may
 --- send the request again when a reused connection died before any reply; default true
 --- for GET and HEAD only).
+-- Waiters of finished plain requests, each with its request object (w.ud), for the next
+-- requests: a request whose results were taken is on none of the loop's lists and nothing
+-- else refers to either, so both carry the next request instead of being made anew. A wait
+-- that ended another way (its coroutine closed, the request canceled) is not kept.
+local spare, nspare = {}, 0
+local SPARE_MAX = 64
+
 function M.request(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'request' (table expected, got " .. type(opts) .. ")", 2)
   end
-  -- every field a wait sets is created here, so the table is sized once
-  local w = setmetatable({ cancel = cancel_request, ud = false, co = false, done = false, taken = false }, waiter)
-  w.ud = request(opts, w)
+  local w
+  if nspare > 0 then
+    w = spare[nspare]
+    spare[nspare], nspare = nil, nspare - 1
+    w.done, w.taken = false, false
+  else
+    -- every field a wait sets is created here, so the table is sized once
+    w = setmetatable({ cancel = cancel_request, ud = false, co = false, done = false, taken = false }, waiter)
+  end
+  w.ud = request(opts, w, w.ud or nil)
   wait(w)
   local status, raw, body, maybe_applied, cause = w.ud:result()
+  if nspare < SPARE_MAX then
+    w.co, w.a, w.b = false, nil, nil -- a spare keeps no coroutine alive
+    nspare = nspare + 1
+    spare[nspare] = w
+  end
   if not status then return fail(raw, body, opts, maybe_applied, cause) end
   local res = setmetatable({ status = status, raw_headers = raw, body = body }, Response)
   if opts.expect and not expected(opts.expect, status) then return http_error(res, opts) end
