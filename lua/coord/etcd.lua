@@ -18,6 +18,7 @@ M.Client = Client
 
 local json_encode, json_decode, now = core.json_encode, core.json_decode, core.now
 local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
+local kv_in_place, header_in_place = proto.kv_in_place, proto.header_in_place
 
 local DEFAULT_TIMEOUT = 5
 local IDEMPOTENT = { idempotent = true }
@@ -626,8 +627,9 @@ function Client:get(key, opts)
     j, err = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}')
   end
   if not j then return nil, err end
+  -- (the reply's own kv and header tables become the results: two tables less per get)
   local kv = j.kvs and j.kvs[1]
-  return kv and kv_of(kv, #self.prefix) or nil, nil, header_of(j.header)
+  return kv and kv_in_place(kv, #self.prefix) or nil, nil, header_in_place(j.header)
 end
 
 -- Reads a range in pages of `size` keys, all at the revision of the first page.

@@ -69,6 +69,21 @@ function M.kv(j, strip)
   }
 end
 
+--- M.kv's table made of j itself, converted in place (no copy): for a reply just decoded
+--- whose j is not read again. j must hold a KeyValue's fields only, as the gateway sends.
+function M.kv_in_place(j, strip)
+  local k, v, c, m, n, l = j.key, j.value, j.create_revision, j.mod_revision, j.version, j.lease
+  local key = k ~= nil and (b64decode(k) or bad(b64decode, k)) or ""
+  if strip and strip > 0 then key = key:sub(strip + 1) end
+  j.key = key
+  j.value = v ~= nil and (b64decode(v) or bad(b64decode, v)) or ""
+  j.create_revision = c ~= nil and (i64(c) or bad(i64, c)) or 0
+  j.mod_revision = m ~= nil and (i64(m) or bad(i64, m)) or 0
+  j.version = n ~= nil and (i64(n) or bad(i64, n)) or 0
+  j.lease = l ~= nil and (i64(l) or bad(i64, l)) or 0
+  return j
+end
+
 --- The response header as {cluster_id, member_id, revision, raft_term} integers.
 local EMPTY = {}
 local Header = require("coord.errors").record("etcd.header")
@@ -82,6 +97,17 @@ function M.header(j)
     revision = r ~= nil and (i64(r) or bad(i64, r)) or 0,
     raft_term = t ~= nil and (i64(t) or bad(i64, t)) or 0,
   }, Header)
+end
+
+--- M.header's record made of j itself, converted in place, as M.kv_in_place.
+function M.header_in_place(j)
+  if j == nil then return M.header(nil) end
+  local c, m, r, t = j.cluster_id, j.member_id, j.revision, j.raft_term
+  j.cluster_id = c ~= nil and (u64(c) or bad(u64, c)) or 0
+  j.member_id = m ~= nil and (u64(m) or bad(u64, m)) or 0
+  j.revision = r ~= nil and (i64(r) or bad(i64, r)) or 0
+  j.raft_term = t ~= nil and (i64(t) or bad(i64, t)) or 0
+  return setmetatable(j, Header)
 end
 
 return M
