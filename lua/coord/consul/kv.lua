@@ -81,7 +81,10 @@ end
 -- Calls without options skip call_opts (a table of thirteen fields) and share these read-only
 -- tables: _call never writes to its options.
 local NO_QUERY, NOT_FOUND_OK = {}, { 404 }
-local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK }
+-- plain: no option of its own (_call then skips the query when the client adds none either)
+local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK, plain = true }
+-- (called directly: client:_call would go through Client.__index, a function)
+local _call = consul.Client._call
 
 --- The entry at key, nil and the meta; nil, nil, meta when absent; nil, err on failure.
 --- opts.raw = true: the value alone.
@@ -94,7 +97,7 @@ function KV:get(key, opts)
     o = call_opts(opts, { raw = raw }, "get")
     o.ok, o.raw = NOT_FOUND_OK, raw
   end
-  local res, err = self.client:_call("GET", path(key), o)
+  local res, err = _call(self.client, "GET", path(key), o)
   if not res then return nil, err end
   if res.status == 404 then return nil, nil, res.meta end
   if raw then return res.body or "", nil, res.meta end
