@@ -315,7 +315,7 @@ end
 function backend.send(_, agent, req, call)
   local opts = call.opts
   local b <close> = (opts.index or opts.hash) and agent.limit.blocking:acquire() or nil
-  local permit <close> = agent.limit.all:acquire()
+  local permit <close> = agent.limit.all:_hold()
   return http.request(req)
 end
 
