@@ -18,7 +18,7 @@ M.Client = Client
 
 local json_encode, json_decode, now = core.json_encode, core.json_decode, core.now
 local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
-local kv_in_place, header_in_place = proto.kv_in_place, proto.header_in_place
+local kv_in_place, header_in_place, get_reply = proto.kv_in_place, proto.header_in_place, proto.get_reply
 
 local DEFAULT_TIMEOUT = 5
 local IDEMPOTENT = { idempotent = true }
@@ -327,8 +327,13 @@ function backend.send(self, _, req, call)
   return res, err
 end
 
-function backend.classify(_, res, call)
+function backend.classify(self, res, call)
   if res.grpc then return res.grpc end -- decoded by the gRPC transport
+  local pick = call.pick -- a get's: its results straight from the text, or nil to decode it
+  if pick and res.status == 200 then
+    local kv, header = pick(res.body, #self.prefix)
+    if header then return kv or nil, nil, header end
+  end
   local j = json_decode(res.body)
   if res.status ~= 200 then return nil, server_error(res, j, call.path) end
   if type(j) ~= "table" then
@@ -387,7 +392,8 @@ end
 -- the JSON text of body when the caller made it already; at: one endpoint only (_at).
 -- Only an idempotent call may be sent again by libcurl when its connection dies before the
 -- reply (see coord.http's resend).
-local function post(self, path, body, opts, with_token, data, at)
+-- pick: call.pick, see backend.classify.
+local function post(self, path, body, opts, with_token, data, at, pick)
   data = data or body and json_encode(body)
   local idempotent = opts and opts.idempotent
   local call = {
@@ -396,7 +402,7 @@ local function post(self, path, body, opts, with_token, data, at)
     url = nil, headers = nil, tls = nil, token = nil, http_version = nil, pipewait = nil, unix_socket = nil,
     connect_to = nil, timeout = nil,
   }
-  call.at = at -- (not named above: 16 names fill the table's 16 slots)
+  call.at, call.pick = at, pick -- (not named above: 16 names size the table's 16 slots)
   return pipeline.run(backend, self, call)
 end
 
@@ -618,14 +624,15 @@ function Client:get(key, opts)
   -- the RangeRequest of range_request for one key, without the options get does not take
   local k = self.prefix .. key
   if k == "" then k = "\0" end
-  local j, err
+  local j, err, header
   if revision or serializable then
-    j, err = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision), serializable = serializable or nil },
-      IDEMPOTENT, true)
+    j, err, header = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision),
+      serializable = serializable or nil }, IDEMPOTENT, true, nil, nil, get_reply)
   else
     -- (base64 needs no JSON escaping: the text json_encode would make, without its table)
-    j, err = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}')
+    j, err, header = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}', nil, get_reply)
   end
+  if header then return j, nil, header end -- read by proto.get_reply
   if not j then return nil, err end
   -- (the reply's own kv and header tables become the results: two tables less per get)
   local kv = j.kvs and j.kvs[1]

@@ -100,6 +100,27 @@ function M.header(j)
 end
 
 --- M.header's record made of j itself, converted in place, as M.kv_in_place.
+-- What get reads of a range reply: the header and the first kv (see core.json_picker).
+local GET_PICKER = core.json_picker { "header.cluster_id:u", "header.member_id:u", "header.revision:i",
+  "header.raft_term:i", "kvs.1:p", "kvs.1.key:b", "kvs.1.value:b", "kvs.1.create_revision:i",
+  "kvs.1.mod_revision:i", "kvs.1.version:i", "kvs.1.lease:i" }
+local json_pick = core.json_pick
+
+--- The first kv (false when there is none) and the header of a range reply's JSON text, read
+--- without decoding the rest: the tables M.kv and M.header would make from the decoded reply.
+--- nil when the text needs the full decode (core.json_pick's cases); `strip` as for M.kv.
+function M.get_reply(body, strip)
+  local ok, cid, mid, rev, term, has, k, v, c, m, n, l = json_pick(body, GET_PICKER)
+  if not ok then return nil end
+  local header = setmetatable({ cluster_id = cid or 0, member_id = mid or 0, revision = rev or 0,
+    raft_term = term or 0 }, Header)
+  if not has then return false, header end
+  k = k or ""
+  if strip and strip > 0 then k = k:sub(strip + 1) end
+  return { key = k, value = v or "", create_revision = c or 0, mod_revision = m or 0, version = n or 0,
+    lease = l or 0 }, header
+end
+
 function M.header_in_place(j)
   if j == nil then return M.header(nil) end
   local c, m, r, t = j.cluster_id, j.member_id, j.revision, j.raft_term
