@@ -78,4 +78,22 @@ describe("the get paths' picks", function()
     assert.is_nil(proto.get_reply('{"kvs":"x"}', 0))
     assert.is_nil(proto.get_reply('{"header":{"revision":2}}', 0))
   end)
+
+  it("consul: kv:get's entry is the one the decode and _entry give", function()
+    local kvmod = require "coord.consul.kv"
+    for _, text in ipairs {
+      '[{"LockIndex":1,"Key":"a/b","Flags":18446744073709551615,"Value":"' .. b64("x") .. '","CreateIndex":12,'
+        .. '"ModifyIndex":13,"Session":"s-1"}]',
+      '[{"LockIndex":0,"Key":"a","Flags":0,"Value":null,"CreateIndex":1,"ModifyIndex":1,"Session":null}]',
+      '[{"Key":"a","CreateIndex":1,"ModifyIndex":1}]',
+    } do
+      local p = table.pack(pick(text, picker { "1:p", "1.Key:S", "1.Value:B", "1.Flags:n", "1.CreateIndex:n",
+        "1.ModifyIndex:n", "1.LockIndex:n", "1.Session:S" }))
+      assert.is_true(p[1] and p[2])
+      assert.are.same(kvmod._entry(decode(text)[1]), kvmod._pick_entry(text))
+    end
+    assert.is_nil(kvmod._pick_entry("[]"))
+    assert.is_nil(kvmod._pick_entry('[{"Key":"a","Flags":1.5}]'))
+    assert.is_nil(kvmod._pick_entry('[{"Key":"a","Value":false}]'))
+  end)
 end)

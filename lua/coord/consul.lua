@@ -323,6 +323,14 @@ function backend.classify(_, res, req)
   local opts = req.opts
   if not accepted(opts.ok, res.status) then return server_error(res, req.method, req.url) end
   local raw, body_out = res.body, nil
+  local pick = opts.pick -- a kv:get's: the entry straight from the text, or nil to decode it
+  if pick and res.status == 200 then
+    local picked = pick(raw)
+    if picked then
+      res.meta = meta_of(res, opts.cached)
+      return res, nil, picked
+    end
+  end
   if opts.raw or raw == "" then
     body_out = raw ~= "" and raw or nil
   else
@@ -379,8 +387,10 @@ end
 --- per-call timeout the wait is shortened so that the call ends within it; else each attempt
 --- may take wait + wait/16 + the client's timeout), timeout (a cap on the whole call), raw
 --- (keep the body as a string), retries (default 2 for a GET that does not block, else 0; a
---- write is only retried when it was certainly not sent). Returns {status, body, meta} (the
---- coord.http response, its body decoded) or nil, err.
+--- write is only retried when it was certainly not sent), pick (function(text) -> a value
+--- read from a 200 reply's body, or nil to decode it as usual: when it gives one, the body
+--- stays text and the value comes third). Returns {status, body, meta} (the coord.http
+--- response, its body decoded) or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
