@@ -171,6 +171,7 @@ local function target(self, ep)
     unix_socket = ep.unix_socket,
     connect_to = ep.connect_to,
     token = self.token,
+    urls = {},
   }
 end
 
@@ -304,7 +305,14 @@ end
 -- The call is the coord.http request too: the endpoint's fields are set here, per attempt.
 function backend.request(self, ep, call)
   local t = call.at and target(self, ep) or cached_target(self, ep, call.with_token)
-  call.url, call.headers, call.tls, call.token = t.url .. call.path, t.headers, t.tls, t.token
+  -- (the target keeps the URL of each path it was asked for: the code's few fixed paths)
+  local path = call.path
+  local u = t.urls[path]
+  if not u then
+    u = t.url .. path
+    t.urls[path] = u
+  end
+  call.url, call.headers, call.tls, call.token = u, t.headers, t.tls, t.token
   call.base = t.url
   call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait, t.unix_socket, t.connect_to
   call.timeout = self.timeout
@@ -360,9 +368,12 @@ function backend.failed(self, ep, err)
   end
 end
 
+-- (down_until is 0 until failed() moves the backoff on, and again once this resets it)
 function backend.succeeded(_, ep)
-  ep.backoff:reset()
-  ep.down_until = 0
+  if ep.down_until ~= 0 then
+    ep.backoff:reset()
+    ep.down_until = 0
+  end
 end
 
 function backend.size(self, call)
@@ -614,8 +625,13 @@ M._range_result = range_result
 
 --- The kv at key: `kv, nil, header`; `nil, nil, header` when the key is absent; `nil, err`
 --- on failure. opts: revision, serializable.
+-- The RangeRequest text of a get without options, by raw key: recent keys' texts are kept, so
+-- that reading the same keys over and over does not encode them each time. Bounded: emptied
+-- when it reaches 1024 keys.
+local get_bodies, nget_bodies = {}, 0
+
 function Client:get(key, opts)
-  check(key, "string", 1, "get")
+  if type(key) ~= "string" then check(key, "string", 1, "get") end
   local revision, serializable
   if opts ~= nil then
     check(opts, "table", 2, "get")
@@ -630,7 +646,15 @@ function Client:get(key, opts)
       serializable = serializable or nil }, IDEMPOTENT, true, nil, nil, get_reply)
   else
     -- (base64 needs no JSON escaping: the text json_encode would make, without its table)
-    j, err, header = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}', nil, get_reply)
+    local data = get_bodies[k]
+    if not data then
+      data = '{"key":"' .. b64(k) .. '"}'
+      if #k <= 256 then -- (long keys are not kept)
+        if nget_bodies >= 1024 then get_bodies, nget_bodies = {}, 0 end
+        get_bodies[k], nget_bodies = data, nget_bodies + 1
+      end
+    end
+    j, err, header = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, data, nil, get_reply)
   end
   if header then return j, nil, header end -- read by proto.get_reply
   if not j then return nil, err end
