@@ -282,7 +282,7 @@ local function acquire(self, with_token)
 end
 
 -- The etcd backend of coord.pipeline. A call: path, data (JSON text; nil: a GET),
--- idempotent, timeout, with_token (false for authenticate itself), at (one endpoint only,
+-- idempotent, timeout, no_token (true for authenticate itself), at (one endpoint only,
 -- for per-member calls).
 local backend = {
   -- the endpoint is in trouble ("unknown": the connection died after the request was sent;
@@ -299,12 +299,12 @@ function backend.pick(self, call)
     end
     return at
   end
-  return acquire(self, call.with_token)
+  return acquire(self, not call.no_token)
 end
 
 -- The call is the coord.http request too: the endpoint's fields are set here, per attempt.
 function backend.request(self, ep, call)
-  local t = call.at and target(self, ep) or cached_target(self, ep, call.with_token)
+  local t = call.at and target(self, ep) or cached_target(self, ep, not call.no_token)
   -- (the target keeps the URL of each path it was asked for: the code's few fixed paths)
   local path = call.path
   local u = t.urls[path]
@@ -313,15 +313,17 @@ function backend.request(self, ep, call)
     t.urls[path] = u
   end
   call.url, call.headers, call.tls, call.token = u, t.headers, t.tls, t.token
-  call.base = t.url
-  call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait, t.unix_socket, t.connect_to
+  -- (no http_version for "1.1": libcurl's default for http:// is HTTP/1.1 already)
+  local v = t.http_version
+  call.http_version, call.pipewait, call.unix_socket, call.connect_to = v ~= "1.1" and v or nil, t.pipewait,
+    t.unix_socket, t.connect_to
   call.timeout = self.timeout
   return call
 end
 
-function backend.send(self, _, req, call)
+function backend.send(self, ep, req, call)
   if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
-    local t = { url = call.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
+    local t = { url = ep.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
       connect_to = req.connect_to }
     local j, err, json = self.grpc.send(self, t, call.path, req.body,
       { timeout = req.timeout, idempotent = call.idempotent }, server_error)
@@ -382,7 +384,7 @@ end
 
 -- The token was refused as stale: forget it, the next attempt authenticates again.
 function backend.refresh(self, err, call)
-  return call.with_token and self:_refresh(err, call.token)
+  return not call.no_token and self:_refresh(err, call.token)
 end
 
 function backend.transient() return false end
@@ -398,9 +400,12 @@ function Client:_failed(u, err)
   end
 end
 
--- A call of the pipeline, which is also its coord.http request (a constructor sizes the table
--- for every field it names, so the fields backend.request sets are named here too). data:
--- the JSON text of body when the caller made it already; at: one endpoint only (_at).
+-- A call of the pipeline, which is also its coord.http request. A constructor sizes the table
+-- for the fields it names: eight, those of a get over plain HTTP without auth (what
+-- backend.request sets included), so that it fits in eight slots; the others are set only
+-- when they are not nil (no_token: authenticate's own call; the method is coord.http's
+-- default: POST with a body, else GET). data: the JSON text of body when the caller made it
+-- already; at: one endpoint only (_at).
 -- Only an idempotent call may be sent again by libcurl when its connection dies before the
 -- reply (see coord.http's resend).
 -- pick: call.pick, see backend.classify.
@@ -408,12 +413,13 @@ local function post(self, path, body, opts, with_token, data, at, pick)
   data = data or body and json_encode(body)
   local idempotent = opts and opts.idempotent
   local call = {
-    path = path, with_token = with_token, idempotent = idempotent, cap = opts and opts.timeout,
-    method = data and "POST" or "GET", body = data, resend = idempotent or nil,
-    url = nil, headers = nil, tls = nil, token = nil, http_version = nil, pipewait = nil, unix_socket = nil,
-    connect_to = nil, timeout = nil,
+    path = path, idempotent = idempotent, body = data, resend = idempotent or nil,
+    url = nil, headers = nil, timeout = nil, pick = pick,
   }
-  call.at, call.pick = at, pick -- (not named above: 16 names size the table's 16 slots)
+  local cap = opts and opts.timeout
+  if cap then call.cap = cap end
+  if at then call.at = at end
+  if not with_token then call.no_token = true end
   return pipeline.run(backend, self, call)
 end
 
