@@ -306,7 +306,7 @@ function backend.request(self, agent, call)
   if self.token ~= call.sent_token and call.opts.token == nil then
     -- the token was rotated since the last attempt
     call.sent_token = self.token
-    call.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = call.opts.cache_control }
+    call.headers = { ["X-Consul-Token"] = self.token or nil, ["Cache-Control"] = call.opts.cache_control }
   end
   return call
 end
