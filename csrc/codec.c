@@ -110,6 +110,11 @@ static const char *parse_decimal(const char *s, size_t n, uint64_t limit, uint64
   return NULL;
 }
 
+/* parse_decimal for the other files (pick.c). */
+const char *coord_parse_decimal(const char *s, size_t n, uint64_t limit, uint64_t *out) {
+  return parse_decimal(s, n, limit, out);
+}
+
 /* u64(s): a decimal string up to 2^64-1 as the Lua integer with the same 64 bits.
    Integers pass through unchanged; anything else is nil plus a message. */
 static int parse_u64(lua_State *L) {

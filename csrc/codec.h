@@ -6,4 +6,9 @@
 
 void coord_codec_register(lua_State *L);
 
+#include <stddef.h>
+#include <stdint.h>
+/* Parses an unsigned decimal of n bytes up to limit into *out: NULL, else why it is not one. */
+const char *coord_parse_decimal(const char *s, size_t n, uint64_t limit, uint64_t *out);
+
 #endif

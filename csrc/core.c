@@ -5,6 +5,7 @@
 #include "file.h"
 #include "headers.h"
 #include "json.h"
+#include "pick.h"
 #include "pb.h"
 #include "request.h"
 #include "sha256.h"
@@ -45,6 +46,7 @@ COORD_EXPORT int luaopen_coord_core(lua_State *L) {
   coord_loop_register(L);
   coord_codec_register(L);
   coord_json_register(L);
+  coord_pick_register(L);
   coord_pb_register(L);
   coord_file_register(L);
   coord_sha256_register(L);

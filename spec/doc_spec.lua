@@ -36,7 +36,8 @@ local core_public = { json_decode = true, json_encode = true, b64encode = true, 
   u64 = true, u64tostring = true, i64 = true }
 local core_internal = { request = true, poll = true, fd = true, inflight = true, now = true,
   header = true, parse_headers = true, write_atomic = true, fsync = true,
-  srv_lookup = true, sha256 = true, pb_compile = true, pb_encode = true, pb_decode = true }
+  srv_lookup = true, sha256 = true, pb_compile = true, pb_encode = true, pb_decode = true,
+  json_picker = true, json_pick = true }
 
 local function public_api()
   local names = {}

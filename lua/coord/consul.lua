@@ -148,13 +148,17 @@ function M.new(opts)
   end
   local agents = {}
   for i, a in ipairs(addresses) do agents[i] = agent_of(a, opts.tls, max) end
+  -- false, not nil, for what is not set: a read of an absent field would call Client.__index
+  -- (a Lua function), and the hot path reads these on every call
   local self = {
-    agents = agents, cur = 1, token = token ~= "" and token or nil, token_file = token_file,
-    datacenter = opts.datacenter, namespace = opts.namespace, partition = opts.partition,
-    consistency = consistency, tls = tls, timeout = opts.timeout or 30, _shared = {},
+    agents = agents, cur = 1, token = token ~= "" and token or false, token_file = token_file or false,
+    datacenter = opts.datacenter or false, namespace = opts.namespace or false,
+    partition = opts.partition or false,
+    consistency = consistency, tls = tls or false, timeout = opts.timeout or 30, _shared = {},
   }
   -- base, unix_socket and limit: those of the agent in use
   self.base, self.unix_socket, self.limit = agents[1].base, agents[1].unix_socket, agents[1].limit
+  self.plain = not (self.datacenter or self.namespace or self.partition) and consistency == "default"
   return setmetatable(self, Client)
 end
 
@@ -164,8 +168,8 @@ function Client:set_token(token)
   if token ~= nil and type(token) ~= "string" then
     error("bad argument #1 to 'set_token' (string or nil expected, got " .. type(token) .. ")", 2)
   end
-  self.token = token ~= "" and token or nil
-  self.token_file = nil
+  self.token = token ~= "" and token or false
+  self.token_file = false
   return true
 end
 
@@ -302,7 +306,7 @@ function backend.request(self, agent, call)
   if self.token ~= call.sent_token and call.opts.token == nil then
     -- the token was rotated since the last attempt
     call.sent_token = self.token
-    call.headers = { ["X-Consul-Token"] = self.token, ["Cache-Control"] = call.opts.cache_control }
+    call.headers = { ["X-Consul-Token"] = self.token or nil, ["Cache-Control"] = call.opts.cache_control }
   end
   return call
 end
@@ -311,7 +315,7 @@ end
 function backend.send(_, agent, req, call)
   local opts = call.opts
   local b <close> = (opts.index or opts.hash) and agent.limit.blocking:acquire() or nil
-  local permit <close> = agent.limit.all:acquire()
+  local permit <close> = agent.limit.all:_hold()
   return http.request(req)
 end
 
@@ -319,6 +323,14 @@ function backend.classify(_, res, req)
   local opts = req.opts
   if not accepted(opts.ok, res.status) then return server_error(res, req.method, req.url) end
   local raw, body_out = res.body, nil
+  local pick = opts.pick -- a kv:get's: the entry straight from the text, or nil to decode it
+  if pick and res.status == 200 then
+    local picked = pick(raw)
+    if picked then
+      res.meta = meta_of(res, opts.cached)
+      return res, nil, picked
+    end
+  end
   if opts.raw or raw == "" then
     body_out = raw ~= "" and raw or nil
   else
@@ -375,8 +387,10 @@ end
 --- per-call timeout the wait is shortened so that the call ends within it; else each attempt
 --- may take wait + wait/16 + the client's timeout), timeout (a cap on the whole call), raw
 --- (keep the body as a string), retries (default 2 for a GET that does not block, else 0; a
---- write is only retried when it was certainly not sent). Returns {status, body, meta} (the
---- coord.http response, its body decoded) or nil, err.
+--- write is only retried when it was certainly not sent), pick (function(text) -> a value
+--- read from a 200 reply's body, or nil to decode it as usual: when it gives one, the body
+--- stays text and the value comes third). Returns {status, body, meta} (the coord.http
+--- response, its body decoded) or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}
   local blocking = opts.index or opts.hash
@@ -387,7 +401,9 @@ function Client:_call(method, path, opts)
   if wait then
     if timeout then wait = capped_wait(wait, timeout) else attempt = wait + wait / 16 + self.timeout end
   end
-  local q = build_query(self, method, opts, wait)
+  -- (a plain read of a client without dc, ns, partition or consistency has no query)
+  local q
+  if not (opts.plain and self.plain) then q = build_query(self, method, opts, wait) end
   local body = opts.body
   if type(body) == "table" then body = core.json_encode(body) end
   local token = opts.token
@@ -406,7 +422,7 @@ function Client:_call(method, path, opts)
     opts = opts, cap = timeout, idempotent = get, retries = opts.retries or ((get and not blocking) and 2 or 0),
   }
   if body ~= nil then call.body = body end
-  if self.tls ~= nil then call.tls = self.tls end
+  if self.tls then call.tls = self.tls end
   if headers then call.headers = headers end
   if token ~= nil then call.sent_token = token end
   return pipeline.run(backend, self, call)

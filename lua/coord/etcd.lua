@@ -18,6 +18,7 @@ M.Client = Client
 
 local json_encode, json_decode, now = core.json_encode, core.json_decode, core.now
 local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
+local kv_in_place, header_in_place, get_reply = proto.kv_in_place, proto.header_in_place, proto.get_reply
 
 local DEFAULT_TIMEOUT = 5
 local IDEMPOTENT = { idempotent = true }
@@ -170,6 +171,7 @@ local function target(self, ep)
     unix_socket = ep.unix_socket,
     connect_to = ep.connect_to,
     token = self.token,
+    urls = {},
   }
 end
 
@@ -280,7 +282,7 @@ local function acquire(self, with_token)
 end
 
 -- The etcd backend of coord.pipeline. A call: path, data (JSON text; nil: a GET),
--- idempotent, timeout, with_token (false for authenticate itself), at (one endpoint only,
+-- idempotent, timeout, no_token (true for authenticate itself), at (one endpoint only,
 -- for per-member calls).
 local backend = {
   -- the endpoint is in trouble ("unknown": the connection died after the request was sent;
@@ -297,22 +299,31 @@ function backend.pick(self, call)
     end
     return at
   end
-  return acquire(self, call.with_token)
+  return acquire(self, not call.no_token)
 end
 
 -- The call is the coord.http request too: the endpoint's fields are set here, per attempt.
 function backend.request(self, ep, call)
-  local t = call.at and target(self, ep) or cached_target(self, ep, call.with_token)
-  call.url, call.headers, call.tls, call.token = t.url .. call.path, t.headers, t.tls, t.token
-  call.base = t.url
-  call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait, t.unix_socket, t.connect_to
+  local t = call.at and target(self, ep) or cached_target(self, ep, not call.no_token)
+  -- (the target keeps the URL of each path it was asked for: the code's few fixed paths)
+  local path = call.path
+  local u = t.urls[path]
+  if not u then
+    u = t.url .. path
+    t.urls[path] = u
+  end
+  call.url, call.headers, call.tls, call.token = u, t.headers, t.tls, t.token
+  -- (no http_version for "1.1": libcurl's default for http:// is HTTP/1.1 already)
+  local v = t.http_version
+  call.http_version, call.pipewait, call.unix_socket, call.connect_to = v ~= "1.1" and v or nil, t.pipewait,
+    t.unix_socket, t.connect_to
   call.timeout = self.timeout
   return call
 end
 
-function backend.send(self, _, req, call)
+function backend.send(self, ep, req, call)
   if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
-    local t = { url = call.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
+    local t = { url = ep.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
       connect_to = req.connect_to }
     local j, err, json = self.grpc.send(self, t, call.path, req.body,
       { timeout = req.timeout, idempotent = call.idempotent }, server_error)
@@ -326,8 +337,13 @@ function backend.send(self, _, req, call)
   return res, err
 end
 
-function backend.classify(_, res, call)
+function backend.classify(self, res, call)
   if res.grpc then return res.grpc end -- decoded by the gRPC transport
+  local pick = call.pick -- a get's: its results straight from the text, or nil to decode it
+  if pick and res.status == 200 then
+    local kv, header = pick(res.body, #self.prefix)
+    if header then return kv or nil, nil, header end
+  end
   local j = json_decode(res.body)
   if res.status ~= 200 then return nil, server_error(res, j, call.path) end
   if type(j) ~= "table" then
@@ -354,9 +370,12 @@ function backend.failed(self, ep, err)
   end
 end
 
+-- (down_until is 0 until failed() moves the backoff on, and again once this resets it)
 function backend.succeeded(_, ep)
-  ep.backoff:reset()
-  ep.down_until = 0
+  if ep.down_until ~= 0 then
+    ep.backoff:reset()
+    ep.down_until = 0
+  end
 end
 
 function backend.size(self, call)
@@ -365,7 +384,7 @@ end
 
 -- The token was refused as stale: forget it, the next attempt authenticates again.
 function backend.refresh(self, err, call)
-  return call.with_token and self:_refresh(err, call.token)
+  return not call.no_token and self:_refresh(err, call.token)
 end
 
 function backend.transient() return false end
@@ -381,21 +400,26 @@ function Client:_failed(u, err)
   end
 end
 
--- A call of the pipeline, which is also its coord.http request (a constructor sizes the table
--- for every field it names, so the fields backend.request sets are named here too). data:
--- the JSON text of body when the caller made it already; at: one endpoint only (_at).
+-- A call of the pipeline, which is also its coord.http request. A constructor sizes the table
+-- for the fields it names: eight, those of a get over plain HTTP without auth (what
+-- backend.request sets included), so that it fits in eight slots; the others are set only
+-- when they are not nil (no_token: authenticate's own call; the method is coord.http's
+-- default: POST with a body, else GET). data: the JSON text of body when the caller made it
+-- already; at: one endpoint only (_at).
 -- Only an idempotent call may be sent again by libcurl when its connection dies before the
 -- reply (see coord.http's resend).
-local function post(self, path, body, opts, with_token, data, at)
+-- pick: call.pick, see backend.classify.
+local function post(self, path, body, opts, with_token, data, at, pick)
   data = data or body and json_encode(body)
   local idempotent = opts and opts.idempotent
   local call = {
-    path = path, with_token = with_token, idempotent = idempotent, cap = opts and opts.timeout,
-    method = data and "POST" or "GET", body = data, resend = idempotent or nil,
-    url = nil, headers = nil, tls = nil, token = nil, http_version = nil, pipewait = nil, unix_socket = nil,
-    connect_to = nil, timeout = nil,
+    path = path, idempotent = idempotent, body = data, resend = idempotent or nil,
+    url = nil, headers = nil, timeout = nil, pick = pick,
   }
-  call.at = at -- (not named above: 16 names fill the table's 16 slots)
+  local cap = opts and opts.timeout
+  if cap then call.cap = cap end
+  if at then call.at = at end
+  if not with_token then call.no_token = true end
   return pipeline.run(backend, self, call)
 end
 
@@ -607,8 +631,13 @@ M._range_result = range_result
 
 --- The kv at key: `kv, nil, header`; `nil, nil, header` when the key is absent; `nil, err`
 --- on failure. opts: revision, serializable.
+-- The RangeRequest text of a get without options, by raw key: recent keys' texts are kept, so
+-- that reading the same keys over and over does not encode them each time. Bounded: emptied
+-- when it reaches 1024 keys.
+local get_bodies, nget_bodies = {}, 0
+
 function Client:get(key, opts)
-  check(key, "string", 1, "get")
+  if type(key) ~= "string" then check(key, "string", 1, "get") end
   local revision, serializable
   if opts ~= nil then
     check(opts, "table", 2, "get")
@@ -617,17 +646,27 @@ function Client:get(key, opts)
   -- the RangeRequest of range_request for one key, without the options get does not take
   local k = self.prefix .. key
   if k == "" then k = "\0" end
-  local j, err
+  local j, err, header
   if revision or serializable then
-    j, err = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision), serializable = serializable or nil },
-      IDEMPOTENT, true)
+    j, err, header = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision),
+      serializable = serializable or nil }, IDEMPOTENT, true, nil, nil, get_reply)
   else
     -- (base64 needs no JSON escaping: the text json_encode would make, without its table)
-    j, err = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, '{"key":"' .. b64(k) .. '"}')
+    local data = get_bodies[k]
+    if not data then
+      data = '{"key":"' .. b64(k) .. '"}'
+      if #k <= 256 then -- (long keys are not kept)
+        if nget_bodies >= 1024 then get_bodies, nget_bodies = {}, 0 end
+        get_bodies[k], nget_bodies = data, nget_bodies + 1
+      end
+    end
+    j, err, header = post(self, "/v3/kv/range", nil, IDEMPOTENT, true, data, nil, get_reply)
   end
+  if header then return j, nil, header end -- read by proto.get_reply
   if not j then return nil, err end
+  -- (the reply's own kv and header tables become the results: two tables less per get)
   local kv = j.kvs and j.kvs[1]
-  return kv and kv_of(kv, #self.prefix) or nil, nil, header_of(j.header)
+  return kv and kv_in_place(kv, #self.prefix) or nil, nil, header_in_place(j.header)
 end
 
 -- Reads a range in pages of `size` keys, all at the revision of the first page.

@@ -51,16 +51,42 @@ local function acquire_cancel(w)
   if w.done then w.sem:release() else remove(w.sem.waiters, w) end
 end
 
---- Waits for a permit (first come, first served) and returns it; the permit can be
---- released with permit:release(), by leaving a <close> scope, or with sem:release().
-function Semaphore:acquire()
-  local p = self:try_acquire()
-  if p then return p end
+-- Waits for a permit (first come, first served) and takes it.
+local function take(self)
+  if self.available > 0 and #self.waiters == 0 then
+    self.available = self.available - 1
+    return
+  end
   local w = sched.waiter(acquire_cancel)
   w.sem = self
   self.waiters[#self.waiters + 1] = w
   sched.wait(w)
+end
+
+--- Waits for a permit (first come, first served) and returns it; the permit can be
+--- released with permit:release(), by leaving a <close> scope, or with sem:release().
+function Semaphore:acquire()
+  take(self)
   return permit(self)
+end
+
+-- What _hold returns: closing it gives one permit back.
+local Holder = { __name = "coord.semaphore.holder" }
+function Holder.__close(h)
+  h.sem:release()
+end
+
+--- Waits for a permit as acquire does, and returns a value that gives it back when closed
+--- (`local h <close> = sem:_hold()`): one value per semaphore, made once, so a permit held for
+--- one scope costs no table. For the hot paths of the clients.
+function Semaphore:_hold()
+  take(self)
+  local h = self.holder
+  if not h then
+    h = setmetatable({ sem = self }, Holder)
+    self.holder = h
+  end
+  return h
 end
 
 --- Takes a permit without waiting; nil when none is free.

@@ -29,7 +29,7 @@ local function read_ambiguous(client, path, opts)
     return client:_error(res, "GET", path)
   end
   local token = opts.token
-  if token == nil then token = client.token end
+  if token == nil then token = client.token or nil end
   if token ~= nil and token ~= "" then
     local _, serr = client:_read("/v1/acl/token/self", { token = token, dc = opts.dc, timeout = opts.timeout })
     if serr then return nil, serr end

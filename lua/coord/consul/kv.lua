@@ -72,6 +72,27 @@ function M._entry(e)
   }
 end
 
+-- What get reads of a GET /v1/kv/<key> reply: its first entry (see core.json_picker).
+local ENTRY_PICKER = core.json_picker { "1:p", "1.Key:S", "1.Value:B", "1.Flags:n", "1.CreateIndex:n",
+  "1.ModifyIndex:n", "1.LockIndex:n", "1.Session:S" }
+local json_pick = core.json_pick
+
+-- The entry M._entry would make of the first element of a reply's JSON text, read without
+-- decoding the rest; nil when the text needs the full decode (core.json_pick's cases).
+local function entry_reply(body)
+  local ok, has, key, v, flags, create, modify, lock, session = json_pick(body, ENTRY_PICKER)
+  if not (ok and has) then return nil end
+  if v == null or not v then v = "" end
+  if session == null then session = nil end
+  return {
+    key = key, value = v, flags = flags,
+    create_index = create, modify_index = modify, lock_index = lock,
+    session = session,
+  }
+end
+
+M._pick_entry = entry_reply -- (for spec/pick_spec.lua)
+
 local function flags_string(f)
   if f == nil then return nil end
   if math.type(f) ~= "integer" then error("bad argument #3 to 'put' (flags: integer expected)", 4) end
@@ -81,7 +102,11 @@ end
 -- Calls without options skip call_opts (a table of thirteen fields) and share these read-only
 -- tables: _call never writes to its options.
 local NO_QUERY, NOT_FOUND_OK = {}, { 404 }
-local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK }
+-- plain: no option of its own (_call then skips the query when the client adds none either)
+-- pick: the entry straight from the reply's text (_call returns it third)
+local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK, plain = true, pick = entry_reply }
+-- (called directly: client:_call would go through Client.__index, a function)
+local _call = consul.Client._call
 
 --- The entry at key, nil and the meta; nil, nil, meta when absent; nil, err on failure.
 --- opts.raw = true: the value alone.
@@ -94,10 +119,11 @@ function KV:get(key, opts)
     o = call_opts(opts, { raw = raw }, "get")
     o.ok, o.raw = NOT_FOUND_OK, raw
   end
-  local res, err = self.client:_call("GET", path(key), o)
+  local res, err, entry = _call(self.client, "GET", path(key), o)
   if not res then return nil, err end
   if res.status == 404 then return nil, nil, res.meta end
   if raw then return res.body or "", nil, res.meta end
+  if entry then return entry, nil, res.meta end
   return M._entry(res.body[1]), nil, res.meta
 end
 

@@ -69,6 +69,21 @@ function M.kv(j, strip)
   }
 end
 
+--- M.kv's table made of j itself, converted in place (no copy): for a reply just decoded
+--- whose j is not read again. j must hold a KeyValue's fields only, as the gateway sends.
+function M.kv_in_place(j, strip)
+  local k, v, c, m, n, l = j.key, j.value, j.create_revision, j.mod_revision, j.version, j.lease
+  local key = k ~= nil and (b64decode(k) or bad(b64decode, k)) or ""
+  if strip and strip > 0 then key = key:sub(strip + 1) end
+  j.key = key
+  j.value = v ~= nil and (b64decode(v) or bad(b64decode, v)) or ""
+  j.create_revision = c ~= nil and (i64(c) or bad(i64, c)) or 0
+  j.mod_revision = m ~= nil and (i64(m) or bad(i64, m)) or 0
+  j.version = n ~= nil and (i64(n) or bad(i64, n)) or 0
+  j.lease = l ~= nil and (i64(l) or bad(i64, l)) or 0
+  return j
+end
+
 --- The response header as {cluster_id, member_id, revision, raft_term} integers.
 local EMPTY = {}
 local Header = require("coord.errors").record("etcd.header")
@@ -82,6 +97,38 @@ function M.header(j)
     revision = r ~= nil and (i64(r) or bad(i64, r)) or 0,
     raft_term = t ~= nil and (i64(t) or bad(i64, t)) or 0,
   }, Header)
+end
+
+--- M.header's record made of j itself, converted in place, as M.kv_in_place.
+-- What get reads of a range reply: the header and the first kv (see core.json_picker).
+local GET_PICKER = core.json_picker { "header.cluster_id:u", "header.member_id:u", "header.revision:i",
+  "header.raft_term:i", "kvs.1:p", "kvs.1.key:b", "kvs.1.value:b", "kvs.1.create_revision:i",
+  "kvs.1.mod_revision:i", "kvs.1.version:i", "kvs.1.lease:i" }
+local json_pick = core.json_pick
+
+--- The first kv (false when there is none) and the header of a range reply's JSON text, read
+--- without decoding the rest: the tables M.kv and M.header would make from the decoded reply.
+--- nil when the text needs the full decode (core.json_pick's cases); `strip` as for M.kv.
+function M.get_reply(body, strip)
+  local ok, cid, mid, rev, term, has, k, v, c, m, n, l = json_pick(body, GET_PICKER)
+  if not ok then return nil end
+  local header = setmetatable({ cluster_id = cid or 0, member_id = mid or 0, revision = rev or 0,
+    raft_term = term or 0 }, Header)
+  if not has then return false, header end
+  k = k or ""
+  if strip and strip > 0 then k = k:sub(strip + 1) end
+  return { key = k, value = v or "", create_revision = c or 0, mod_revision = m or 0, version = n or 0,
+    lease = l or 0 }, header
+end
+
+function M.header_in_place(j)
+  if j == nil then return M.header(nil) end
+  local c, m, r, t = j.cluster_id, j.member_id, j.revision, j.raft_term
+  j.cluster_id = c ~= nil and (u64(c) or bad(u64, c)) or 0
+  j.member_id = m ~= nil and (u64(m) or bad(u64, m)) or 0
+  j.revision = r ~= nil and (i64(r) or bad(i64, r)) or 0
+  j.raft_term = t ~= nil and (i64(t) or bad(i64, t)) or 0
+  return setmetatable(j, Header)
 end
 
 return M
