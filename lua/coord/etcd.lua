@@ -313,9 +313,9 @@ function backend.request(self, ep, call)
     t.urls[path] = u
   end
   call.url, call.headers, call.tls, call.token = u, t.headers, t.tls, t.token
-  -- (no http_version for "1.1": libcurl's default for http:// is HTTP/1.1 already)
-  local v = t.http_version
-  call.http_version, call.pipewait, call.unix_socket, call.connect_to = v ~= "1.1" and v or nil, t.pipewait,
+  -- "1.1" stays explicit: with libcurl's default, libcurl 8 may put a plain call on an h2c
+  -- connection a gRPC client of the same process has open to the endpoint
+  call.http_version, call.pipewait, call.unix_socket, call.connect_to = t.http_version, t.pipewait,
     t.unix_socket, t.connect_to
   call.timeout = self.timeout
   return call
