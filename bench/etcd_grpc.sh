@@ -9,7 +9,7 @@ curl8_version=
 
 # grpc_setup: builds coord against libcurl 8.14.1 (build/curl8/coord/core.so) and bench/bare.c
 # against it (bench/.build/bare8), installs h2load (Debian nghttp2-client) when missing, and writes
-# the gRPC request bodies bench/.build/grpc-get.bin (RangeRequest{key}) and grpc-put.bin
+# the gRPC request bodies (for h2load and bareg) bench/.build/grpc-get.bin (RangeRequest{key}) and grpc-put.bin
 # (PutRequest{key, value}), each in gRPC's 5-byte framing. Sets the *_skip variables above.
 grpc_setup() {
   local curl8=$top/.deps/curl-8.14/usr arch out
@@ -58,9 +58,11 @@ grpc_aims() {
         if (t != "" && j != "") printf "%s: coord grpc client+server %.1f us/req = %.2fx coord json (json8 %.1f = %.1f client + %.1f etcd)  [aim <= 0.5x coord json: %s]\n",
           op, t, t / j, j, us[op, "json8"], srv[op, "json8"], verdict(t / j <= 0.5)
         line = sprintf("%s: etcd CPU per request: grpc %.1f us", op, srv[op, "grpc"])
-        split("json8 h2load node bare8 wrk", o, " ")
-        for (k = 1; k <= 5; k++) if (srv[op, o[k]] != "") line = line sprintf(", %s %.1f", o[k], srv[op, o[k]])
-        if (us[op, "h2load"] != "") line = line sprintf("; client: grpc %.1fx h2load", g / us[op, "h2load"])
+        split("json8 bareg h2load node bare8 wrk", o, " ")
+        for (k = 1; k <= 6; k++) if (srv[op, o[k]] != "") line = line sprintf(", %s %.1f", o[k], srv[op, o[k]])
+        line = line "; client: grpc"
+        if (us[op, "bareg"] != "") line = line sprintf(" %.2fx bare C gRPC (bareg %.1f),", g / us[op, "bareg"], us[op, "bareg"])
+        if (us[op, "h2load"] != "") line = line sprintf(" %.1fx h2load", g / us[op, "h2load"])
         if (us[op, "node"] != "") line = line sprintf(", node etcd3 %.1fx grpc", us[op, "node"] / g)
         print line
       }
