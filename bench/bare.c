@@ -13,6 +13,10 @@
  * variable BARE_METHOD names another method to send it with (e.g. PUT, for Consul's KV).
  * BARE_CAINFO names a CA file to verify an https:// server with (libcurl then negotiates
  * HTTP/2 through ALPN, as it does by default).
+ * BARE_GRPC_BODY names a file whose bytes (a gRPC-framed message) are POSTed instead, as a gRPC
+ * unary call: "Content-Type: application/grpc", "TE: trailers", HTTP/2 (with prior knowledge on
+ * http://, h2c; libcurl 8 for that), every request waiting for the one multiplexed connection
+ * (CURLOPT_PIPEWAIT); a reply then also needs the trailer "grpc-status: 0".
  *
  * Every reply must be HTTP 200; anything else counts as an error. At the end
  * it prints one line on stdout:
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 /* One per socket that curl asked us to watch; owned by the uv_poll_t. */
@@ -40,8 +45,11 @@ typedef struct {
 
 typedef struct {
   CURL *easy;
-  uint64_t bytes; /* body bytes of the request in flight */
+  uint64_t bytes;  /* body bytes of the request in flight */
+  int grpc_status; /* gRPC: the grpc-status trailer's value, -1 until seen */
 } request;
+
+static int grpc; /* BARE_GRPC_BODY is set */
 
 static uv_loop_t *loop;
 static uv_timer_t timeout;
@@ -68,6 +76,16 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
   request *r = userdata;
   r->bytes += size * nmemb;
   return size * nmemb;
+}
+
+/* gRPC: headers and trailers; only grpc-status is kept. */
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata) {
+  request *r = userdata;
+  size_t n = size * nmemb;
+  static const char name[] = "grpc-status:";
+  if (n > sizeof name - 1 && strncasecmp(ptr, name, sizeof name - 1) == 0)
+    r->grpc_status = atoi(ptr + sizeof name - 1);
+  return n;
 }
 
 static void close_sock_ctx(uv_handle_t *handle) {
@@ -100,9 +118,14 @@ static void check_multi_info(void) {
       errors++;
       if (!quiet())
         fprintf(stderr, "bare: HTTP status %ld, expected 200\n", status);
+    } else if (grpc && r->grpc_status != 0) {
+      errors++;
+      if (!quiet())
+        fprintf(stderr, "bare: grpc-status %d, expected 0\n", r->grpc_status);
     }
     bytes_total += r->bytes;
     r->bytes = 0;
+    r->grpc_status = -1;
 
     curl_multi_remove_handle(multi, easy);
     if (started < total) {
@@ -224,7 +247,7 @@ static long parse_count(const char *s, const char *what) {
 
 int main(int argc, char **argv) {
   if (argc < 4 || argc > 5) {
-    fprintf(stderr, "usage: %s URL N C [POST-BODY]\n", argv[0]);
+    fprintf(stderr, "usage: %s URL N C [POST-BODY]  (env BARE_METHOD, BARE_CAINFO, BARE_GRPC_BODY)\n", argv[0]);
     return 2;
   }
   const char *url = argv[1];
@@ -233,6 +256,19 @@ int main(int argc, char **argv) {
   const char *body = argc == 5 ? argv[4] : NULL;
   const char *method = getenv("BARE_METHOD");
   const char *cainfo = getenv("BARE_CAINFO");
+  const char *grpc_file = getenv("BARE_GRPC_BODY");
+  char grpc_body[4096];
+  long grpc_len = 0;
+  if (grpc_file != NULL && *grpc_file != '\0') {
+    FILE *f = fopen(grpc_file, "rb");
+    if (f == NULL)
+      die(grpc_file, strerror(errno));
+    grpc_len = (long)fread(grpc_body, 1, sizeof grpc_body, f);
+    if (ferror(f) || !feof(f) || grpc_len == 0)
+      die(grpc_file, "unreadable, empty or over 4096 bytes");
+    fclose(f);
+    grpc = 1;
+  }
   if (conc > total)
     conc = total;
 
@@ -248,7 +284,13 @@ int main(int argc, char **argv) {
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, start_timeout);
 
   struct curl_slist *headers = NULL;
-  if (body != NULL) {
+  if (grpc) {
+    headers = curl_slist_append(headers, "Content-Type: application/grpc");
+    if (headers != NULL)
+      headers = curl_slist_append(headers, "TE: trailers");
+    if (headers == NULL)
+      die("curl_slist_append", "failed");
+  } else if (body != NULL) {
     headers = curl_slist_append(headers, "Content-Type: application/json");
     if (headers == NULL)
       die("curl_slist_append", "failed");
@@ -267,7 +309,20 @@ int main(int argc, char **argv) {
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &reqs[i]);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    if (body != NULL) {
+    reqs[i].grpc_status = -1;
+    if (grpc) {
+      int h2c = strncmp(url, "http://", 7) == 0;
+      if (curl_easy_setopt(e, CURLOPT_POSTFIELDS, grpc_body) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, grpc_len) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_HEADERDATA, &reqs[i]) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                           h2c ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                               : (long)CURL_HTTP_VERSION_2TLS) != CURLE_OK)
+        die("curl_easy_setopt", "a gRPC option was refused");
+    } else if (body != NULL) {
       curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
       curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
       curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);

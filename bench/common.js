@@ -5,11 +5,13 @@ const now = () => Number(process.hrtime.bigint()) / 1e9;
 
 // kvBench(count, conc, op): BENCH_WARMUP (default 500) calls of op() left out of the figures
 // (connections, JIT), then count calls, conc at a time; prints
-// "requests=<n> errors=<e> seconds=<wall> cpu_before=<s>" where cpu_before is the CPU spent up to t0.
+// "requests=<n> errors=<e> seconds=<wall> cpu_before=<s> warmup=<w>" where cpu_before is the CPU spent
+// up to t0 and w the warm-up calls made (the driver adds them to the server's request count).
 // op is async and throws on failure.
 async function kvBench(count, conc, op) {
   let done = 0, errors = 0, next = 0, firstErr;
   let limit = Number(process.env.BENCH_WARMUP || 500);
+  const warmup = limit;
   async function worker() {
     while (next < limit) {
       next++;
@@ -31,7 +33,7 @@ async function kvBench(count, conc, op) {
   await Promise.all(Array.from({ length: conc }, worker));
   const secs = now() - t0;
   if (firstErr) console.error("first error:", firstErr.message);
-  console.log(`requests=${done} errors=${errors} seconds=${secs.toFixed(3)} cpu_before=${before.toFixed(3)}`);
+  console.log(`requests=${done} errors=${errors} seconds=${secs.toFixed(3)} cpu_before=${before.toFixed(3)} warmup=${warmup}`);
 }
 
 // watchDone(w, created, events, errors, firstErr, t0, t1, t2): prints the watch summary and "ready",

@@ -63,10 +63,13 @@ function M.pool(n, conc, call)
 end
 
 -- kv_bench(count, conc, op): BENCH_WARMUP (default 500) calls of op() left out of the figures
--- (connections), then count calls; prints "requests=<n> errors=<e> seconds=<wall> cpu_before=<s>"
--- where cpu_before is the CPU spent up to t0. op returns ok, err.
+-- (connections), then count calls; prints
+-- "requests=<n> errors=<e> seconds=<wall> cpu_before=<s> warmup=<w>" where cpu_before is the CPU
+-- spent up to t0 and w the warm-up calls made (the driver adds them to the server's request count).
+-- op returns ok, err.
 function M.kv_bench(count, conc, op)
-  local _, warm_errors, warm_err = M.pool(tonumber(os.getenv("BENCH_WARMUP")) or 500, conc, op)
+  local warm_n = tonumber(os.getenv("BENCH_WARMUP")) or 500
+  local _, warm_errors, warm_err = M.pool(warm_n, conc, op)
   if warm_errors > 0 then io.stderr:write(("warm-up: %d errors\n"):format(warm_errors)) end
   local before = os.clock()
   local t0 = coord.now()
@@ -74,7 +77,7 @@ function M.kv_bench(count, conc, op)
   local secs = coord.now() - t0
   first_err = warm_err or first_err
   if first_err then io.stderr:write("first error: ", tostring(first_err), "\n") end
-  M.say("requests=%d errors=%d seconds=%.3f cpu_before=%.3f", done, errors, secs, before)
+  M.say("requests=%d errors=%d seconds=%.3f cpu_before=%.3f warmup=%d", done, errors, secs, before, warm_n)
 end
 
 -- wait_all(q, n, bound): takes n items from queue q within bound seconds; true, or nil on timeout.

@@ -74,16 +74,20 @@ setup() {
   trap 'exit 143' TERM
   trap 'exit 129' HUP
   "$top/.ci/deps"
-  if [ ! -x /usr/bin/time ]; then
-    note "installing GNU time (Debian package 'time')"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-  fi
+  need_tool /usr/bin/time time "GNU time"
   for tool in wrk lua5.4 gcc timeout base64 "$@"; do
     command -v "$tool" >/dev/null || die "$tool not found"
   done
   mkdir -p "$build"
   tmp=$(mktemp -d -t coord-bench.XXXXXX)
+}
+
+# need_tool TOOL PACKAGE [WHAT]: installs the Debian PACKAGE (needs root) when TOOL is not found.
+need_tool() {
+  command -v "$1" >/dev/null && return 0
+  note "installing ${3:-$1} (Debian package '$2')"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "$2" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }
 }
 
 # driver_flag ARGS...: the flags bench/etcd and bench/consul share (--n --c --runs --duration --w
@@ -324,8 +328,20 @@ measure() {
 # Clients print "requests=<n> errors=<e> seconds=<wall> [cpu_before=<s>]" (wrk: its own report).
 result_line() {
   local out=$1 cl=$2 line user sys rss
-  r_reqs='' r_errs='' r_wall='' r_cpu='' r_rss='' r_why='' r_before=''
-  if [ "$cl" = wrk ]; then
+  r_reqs='' r_errs='' r_wall='' r_cpu='' r_rss='' r_why='' r_before='' r_warm=0
+  if [ "$cl" = h2load ]; then
+    # "finished in 228.60ms, ...", "requests: 1000 total, ...", "status codes: 1000 2xx, ...",
+    # "traffic: ... total, ... headers (...), 155.27KB (159000) data". A gRPC error reply is
+    # trailers only (HTTP 200, no message), so a reply counts as good only while the data bytes
+    # give it at least 20 (a Range reply is 159 bytes, a Put reply 34).
+    read -r r_reqs r_wall r_errs < <(awk '
+      /^finished in / { d = $3; sub(/,$/, "", d)
+                        if (d ~ /ms$/) d = d / 1000; else if (d ~ /us$/) d = d / 1e6; else d = d + 0 }
+      /^requests: / { n = $2 }
+      /^status codes: / { ok = $3 + 0 }
+      /^traffic: / { for (i = 2; i <= NF; i++) if ($(i + 1) == "data") { b = $i; gsub(/[()]/, "", b) } }
+      END { if (n != "" && d != "") { g = int(b / 20); if (g > ok) g = ok; print n, d, n - g } }' "$out.out") || true
+  elif [ "$cl" = wrk ]; then
     # "  126506 requests in 5.00s, 60.68MB read"; error lines only when non-zero
     read -r r_reqs r_wall r_errs < <(awk '
       / requests in / { n = $1; d = $4; sub(/,$/, "", d)
@@ -340,6 +356,8 @@ result_line() {
       r_errs=$(sed -nE 's/.*errors=([0-9]+).*/\1/p' <<<"$line")
       r_wall=$(sed -nE 's/.* seconds=([0-9.eE+-]+).*/\1/p' <<<"$line")
       r_before=$(sed -nE 's/.*cpu_before=([0-9.eE+-]+).*/\1/p' <<<"$line")
+      r_warm=$(sed -nE 's/.* warmup=([0-9]+).*/\1/p' <<<"$line")
+      r_warm=${r_warm:-0}
     fi
   fi
   read -r user sys rss _ < <(tail -n1 "$out.time" 2>/dev/null) || true
@@ -357,15 +375,25 @@ result_line() {
   fi
 }
 
+# server_ticks PID: the CPU time (utime + stime, fields 14 and 15 of /proc/PID/stat) of PID in
+# clock ticks.
+server_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+clk_tck=$(getconf CLK_TCK)
+
 # kv_measure OP CLIENT RUN OUT [LABEL FAIL-LABEL]: runs the command in the array cmd (see measure),
-# prints one line and appends to $results: op client run ok|fail reqs errs wall cpu rss-KiB why.
-# The line starts with LABEL (FAIL-LABEL when the run failed), by default "OP CLIENT run RUN:".
+# prints one line and appends to $results: op client run ok|fail reqs errs wall cpu rss-KiB why
+# [server-cpu warmup]. The line starts with LABEL (FAIL-LABEL when the run failed), by default
+# "OP CLIENT run RUN:". When server_pid is set, that server's CPU seconds over the run are
+# sampled around it (server-cpu) and shown per request served (the run's requests plus its
+# warm-up calls, warmup=).
 kv_measure() {
-  local op=$1 cl=$2 r=$3 out=$4 label fail_label
+  local op=$1 cl=$2 r=$3 out=$4 label fail_label s0='' srv=''
   printf -v label '%-8s %-6s run %d:' "$op" "$cl" "$r"
   label=${5-$label}
   fail_label=${6-$label}
+  [ -z "${server_pid-}" ] || s0=$(server_ticks "$server_pid")
   measure "$out" "${cmd[@]}"
+  [ -z "$s0" ] || srv=$(awk -v a="$s0" -v b="$(server_ticks "$server_pid")" -v t="$clk_tck" 'BEGIN { printf "%.3f", (b - a) / t }')
   result_line "$out" "$cl"
   if [ -n "$r_why" ]; then
     printf '  %s FAILED: %s\n' "$fail_label" "$r_why"
@@ -373,18 +401,28 @@ kv_measure() {
     printf '%s\t%s\t%d\tfail\t0\t0\t0\t0\t0\t%s\n' "$op" "$cl" "$r" "$r_why" >>"$results"
     return
   fi
-  awk -v label="$label" -v r="$r_reqs" -v e="$r_errs" -v w="$r_wall" -v cpu="$r_cpu" -v rss="$r_rss" 'BEGIN {
-    printf "  %s %8.0f req/s %7.1f us/req %6.1f MiB  errors %d\n", label, r / w, cpu * 1e6 / r, rss / 1024, e }'
+  awk -v label="$label" -v r="$r_reqs" -v e="$r_errs" -v w="$r_wall" -v cpu="$r_cpu" -v rss="$r_rss" \
+      -v srv="$srv" -v warm="$r_warm" 'BEGIN {
+    printf "  %s %8.0f req/s %7.1f us/req %6.1f MiB  errors %d", label, r / w, cpu * 1e6 / r, rss / 1024, e
+    if (srv != "") printf "  server %.1f us/req", srv * 1e6 / (r + warm)
+    print "" }'
   if [ "$r_errs" != 0 ]; then
     tail -n 3 "$out.err" 2>/dev/null | sed 's/^/      /'
   fi
-  printf '%s\t%s\t%d\tok\t%s\t%s\t%s\t%s\t%s\t\n' "$op" "$cl" "$r" "$r_reqs" "$r_errs" "$r_wall" "$r_cpu" "$r_rss" >>"$results"
+  if [ -n "$srv" ]; then
+    printf '%s\t%s\t%d\tok\t%s\t%s\t%s\t%s\t%s\t\t%s\t%s\n' "$op" "$cl" "$r" "$r_reqs" "$r_errs" "$r_wall" "$r_cpu" "$r_rss" \
+      "$srv" "$r_warm" >>"$results"
+  else
+    printf '%s\t%s\t%d\tok\t%s\t%s\t%s\t%s\t%s\t\n' "$op" "$cl" "$r" "$r_reqs" "$r_errs" "$r_wall" "$r_cpu" "$r_rss" >>"$results"
+  fi
 }
 
 # results_awk: the start of an awk program (run with -F '\t') over $results. It reads every row
 # into ops[1..nops] (in order of appearance) and, per op SUBSEP client, skip (why), fail and cnt
-# (runs), errs (sum), rps us rss [k, run]; medians(op, clients) sets m_rps m_us m_rss of each
-# client of the space-separated list that has runs. The caller adds its END block.
+# (runs), errs (sum), rps us rss [k, run], and where the server was sampled nsrv (runs) and srv
+# (server µs per request served) tot (client + server) [k, run]; medians(op, clients) sets m_rps
+# m_us m_rss (and m_srv m_tot when every run has them) of each client of the space-separated
+# list that has runs. The caller adds its END block.
 # shellcheck disable=SC2016 # awk's fields, not the shell's
 results_awk='
   function median(a, k, n,    i, j, t, v) {
@@ -397,6 +435,7 @@ results_awk='
     for (ci = 1; ci <= nc; ci++) {
       k = op SUBSEP cl[ci]
       if (cnt[k] > 0) { m_rps[k] = median(rps, k, cnt[k]); m_us[k] = median(us, k, cnt[k]); m_rss[k] = median(rss, k, cnt[k]) }
+      if (cnt[k] > 0 && nsrv[k] == cnt[k]) { m_srv[k] = median(srv, k, cnt[k]); m_tot[k] = median(tot, k, cnt[k]) }
     }
   }
   {
@@ -406,10 +445,12 @@ results_awk='
     if ($4 != "ok") { fail[k]++; next }
     i = ++cnt[k]
     rps[k, i] = $5 / $7; us[k, i] = $8 * 1e6 / $5; rss[k, i] = $9 / 1024; errs[k] += $6
+    if ($11 != "") { has_srv = 1; nsrv[k]++; srv[k, i] = $11 * 1e6 / ($5 + $12); tot[k, i] = us[k, i] + srv[k, i] }
   }'
 
 # kv_report CLIENTS REF: medians per op and client from $results, with ratios of CPU per request
-# to the clients named REF (space-separated, e.g. "bare node").
+# to the clients named REF (space-separated, e.g. "bare node"), and, when the server was sampled,
+# its CPU per request served and client + server. On stderr: "MEDIAN op client us [srv tot]".
 kv_report() {
   awk -F '\t' -v clients="$1" -v refs="$2" "$results_awk"'
     END {
@@ -420,6 +461,7 @@ kv_report() {
         printf "%s (medians)\n", op
         hdr = "  client |    req/s | CPU µs/req | CPU ms/1000 req | peak RSS MiB"
         sep = "  -------+----------+------------+-----------------+-------------"
+        if (has_srv) { hdr = hdr " | server µs/req | client+server µs/req"; sep = sep "-+---------------+---------------------" }
         for (j = 1; j <= nr; j++) { hdr = hdr sprintf(" | %8s", "vs " rf[j]); sep = sep "-+---------" }
         print hdr " | errors | runs ok"; print sep "-+--------+--------"
         for (ci = 1; ci <= nc; ci++) {
@@ -427,6 +469,7 @@ kv_report() {
           if (k in skip) { printf "  %-6s | skipped: %s\n", cl, skip[k]; continue }
           if (cnt[k] == 0) { if (fail[k]) printf "  %-6s | FAILED in all %d runs\n", cl, fail[k]; continue }
           line = sprintf("  %-6s | %8.0f | %10.1f | %15.1f | %12.1f", cl, m_rps[k], m_us[k], m_us[k], m_rss[k])
+          if (has_srv) line = line ((k in m_srv) ? sprintf(" | %13.1f | %20.1f", m_srv[k], m_tot[k]) : sprintf(" | %13s | %20s", "-", "-"))
           for (j = 1; j <= nr; j++) {
             rk = op SUBSEP rf[j]
             line = line sprintf(" | %8s", cnt[rk] > 0 ? sprintf("%.2fx", m_us[k] / m_us[rk]) : "-")
@@ -434,7 +477,10 @@ kv_report() {
           printf "%s | %6d | %d/%d\n", line, errs[k], cnt[k], cnt[k] + fail[k]
         }
         print ""
-        for (ci = 1; ci <= nc; ci++) { k = op SUBSEP cls[ci]; if (cnt[k] > 0) print "MEDIAN", op, cls[ci], m_us[k] > "/dev/stderr" }
+        for (ci = 1; ci <= nc; ci++) {
+          k = op SUBSEP cls[ci]
+          if (cnt[k] > 0) print "MEDIAN", op, cls[ci], m_us[k], ((k in m_srv) ? m_srv[k] " " m_tot[k] : "") > "/dev/stderr"
+        }
       }
     }' "$results"
 }
