@@ -6,6 +6,7 @@ local core = require "coord.core"
 local grpc = require "coord.grpc"
 local errors = require "coord.errors"
 local schema = require "coord.etcd.pb_schema"
+local codes = require "coord.etcd.grpc_codes"
 
 local M = {}
 
@@ -175,7 +176,8 @@ function M.send(self, t, path, data, opts, classify)
   })
   if not reply then
     if err.kind == "grpc" then
-      err = classify({ status = grpc.http_status[err.code] or 500, body = "" }, { message = err.message, code = err.code },
+      local code = codes.code(err.code, err.message) -- behind etcd's grpc-proxy, code 2 and etcd's message
+      err = classify({ status = grpc.http_status[code] or 500, body = "" }, { message = err.message, code = code },
         path)
     end
     err.path = path
