@@ -68,12 +68,20 @@ function M.call(target, method, msg, opts)
     end
   end
   local url = target.url .. method
-  local res, err = http.request {
+  local req = {
     url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
     http_version = url:sub(1, 6) == "https:" and "2tls" or "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
+  local res, err = http.request(req)
+  -- libcurl 8.14.1 reuses an idle HTTP/2 connection whose peer went away without a GOAWAY
+  -- (etcd's grpc-proxy exits so on SIGTERM; a killed server does too) and fails the call with
+  -- "Error in the HTTP2 framing layer", closing that connection. A call safe to repeat goes
+  -- once more, on a new connection; any other keeps the error ("unknown", maybe applied).
+  if not res and opts.resend and err.kind == "protocol" and tostring(err.message):find("HTTP2 framing", 1, true) then
+    res, err = http.request(req)
+  end
   if not res then return nil, err end
   local fields = { status = res.status, url = url }
   if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
