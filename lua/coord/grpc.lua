@@ -71,7 +71,10 @@ function M.call(target, method, msg, opts)
   local req = {
     url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
-    http_version = url:sub(1, 6) == "https:" and "2tls" or "2-prior-knowledge", pipewait = true,
+    -- HTTP/2 only, on https too (ALPN h2): with "2tls", libcurl may send the call on an idle
+    -- HTTP/1.1 connection of the same process to that host (a health check), which no gRPC
+    -- server answers (etcd's grpc-proxy says 404)
+    http_version = "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
   local res, err = http.request(req)
