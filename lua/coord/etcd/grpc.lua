@@ -171,7 +171,9 @@ function M.send(self, t, path, data, opts, classify)
   local msg = pb_encode(types[c[2]], to_pb(c[2], body))
   local reply, err = grpc.call(t, c[1], msg, {
     timeout = opts and opts.timeout or self.timeout,
-    metadata = { authorization = t.token, hasleader = "true" },
+    -- "token" is the key etcd's Go client sends the token under, and the only one etcd's
+    -- grpc-proxy hands on (etcd itself also reads "authorization", the gateway's)
+    metadata = { token = t.token, hasleader = "true" },
     resend = opts and opts.idempotent or nil,
   })
   if not reply then
