@@ -102,4 +102,140 @@ function M.call(target, method, msg, opts)
   return reply
 end
 
+---------------------------------------------------------------------------------------------
+-- bidirectional streams
+
+local Stream = { __name = "coord.grpc.stream" }
+Stream.__index = Stream
+
+-- The request headers of a call: gRPC's, grpc-timeout when timeout > 0, then the metadata.
+local function call_headers(timeout, md)
+  -- "Expect:" keeps libcurl from waiting for a 100 Continue before the first message
+  local headers = { "Content-Type: application/grpc", "TE: trailers", "Expect:" }
+  if timeout and timeout > 0 then headers[#headers + 1] = "grpc-timeout: " .. timeout_header(timeout) end
+  if md then
+    for k, v in pairs(md) do
+      headers[#headers + 1] = type(k) == "string" and (k .. ": " .. v) or v
+    end
+  end
+  return headers
+end
+
+--- Opens a bidirectional stream to method on target (as call's). opts: metadata (as call's),
+--- timeout (seconds for the whole stream, also sent as grpc-timeout; default none: a
+--- long-lived stream), buffer (read-ahead bytes, as coord.http.stream's). Returns the stream
+--- at once; a failure to connect shows on the first recv.
+function M.open(target, method, opts)
+  opts = opts or {}
+  local url = target.url .. method
+  local s = http.stream {
+    url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata),
+    timeout = opts.timeout, buffer = opts.buffer,
+    tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
+    http_version = "2-prior-knowledge", pipewait = true, -- HTTP/2 only, as call's
+  }
+  return setmetatable({ s = s, url = url, buf = "", pos = 1 }, Stream)
+end
+
+function Stream:_fail(err)
+  self.err = err
+  self.s:close()
+  return nil, err
+end
+
+--- Sends one message (its bytes; framed here). Returns true, or nil and a "closed" error.
+function Stream:send(msg)
+  return self.s:write(spack(">Bs4", 0, msg))
+end
+
+--- Ends the sending side: the server sees the end of the requests.
+function Stream:close_send()
+  self.s:finish()
+end
+
+--- Abandons the stream (its reader gets a "canceled" error).
+function Stream:close()
+  self.s:close()
+end
+Stream.__close = Stream.close
+
+--- The http stream's statistics; buffered counts the bytes not yet handed out by recv too.
+function Stream:stats()
+  local st = self.s:stats()
+  st.buffered = st.buffered + #self.buf - self.pos + 1
+  return st
+end
+
+-- The stream has ended cleanly on the wire: its status, from the trailers (or from the
+-- headers of a trailers-only reply).
+function Stream:_status()
+  local raw = self.s:trailers() or ""
+  local status, message = core.header(raw, "grpc-status", "grpc-message")
+  local code = status and math.tointeger(tonumber(status))
+  local fields = { status = self.status, url = self.url }
+  if not code then
+    return self:_fail(errors.new("protocol", "gRPC stream ended without a valid grpc-status (" .. tostring(status) .. ")",
+      fields))
+  end
+  if code ~= 0 then
+    message = message and unescape(message) or ("gRPC status " .. code)
+    return self:_fail(errors.new("grpc", message, { code = code, grpc_message = message, url = self.url }))
+  end
+  self.ended = true
+  return nil
+end
+
+--- The next message's bytes; nil at a clean end (grpc-status 0); nil and an error: kind
+--- "grpc" for a non-OK status (code, grpc_message), "protocol" for bad framing, or a
+--- transport failure as coord.http gives it.
+function Stream:recv()
+  if self.err then return nil, self.err end
+  if self.ended then return nil end
+  local s = self.s
+  if not self.status then
+    local status, err = s:response()
+    if not status then return self:_fail(err) end
+    self.status = status
+    if status ~= 200 then
+      return self:_fail(errors.new("protocol", "gRPC stream answered with HTTP status " .. status,
+        { status = status, url = self.url }))
+    end
+  end
+  while true do
+    local buf, pos = self.buf, self.pos
+    local avail = #buf - pos + 1
+    local need = 5
+    if avail >= 5 then
+      local flag, len = sunpack(">BI4", buf, pos)
+      if flag ~= 0 then
+        return self:_fail(errors.new("protocol", "gRPC stream: compressed or unknown frame flag " .. flag,
+          { url = self.url }))
+      end
+      need = 5 + len
+      if avail >= need then
+        self.pos = pos + need
+        return buf:sub(pos + 5, pos + need - 1)
+      end
+    end
+    -- read until `need` bytes are held, joining them once (a large message comes in many reads)
+    local parts, have = {}, avail
+    if avail > 0 then parts[1] = pos == 1 and buf or buf:sub(pos) end
+    repeat
+      local data, err = s:read()
+      if not data then
+        self.buf, self.pos = table.concat(parts), 1
+        if err then return self:_fail(err) end
+        if have > 0 then
+          return self:_fail(errors.new("protocol", ("gRPC stream ended inside a frame (%d bytes left)"):format(have),
+            { url = self.url }))
+        end
+        return self:_status()
+      end
+      parts[#parts + 1] = data
+      have = have + #data
+    until have >= need
+    self.buf, self.pos = table.concat(parts), 1
+  end
+end
+
 return M

@@ -203,6 +203,16 @@ function Stream:finish()
   self.ud:finish()
 end
 
+--- A finished stream's raw header block: its headers, then the trailers that came after its
+--- body (gRPC's grpc-status). nil while the stream is still going or after a failure.
+function Stream:trailers()
+  if self.raw_trailers == nil and self.ud:stats().done then
+    local status, raw = self.ud:result()
+    self.raw_trailers = status and raw or false
+  end
+  return self.raw_trailers or nil
+end
+
 --- Byte counts and pause statistics, for monitoring backpressure.
 function Stream:stats()
   return self.ud:stats()

@@ -39,6 +39,8 @@ local enum_of = {
   ["RangeRequest.sort_target"] = "RangeRequest.SortTarget",
   ["Compare.result"] = "Compare.CompareResult",
   ["Compare.target"] = "Compare.CompareTarget",
+  ["Event.type"] = "Event.EventType",
+  ["WatchCreateRequest.filters"] = "WatchCreateRequest.FilterType",
 }
 
 -- Per message, field name -> { type, repeated, enum names -> numbers, numbers -> names }.
@@ -157,11 +159,48 @@ function M.client(self)
   return M
 end
 
+-- The gRPC metadata of a call or stream to target t.
+-- "token" is the key etcd's Go client sends the token under, and the only one etcd's
+-- grpc-proxy hands on (etcd itself also reads "authorization", the gateway's).
+local function metadata(t)
+  return { token = t.token, hasleader = "true" }
+end
+
+-- A gRPC failure (kind "grpc") as the gateway's reply would have been classified.
+local function grpc_error(err, classify, path)
+  if err.kind ~= "grpc" then return err end
+  local code = codes.code(err.code, err.message) -- behind etcd's grpc-proxy, code 2 and etcd's message
+  return classify({ status = grpc.http_status[code] or 500, body = "" }, { message = err.message, code = code },
+    path)
+end
+
+-- The gateway's streaming calls that coord sends one request on and reads one reply from,
+-- each as a gRPC stream opened for that one exchange; the reply in the gateway's shape of
+-- a stream's line, {result = ...}.
+local exchanges = {
+  ["/v3/lease/keepalive"] = { "/etcdserverpb.Lease/LeaseKeepAlive", "LeaseKeepAliveRequest", "LeaseKeepAliveResponse" },
+}
+
+local function exchange(self, t, c, msg, opts)
+  local s <close> = grpc.open(t, c[1], { timeout = opts and opts.timeout or self.timeout, metadata = metadata(t) })
+  local ok, err = s:send(msg)
+  if not ok then return nil, err end
+  s:close_send()
+  local reply
+  reply, err = s:recv()
+  if not reply then
+    return nil, err or errors.new("closed", "gRPC stream " .. c[1] .. " ended without a reply", { url = t.url })
+  end
+  return reply
+end
+
 --- Sends the gateway call `path` with JSON body `data` to target t as its gRPC method:
 --- returns the reply in the gateway's shape, or nil and an error classified as the gateway's
 --- would be (classify: coord.etcd's server_error). nil, nil, "json" for a path with no mapping.
 function M.send(self, t, path, data, opts, classify)
   local c = calls[path]
+  local ex = not c and exchanges[path]
+  c = c or ex
   if not c then return nil, nil, "json" end
   if under_path(t.url) then return nil, errors.new("invalid", no_path(t.url), { path = path }) end
   if not M.h2c then
@@ -169,25 +208,60 @@ function M.send(self, t, path, data, opts, classify)
   end
   local body = data and json_decode(data) or {}
   local msg = pb_encode(types[c[2]], to_pb(c[2], body))
-  local reply, err = grpc.call(t, c[1], msg, {
-    timeout = opts and opts.timeout or self.timeout,
-    -- "token" is the key etcd's Go client sends the token under, and the only one etcd's
-    -- grpc-proxy hands on (etcd itself also reads "authorization", the gateway's)
-    metadata = { token = t.token, hasleader = "true" },
-    resend = opts and opts.idempotent or nil,
-  })
+  local reply, err
+  if ex then
+    reply, err = exchange(self, t, c, msg, opts)
+  else
+    reply, err = grpc.call(t, c[1], msg, {
+      timeout = opts and opts.timeout or self.timeout,
+      metadata = metadata(t),
+      resend = opts and opts.idempotent or nil,
+    })
+  end
   if not reply then
-    if err.kind == "grpc" then
-      local code = codes.code(err.code, err.message) -- behind etcd's grpc-proxy, code 2 and etcd's message
-      err = classify({ status = grpc.http_status[code] or 500, body = "" }, { message = err.message, code = code },
-        path)
-    end
+    err = grpc_error(err, classify, path)
     err.path = path
     return nil, err
   end
   local j, why = pb_decode(types[c[3]], reply)
   if not j then return nil, errors.new("protocol", "etcd sent a malformed " .. c[3] .. ": " .. why, { path = path }) end
-  return from_pb(c[3], j)
+  j = from_pb(c[3], j)
+  if ex then return { result = j } end
+  return j
+end
+
+---------------------------------------------------------------------------------------------
+-- the watch hub's wire (coord.etcd.watch_hub): etcdserverpb.Watch/Watch, one bidirectional
+-- stream carrying every watch; requests and replies in the gateway's JSON shape
+
+local watch_wire = {}
+
+local function stream_classify(res, j, path)
+  return require("coord.etcd")._stream_error(res.status, j, nil, path)
+end
+M.watch_wire = watch_wire
+
+--- Opens the Watch stream to target t (as coord.etcd's _target gives it).
+function watch_wire.open(t, buffer)
+  return grpc.open(t, "/etcdserverpb.Watch/Watch", { metadata = metadata(t), buffer = buffer })
+end
+
+--- Sends one WatchRequest given in the gateway's shape ({create_request = ...}, ...).
+function watch_wire.send(s, msg)
+  return s:send(pb_encode(types.WatchRequest, to_pb("WatchRequest", msg))) ~= nil
+end
+
+--- The next WatchResponse in the gateway's shape; nil at the end of the stream; nil and an
+--- error classified as the gateway's would be.
+function watch_wire.read(s)
+  local msg, err = s:recv()
+  if not msg then
+    if err then return nil, grpc_error(err, stream_classify, "/v3/watch") end
+    return nil
+  end
+  local j, why = pb_decode(types.WatchResponse, msg)
+  if not j then return nil, errors.new("protocol", "etcd sent a malformed WatchResponse: " .. why) end
+  return from_pb("WatchResponse", j)
 end
 
 return M

@@ -28,7 +28,7 @@ M.HTTP2 = false
 function M.of(client)
   local hub = rawget(client, "_watch_hub")
   if not hub then
-    hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
+    hub = setmetatable({ client = client, wire = client.grpc and client.grpc.watch_wire or M.json_wire, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
       counts = { streams = 0, results = 0, fragments = 0, pauses = 0, probes = 0, progress = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
   end
@@ -51,7 +51,7 @@ end
 local function send(hub, msg)
   local s = hub.stream
   if not s then return false end
-  return s:write(json_encode(msg) .. "\n") ~= nil
+  return hub.wire.send(s, msg)
 end
 
 -- Sends a create_request for w under a fresh id (ids are never reused: etcd refuses a
@@ -288,32 +288,67 @@ local function stream_error(status, j, body)
   return require("coord.etcd")._stream_error(status, j, body, "/v3/watch")
 end
 
--- Reads results until the stream ends; returns the error that ended it and whether any
--- result came.
-local function read_loop(hub, s)
-  local status, err = s:response()
-  if not status then return err, false end
-  if status ~= 200 then return require("coord.etcd")._refusal(s, status, "/v3/watch"), false end
-  local got = false
+local function headers_for(target)
+  local h = { ["Expect"] = "100-continue", ["Content-Type"] = "application/json" }
+  for k, v in pairs(target.headers or {}) do h[k] = v end
+  return h
+end
+
+-- The wire a hub speaks, chosen once per hub: open(target, buffer) -> stream (with close
+-- and stats), send(stream, request) -> ok, read(stream) -> the next result (the gateway's
+-- JSON shape), or nil at the end, or nil, err. This one: the JSON gateway's /v3/watch, a
+-- line of JSON each way; coord.etcd.grpc has the gRPC one.
+local json_wire = {}
+M.json_wire = json_wire
+
+function json_wire.open(target, buffer)
+  return http.stream {
+    url = target.url .. "/v3/watch", method = "POST", upload = true,
+    headers = headers_for(target), tls = target.tls,
+    http_version = (M.HTTP2 or target.http_version ~= "2tls") and target.http_version or "1.1",
+    pipewait = M.HTTP2 and target.pipewait or nil, buffer = buffer,
+    unix_socket = target.unix_socket, connect_to = target.connect_to,
+  }
+end
+
+function json_wire.send(s, msg)
+  return s:write(json_encode(msg) .. "\n") ~= nil
+end
+
+function json_wire.read(s)
+  if not s.status then
+    local status, err = s:response()
+    if not status then return nil, err end
+    if status ~= 200 then return nil, require("coord.etcd")._refusal(s, status, "/v3/watch") end
+  end
   while true do
-    local line, rerr = s:read_line()
-    if not line then
-      return rerr or errors.new("closed", "watch stream ended by the server"), got
-    end
-    hub.last_rx = core.now()
+    local line, err = s:read_line()
+    if not line then return nil, err end
     if line ~= "" then
       local j = json_decode(line)
       if type(j) ~= "table" then
-        return errors.new("protocol", "watch stream: invalid JSON: " .. line:sub(1, 200)), got
+        return nil, errors.new("protocol", "watch stream: invalid JSON: " .. line:sub(1, 200))
       end
-      if j.result then
-        got = true
-        hub.counts.results = hub.counts.results + 1
-        dispatch(hub, j.result)
-      elseif j.error then
-        return stream_error(nil, j), got
-      end
+      if j.result then return j.result end
+      if j.error then return nil, stream_error(nil, j) end
     end
+  end
+end
+
+-- Reads results until the stream ends; returns the error that ended it and whether any
+-- result came.
+local function read_loop(hub, s)
+  local read = hub.wire.read
+  local got = false
+  while true do
+    local r, err = read(s)
+    if not r then
+      return err or errors.new("closed", "watch stream ended by the server"), got
+    end
+    hub.last_rx = core.now()
+    got = true
+    hub.counts.results = hub.counts.results + 1
+    dispatch(hub, r)
   end
 end
 
@@ -346,12 +381,6 @@ end
 local Prober = { __close = function(p)
   if p.task:status() == "waiting" then p.task:cancel() end
 end }
-
-local function headers_for(target)
-  local h = { ["Expect"] = "100-continue", ["Content-Type"] = "application/json" }
-  for k, v in pairs(target.headers or {}) do h[k] = v end
-  return h
-end
 
 -- After the stream is gone (err: why) no id is live; every watch not paused is re-created
 -- on the next.
@@ -388,13 +417,7 @@ function M.run(hub)
       end
       sched.sleep(backoff:delay())
     else
-      local s <close> = http.stream {
-        url = target.url .. "/v3/watch", method = "POST", upload = true,
-        headers = headers_for(target), tls = target.tls,
-        http_version = (M.HTTP2 or target.http_version ~= "2tls") and target.http_version or "1.1",
-        pipewait = M.HTTP2 and target.pipewait or nil, buffer = STREAM_BUFFER,
-        unix_socket = target.unix_socket, connect_to = target.connect_to,
-      }
+      local s <close> = hub.wire.open(target, STREAM_BUFFER)
       hub.stream, hub.target, hub.restarting = s, target, nil
       hub.counts.streams = hub.counts.streams + 1
       for w in pairs(hub.watches) do
