@@ -259,4 +259,138 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
       assert.equal("auth", aerr.kind, tostring(aerr))
     end))
   end)
+
+  describe("watches, locks and elections behind etcd " .. version .. " grpc-proxy", function()
+    local server, proxy, c, direct
+    local W = "etcd_debugging_mvcc_watcher_total"
+    setup(function()
+      server = servers.etcd { version = version }
+      proxy = servers.grpc_proxy { etcd = server }
+      c = etcd_mod.new { endpoints = { proxy.endpoint }, transport = "grpc", timeout = 10 }
+      direct = etcd_mod.new { endpoints = { server.endpoint }, transport = "grpc", timeout = 10 }
+    end)
+    teardown(function()
+      if proxy then proxy:stop() end
+      if server then server:stop() end
+    end)
+
+    -- The next n put/delete events of w, bounded in time.
+    local function take(w, n)
+      local evs = {}
+      while #evs < n do
+        local ev, err = coord.timeout(20, w.next, w)
+        assert(ev, "after " .. #evs .. " of " .. n .. " events: " .. tostring(err))
+        if ev.type ~= "progress" then evs[#evs + 1] = ev end
+      end
+      return evs
+    end
+
+    local function put(key, value)
+      local ok, err, h = direct:put(key, value)
+      assert(ok, tostring(err))
+      return h.revision
+    end
+
+    it("delivers a key's and a prefix's events", co(function()
+      local w <close> = c:watch("pw/one")
+      local wp <close> = c:watch("pw/", { prefix = true, prev_kv = true })
+      assert(coord.timeout(10, w.ready, w))
+      assert(coord.timeout(10, wp.ready, wp))
+      local r1 = put("pw/one", "1")
+      local r2 = put("pw/two", "2")
+      local r3 = put("pw/one", "3")
+      local evs = take(w, 2)
+      assert.same({ r1, r3 }, { evs[1].kv.mod_revision, evs[2].kv.mod_revision })
+      assert.equal("3", evs[2].kv.value)
+      local pevs = take(wp, 3)
+      assert.same({ r1, r2, r3 }, { pevs[1].kv.mod_revision, pevs[2].kv.mod_revision, pevs[3].kv.mod_revision })
+      assert.equal("1", pevs[3].prev_kv.value)
+    end))
+
+    -- 10 child processes with nwatch watches each of prefix through the proxy. Returns etcd's
+    -- watchers added once all are created, and again after the writes, which every watch
+    -- must see once each, in order (the children check). The proxy joins a new watch to an
+    -- upstream one that can serve it: at once while that one is being created, else when the
+    -- new one's upstream watch gets its first reply, and then only if it has fewer than 5
+    -- receivers (grpc-proxy's maxCoalesceReceivers).
+    local function fan(prefix, nwatch, writes)
+      local before = assert(server:metric(W))
+      local procs, logs = {}, {}
+      local cmd = "lua5.4 " .. servers.sh_quote(servers.top .. "/spec/etcd_proxy_child.lua") .. " "
+        .. servers.sh_quote(proxy.endpoint) .. " " .. prefix .. " " .. nwatch
+      for i = 1, 10 do
+        logs[i] = server.dir .. "/" .. prefix:gsub("%W", "") .. i .. ".log"
+        procs[i] = servers.spawn(cmd, logs[i])
+      end
+      local function all(word)
+        for i = 1, 10 do
+          local out = servers.read_file(logs[i]) or ""
+          if out:find("bad", 1, true) then error("child " .. i .. ": " .. out) end
+          if not out:find(word, 1, true) then return false end
+        end
+        return true
+      end
+      local ok, created, after = pcall(function()
+        servers.until_true(10 * nwatch .. " watches ready", function() return all("ready") end, 90)
+        local created = assert(server:metric(W)) - before
+        for i = 1, writes do put(prefix .. i, "v") end
+        put(prefix .. "mark", "v")
+        servers.until_true("every watch saw the writes", function() return all("marked") end, 60)
+        local after = assert(server:metric(W)) - before
+        put(prefix .. "end", "v")
+        servers.until_true("every watch saw every event", function()
+          return all("ok " .. nwatch * (writes + 2) .. "\n")
+        end, 60)
+        return created, after
+      end)
+      for _, p in ipairs(procs) do p:stop() end
+      assert(ok, created)
+      return created, after
+    end
+
+    it("costs etcd one watcher for 10 processes watching one prefix", co(function()
+      local created, after = fan("one/", 1, 5)
+      assert.equal(1, created)
+      assert.equal(1, after)
+    end))
+
+    it("shares upstream watchers among 10 processes with 100 watches each on one prefix", co(function()
+      local created, after = fan("fan/", 100, 5)
+      -- after the writes every upstream watch but one has 5 receivers or more
+      assert.is_true(after <= 1000 / 5 + 1, created .. " etcd watchers once created, " .. after .. " after the writes")
+      assert.is_true(after >= 1)
+    end))
+
+    it("loses and repeats no event across a proxy restart", co(function()
+      local w <close> = c:watch("pr/", { prefix = true })
+      assert(coord.timeout(10, w.ready, w))
+      local revs = {}
+      for i = 1, 3 do revs[#revs + 1] = put("pr/" .. i, "a") end
+      local got = {}
+      for _, ev in ipairs(take(w, 3)) do got[#got + 1] = ev.kv.mod_revision end
+      proxy:stop()
+      for i = 1, 5 do revs[#revs + 1] = put("pr/" .. i, "b") end -- written while it is down
+      proxy:start()
+      for i = 1, 2 do revs[#revs + 1] = put("pr/x" .. i, "c") end
+      for _, ev in ipairs(take(w, 7)) do got[#got + 1] = ev.kv.mod_revision end
+      assert.same(revs, got)
+      local extra = coord.timeout(1, w.next, w) -- nothing more: no event came twice
+      assert.is_true(extra == nil or extra.type == "progress", "an event more than written")
+    end))
+
+    it("runs locks and elections", co(function()
+      local a = etcd_mod.new { endpoints = { proxy.endpoint }, transport = "grpc", timeout = 10 }
+      local l1 = assert(c:lock("plock", { ttl = 5 }))
+      local none, err = a:lock("plock", { ttl = 5, timeout = 0.5 })
+      assert.is_nil(none)
+      assert.equal("timeout", err.kind)
+      assert(c:unlock(l1))
+      local l2 = assert(a:lock("plock", { ttl = 5, timeout = 10 }))
+      assert(a:unlock(l2))
+      local e = assert(c:campaign("pelect", "me", { ttl = 5, timeout = 10 }))
+      assert.equal("me", assert(a:leader("pelect")).value)
+      assert(c:resign(e))
+      assert.is_nil((a:leader("pelect")))
+    end))
+  end)
 end
