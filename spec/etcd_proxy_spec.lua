@@ -1,7 +1,9 @@
 -- coord.etcd with transport = "grpc" behind `etcd grpc-proxy start` (the subcommand of the same
 -- etcd binary, 3.4 and 3.5), which speaks gRPC only: the unary calls through it give what a
 -- direct connection gives, errors included (the proxy loses their codes, coord.etcd.grpc_codes
--- restores them), and a proxy that goes away or restarts costs no more than its downtime. gRPC
+-- restores them), and a proxy that goes away or restarts costs no more than its downtime.
+-- Watches, locks and elections work through it, watches of child processes share upstream
+-- watchers (read from etcd's /metrics), and a restart loses and repeats no event. gRPC
 -- needs libcurl 8: on 7.88 the client refuses it (tested below), and `make test` runs this
 -- file again on libcurl 8.14.1.
 local coord = require "coord"
