@@ -57,6 +57,7 @@ build = {
          ["coord.etcd.proto"] = "lua/coord/etcd/proto.lua",
          ["coord.etcd.pb_schema"] = "lua/coord/etcd/pb_schema.lua",
          ["coord.etcd.grpc"] = "lua/coord/etcd/grpc.lua",
+         ["coord.etcd.grpc_codes"] = "lua/coord/etcd/grpc_codes.lua",
          ["coord.mirror"] = "lua/coord/mirror.lua",
          ["coord.consul"] = "lua/coord/consul.lua",
          ["coord.consul.kv"] = "lua/coord/consul/kv.lua",

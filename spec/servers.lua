@@ -516,6 +516,105 @@ function Consul:up()
 end
 
 ---------------------------------------------------------------------------------------------
+-- etcd grpc-proxy (spec/etcd_proxy_spec.lua)
+
+--- The value of the metric `name` on etcd member i's /metrics (default 1), summed over its
+--- label sets; nil when the member does not report it (or does not answer).
+function Etcd:metric(name, i)
+  local res = http.get(self.members[i or 1].url .. "/metrics", { timeout = 5, tls = self:client_tls(), http_version = "1.1" })
+  if not (res and res.status == 200) then return nil end
+  local sum
+  for line in res.body:gmatch("[^\n]+") do
+    local n, _, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
+    if not n then n, v = line:match("^([%w_:]+) (%S+)$") end
+    if n == name then sum = (sum or 0) + assert(tonumber(v), line) end
+  end
+  return sum and (math.tointeger(sum) or sum)
+end
+
+local Proxy = { __name = "servers.grpc_proxy" }
+Proxy.__index = Proxy
+
+-- A client certificate for the proxy's own connections to etcd, from the server's CA, with no
+-- Common Name: the proxy refuses one with a CN ("cert has non empty Common Name"), which etcd
+-- would take for a user name.
+local function proxy_cert(c)
+  local q = function(n) return sh_quote(c.dir .. "/" .. n) end
+  for _, cmd in ipairs {
+    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /O=coord-proxy"
+      .. " -keyout " .. q("proxy.key") .. " -out " .. q("proxy.csr"),
+    "openssl x509 -req -in " .. q("proxy.csr") .. " -CA " .. q("ca.pem") .. " -CAkey " .. q("ca.key")
+      .. " -CAcreateserial -days 2 -extfile " .. q("ext.cnf") .. " -out " .. q("proxy.pem"),
+  } do
+    local ok, out = M.sh(cmd)
+    assert(ok, "grpc_proxy certs: " .. cmd .. "\n" .. out)
+  end
+  return c.dir .. "/proxy.pem", c.dir .. "/proxy.key"
+end
+
+local function proxy_start(self)
+  local e, c = self.etcd, self.etcd.certs
+  local cmd = { sh_quote(self.bin), "grpc-proxy start", "--endpoints", sh_quote(e.endpoint_list),
+    "--listen-addr", "127.0.0.1:" .. self.port, "--data-dir", sh_quote(self.dir),
+    -- what MemberList through the proxy answers (the default is 127.0.0.1:23790)
+    "--advertise-client-url", sh_quote(self.endpoint) }
+  if c then
+    if not self.cert then self.cert, self.key = proxy_cert(c) end
+    cmd[#cmd + 1] = "--cacert " .. sh_quote(c.ca) .. " --cert " .. sh_quote(self.cert) .. " --key " .. sh_quote(self.key)
+      .. " --cert-file " .. sh_quote(c.cert) .. " --key-file " .. sh_quote(c.key) .. " --trusted-ca-file " .. sh_quote(c.ca)
+  end
+  if self.opts.args then cmd[#cmd + 1] = self.opts.args end
+  self.proc = M.spawn(table.concat(cmd, " "), self.dir .. ".log")
+  M.until_true("grpc-proxy", function() return self:healthy() end, 60, self.proc)
+end
+
+--- Starts `etcd grpc-proxy start` (the subcommand of the etcd binary of opts.etcd's version)
+--- in front of the etcd server opts.etcd (from M.etcd; with tls, the proxy serves the server's
+--- certificate and reaches etcd with a client certificate of its own), on a free 127.0.0.1
+--- port, its data in the server's directory, and waits until it is healthy(). opts.args: more
+--- proxy flags. Returns a proxy with endpoint (its URL), port, proc, healthy(), stop(),
+--- start(), restart().
+function M.grpc_proxy(opts)
+  local e = assert(opts and opts.etcd, "grpc_proxy needs opts.etcd")
+  local self = setmetatable({ opts = opts, etcd = e, bin = e.bin, port = M.free_port() }, Proxy)
+  self.endpoint = (e.certs and "https" or "http") .. "://127.0.0.1:" .. self.port
+  self.dir = e.dir .. "/proxy-" .. self.port
+  proxy_start(self)
+  return self
+end
+
+--- Whether the proxy answers /health with "true" (it reaches etcd). Its /health reads a key
+--- from etcd without credentials, which etcd with auth on refuses ("user name is empty"): in
+--- front of such an etcd, whether it answers /metrics.
+function Proxy:healthy()
+  local tls = self.etcd:client_tls()
+  if self.etcd.auth then
+    local res = http.get(self.endpoint .. "/metrics", { timeout = 2, tls = tls, http_version = "1.1" })
+    return res and res.status == 200 or false
+  end
+  local res = http.get(self.endpoint .. "/health", { timeout = 2, tls = tls, http_version = "1.1" })
+  return res and res.status == 200 and res.body:find('"true"') ~= nil or false
+end
+
+--- Stops the proxy (SIGTERM, reaped); start() brings it back on the same port.
+function Proxy:stop()
+  if self.proc then self.proc:stop() end
+  self.proc = nil
+end
+Proxy.__gc = Proxy.stop
+Proxy.__close = Proxy.stop
+
+function Proxy:start()
+  assert(not self.proc, "grpc-proxy already running")
+  proxy_start(self)
+end
+
+function Proxy:restart()
+  self:stop()
+  self:start()
+end
+
+---------------------------------------------------------------------------------------------
 -- DNS
 
 --- A dnsmasq on a free 127.0.0.1 port answering SRV records: srv is a list of dnsmasq

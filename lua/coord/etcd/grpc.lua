@@ -6,6 +6,7 @@ local core = require "coord.core"
 local grpc = require "coord.grpc"
 local errors = require "coord.errors"
 local schema = require "coord.etcd.pb_schema"
+local codes = require "coord.etcd.grpc_codes"
 
 local M = {}
 
@@ -188,14 +189,17 @@ function M.client(self)
 end
 
 -- The gRPC metadata of a call or stream to target t.
+-- "token" is the key etcd's Go client sends the token under, and the only one etcd's
+-- grpc-proxy hands on (etcd itself also reads "authorization", the gateway's).
 local function metadata(t)
-  return { authorization = t.token, hasleader = "true" }
+  return { token = t.token, hasleader = "true" }
 end
 
 -- A gRPC failure (kind "grpc") as the gateway's reply would have been classified.
 local function grpc_error(err, classify, path)
   if err.kind ~= "grpc" then return err end
-  return classify({ status = grpc.http_status[err.code] or 500, body = "" }, { message = err.message, code = err.code },
+  local code = codes.code(err.code, err.message) -- behind etcd's grpc-proxy, code 2 and etcd's message
+  return classify({ status = grpc.http_status[code] or 500, body = "" }, { message = err.message, code = code },
     path)
 end
 

@@ -12,6 +12,11 @@ local M = {}
 local json_encode, json_decode = core.json_encode, core.json_decode
 local int = proto.int
 
+-- The first id the hub asks for. etcd's grpc-proxy ignores the id of a create and numbers a
+-- stream's watches itself, from 0 up: starting far above, the hub can tell the proxy's
+-- numbers from its own.
+local ID_BASE = 1 << 32
+
 local Hub = { __name = "coord.etcd.watch_hub" }
 Hub.__index = Hub
 
@@ -29,7 +34,7 @@ M.HTTP2 = (tonumber(tostring(core.versions.libcurl):match("^(%d+)")) or 0) >= 8
 function M.of(client)
   local hub = rawget(client, "_watch_hub")
   if not hub then
-    hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = 1,
+    hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = ID_BASE,
       wire = client.grpc and client.grpc.watch_wire or M.json_wire, -- the transport's, once
       counts = { streams = 0, results = 0, fragments = 0, pauses = 0, probes = 0, progress = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
@@ -197,10 +202,20 @@ local function answered(hub, id)
   local h = p.head
   local entry = p[h]
   if not entry then return nil end
-  if id ~= -1 and entry[1] ~= id then return hub.byid[id] end -- not expected; trust the id
+  local foreign = id ~= -1 and entry[1] ~= id
+  if foreign and (hub.byid[id] or id >= ID_BASE) then return hub.byid[id] end -- not expected; trust the id
   p[h] = nil
   p.head = h + 1
   local w = entry[2]
+  if foreign then -- the proxy's number for the oldest create: the watch goes by it from now on
+    if hub.byid[entry[1]] ~= w then -- closed or paused meanwhile, under the id the proxy never knew
+      send(hub, { cancel_request = { watch_id = id } })
+      return nil
+    end
+    hub.byid[entry[1]] = nil
+    hub.byid[id], w.id = w, id
+    return w
+  end
   if hub.byid[entry[1]] ~= w then return nil end -- closed or paused meanwhile
   return w
 end
