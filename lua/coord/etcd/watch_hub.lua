@@ -34,8 +34,9 @@ M.HTTP2 = (tonumber(tostring(core.versions.libcurl):match("^(%d+)")) or 0) >= 8
 function M.of(client)
   local hub = rawget(client, "_watch_hub")
   if not hub then
+    local wire = client.grpc and client.grpc.watch_wire or M.json_wire -- the transport's, once
     hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = ID_BASE,
-      wire = client.grpc and client.grpc.watch_wire or M.json_wire, -- the transport's, once
+      wire = wire, deferred = {}, honors = wire.honors_ids,
       counts = { streams = 0, results = 0, fragments = 0, pauses = 0, probes = 0, progress = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
   end
@@ -64,7 +65,19 @@ end
 -- Sends a create_request for w under a fresh id (ids are never reused: etcd refuses a
 -- duplicate with watch_id -1, which could not be told apart), from w.next_rev when known,
 -- or from the revision progress replies have vouched for (w.safe), if that is later.
+-- etcd answers creates in order, under the id asked for; etcd's grpc-proxy numbers them
+-- itself and may answer them out of order (each waits for its own upstream watch). So until
+-- a stream's first answer shows the server keeps the ids asked for (hub.honors), and for
+-- ever on a stream that does not, one create is out at a time: the others wait, in order,
+-- in hub.deferred, and each answer belongs to the one create out.
 local function create(hub, w)
+  local p = hub.pending
+  if not hub.honors and p.head ~= p.tail then
+    local d = hub.deferred
+    d[#d + 1] = w
+    w.state = "pending"
+    return
+  end
   local id = hub.next_id
   hub.next_id = id + 1
   w.id, w.frag, w.cand = id, nil, nil
@@ -74,7 +87,6 @@ local function create(hub, w)
   local req = w.req
   req.watch_id = id
   req.start_revision = w.next_rev
-  local p = hub.pending
   p[p.tail] = { id, w }
   p.tail = p.tail + 1
   send(hub, { create_request = req })
@@ -196,7 +208,7 @@ end
 
 -- The create answered by a `created` result. etcd answers creates in the order they were
 -- sent, and a refusal carries watch_id -1 instead of the id asked for, so the answer belongs
--- to the oldest create still unanswered.
+-- to the oldest create still unanswered (behind a proxy: the only one, see create).
 local function answered(hub, id)
   local p = hub.pending
   local h = p.head
@@ -204,6 +216,7 @@ local function answered(hub, id)
   if not entry then return nil end
   local foreign = id ~= -1 and entry[1] ~= id
   if foreign and (hub.byid[id] or id >= ID_BASE) then return hub.byid[id] end -- not expected; trust the id
+  if id ~= -1 and hub.honors == nil then hub.honors = not foreign end
   p[h] = nil
   p.head = h + 1
   local w = entry[2]
@@ -240,10 +253,20 @@ local function progress_all(hub, rev)
   end
 end
 
+-- After an answer: the deferred creates the stream can take now (see create).
+local function flush(hub)
+  local d, p = hub.deferred, hub.pending
+  while d[1] and (hub.honors or p.head == p.tail) do
+    local w = table.remove(d, 1)
+    if hub.watches[w] and w.state == "pending" and not w.id then create(hub, w) end
+  end
+end
+
 local function dispatch(hub, r)
   local id = int(r.watch_id)
   if r.created then
     local w = answered(hub, id)
+    flush(hub)
     if not w then return end
     if r.canceled then return refused(hub, w, r) end
     w.state, w.auth_retry = "active", nil
@@ -323,7 +346,7 @@ end
 -- and stats), send(stream, request) -> ok, read(stream) -> the next result (the gateway's
 -- JSON shape), or nil at the end, or nil, err. This one: the JSON gateway's /v3/watch, a
 -- line of JSON each way; coord.etcd.grpc has the gRPC one.
-local json_wire = {}
+local json_wire = { honors_ids = true } -- etcd itself: the ids asked for (see create)
 M.json_wire = json_wire
 
 function json_wire.open(target, buffer)
@@ -411,7 +434,7 @@ end }
 -- After the stream is gone (err: why) no id is live; every watch not paused is re-created
 -- on the next.
 local function orphan(hub, err)
-  hub.byid, hub.pending = {}, { head = 1, tail = 1 }
+  hub.byid, hub.pending, hub.deferred, hub.honors = {}, { head = 1, tail = 1 }, {}, hub.wire.honors_ids
   for w in pairs(hub.watches) do
     w.id, w.frag, w.cand = nil, nil, nil
     if w.state ~= "paused" then w.state = "pending" end
