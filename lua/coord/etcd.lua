@@ -401,8 +401,8 @@ function Client:_failed(u, err)
 end
 
 -- A call of the pipeline, which is also its coord.http request. A constructor sizes the table
--- for the fields it names: eight, those of a get over plain HTTP without auth (what
--- backend.request sets included), so that it fits in eight slots; the others are set only
+-- for the fields it names: nine, those of a get over plain HTTP without auth (what
+-- backend.request sets included), so that it is never resized; the others are set only
 -- when they are not nil (no_token: authenticate's own call; the method is coord.http's
 -- default: POST with a body, else GET). data: the JSON text of body when the caller made it
 -- already; at: one endpoint only (_at).
@@ -414,7 +414,7 @@ local function post(self, path, body, opts, with_token, data, at, pick)
   local idempotent = opts and opts.idempotent
   local call = {
     path = path, idempotent = idempotent, body = data, resend = idempotent or nil,
-    url = nil, headers = nil, timeout = nil, pick = pick,
+    url = nil, headers = nil, timeout = nil, pick = pick, http_version = nil,
   }
   local cap = opts and opts.timeout
   if cap then call.cap = cap end
