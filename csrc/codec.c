@@ -53,6 +53,55 @@ static const unsigned char b64values[256] = {
     64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64,
 };
 
+/* Decodes n bytes of padded or unpadded base64 into out (room for n / 4 * 3 + 3 bytes):
+   the decoded length, or (size_t)-1 with *bad the offset of a bad character, or
+   (size_t)-2 for a bad length. */
+static size_t b64_decode(const unsigned char *s, size_t n, char *out, size_t *bad) {
+  size_t o = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t i = 0;
+  /* whole groups of four characters first: three bytes each, one validity test per group */
+  for (; i + 4 <= n; i += 4) {
+    unsigned a = b64values[s[i]], b2 = b64values[s[i + 1]], c = b64values[s[i + 2]], d = b64values[s[i + 3]];
+    if ((a | b2 | c | d) & 64) break; /* the loop below finds the bad character */
+    uint32_t v = a << 18 | b2 << 12 | c << 6 | d;
+    out[o++] = (char)(v >> 16);
+    out[o++] = (char)(v >> 8);
+    out[o++] = (char)v;
+  }
+  for (; i < n; i++) {
+    unsigned v = b64values[s[i]];
+    if (v == 64) {
+      *bad = i;
+      return (size_t)-1;
+    }
+    acc = acc << 6 | v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (char)((acc >> bits) & 0xff);
+    }
+  }
+  return o;
+}
+
+int coord_b64_push(lua_State *L, const char *text, size_t n) {
+  const unsigned char *s = (const unsigned char *)text;
+  while (n > 0 && s[n - 1] == '=') n--;
+  if (n % 4 == 1) return 0;
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
+  size_t bad, o = b64_decode(s, n, out, &bad);
+  if (o == (size_t)-1) {
+    luaL_pushresultsize(&b, 0);
+    lua_pop(L, 1);
+    return 0;
+  }
+  luaL_pushresultsize(&b, o);
+  return 1;
+}
+
 /* Decodes padded or unpadded base64; returns nil and a message on any invalid input. */
 static int b64decode(lua_State *L) {
   size_t n;
@@ -65,32 +114,11 @@ static int b64decode(lua_State *L) {
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
-  size_t o = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  size_t i = 0;
-  /* whole groups of four characters first: three bytes each, one validity test per group */
-  for (; i + 4 <= n; i += 4) {
-    unsigned a = b64values[s[i]], b2 = b64values[s[i + 1]], c = b64values[s[i + 2]], d = b64values[s[i + 3]];
-    if ((a | b2 | c | d) & 64) break; /* the loop below reports the bad character */
-    uint32_t v = a << 18 | b2 << 12 | c << 6 | d;
-    out[o++] = (char)(v >> 16);
-    out[o++] = (char)(v >> 8);
-    out[o++] = (char)v;
-  }
-  for (; i < n; i++) {
-    unsigned v = b64values[s[i]];
-    if (v == 64) {
-      luaL_pushfail(L);
-      lua_pushfstring(L, "invalid base64: bad character at offset %d", (int)i);
-      return 2;
-    }
-    acc = acc << 6 | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (char)((acc >> bits) & 0xff);
-    }
+  size_t bad, o = b64_decode(s, n, out, &bad);
+  if (o == (size_t)-1) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "invalid base64: bad character at offset %d", (int)bad);
+    return 2;
   }
   luaL_pushresultsize(&b, o);
   return 1;

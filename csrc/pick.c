@@ -195,8 +195,8 @@ static int literal(scan *s, const char *word, size_t n) {
   return 1;
 }
 
-/* Converts a picked string into slot: base64 with upvalue 1 (core.b64decode); a signed
-   ('i') or unsigned ('u') decimal as core.i64 and core.u64 read it. */
+/* Converts a picked string into slot: base64 as core.b64decode reads it; a signed ('i') or
+   unsigned ('u') decimal as core.i64 and core.u64 read it. */
 static int convert(scan *s, char conv, const char *str, size_t len, int slot) {
   lua_State *L = s->L;
   if (conv == 'i' || conv == 'u') {
@@ -208,14 +208,8 @@ static int convert(scan *s, char conv, const char *str, size_t len, int slot) {
     lua_replace(L, s->base + slot);
     return 1;
   }
-  int fn = 1;
-  lua_pushvalue(L, lua_upvalueindex(fn));
-  lua_pushlstring(L, str, len);
-  lua_call(L, 1, 1);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return 0;
-  }
+  /* (decoded straight from the text: no string of the base64 text, no Lua call) */
+  if (!coord_b64_push(L, str, len)) return 0;
   lua_replace(L, s->base + slot);
   return 1;
 }
@@ -377,7 +371,6 @@ void coord_pick_register(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, json_picker);
   lua_setfield(L, -2, "json_picker");
-  lua_getfield(L, -1, "b64decode");
-  lua_pushcclosure(L, json_pick, 1);
+  lua_pushcfunction(L, json_pick);
   lua_setfield(L, -2, "json_pick");
 }

@@ -44,6 +44,19 @@ describe("core.json_pick", function()
     end
   end)
 
+  it("decodes base64 as core.b64decode does, long values included, and fails where it fails", function()
+    local long = core.b64encode(("\0\255xyz"):rep(4000)) -- (decoded beyond a stack buffer)
+    for _, v in ipairs { "", "aGk", "aGk=", "aGk==", long } do
+      local ok, _, _, _, _, _, x = pick('{"x":"' .. v .. '"}', P)
+      assert.is_true(ok, v)
+      assert.are.equal(core.b64decode(v), x)
+    end
+    for _, v in ipairs { "abcde", "a=bc", long .. "!", long:sub(1, -2) .. "*" } do
+      assert.is_nil(core.b64decode(v), v)
+      assert.is_nil(pick('{"x":"' .. v .. '"}', P), v)
+    end
+  end)
+
   it("raises on a bad picker", function()
     assert.has_error(function() picker {} end)
     assert.has_error(function() picker { "a" } end)

@@ -321,6 +321,10 @@ function backend.request(self, ep, call)
   return call
 end
 
+-- What send returns for a reply whose results pick read (they are in the call).
+local PICKED = {}
+local exchange, response = http._exchange, http._response
+
 function backend.send(self, ep, req, call)
   if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
     local t = { url = ep.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
@@ -332,18 +336,26 @@ function backend.send(self, ep, req, call)
       return nil, err
     end
   end
-  local res, err = http.request(req)
-  if not res then err.path = call.path end
-  return res, err
+  local status, raw, body = exchange(req)
+  if not status then
+    raw.path = call.path
+    return nil, raw
+  end
+  local pick = call.pick -- a get's: its results straight from the text, or nil to decode it
+  if pick and status == 200 then
+    local kv, header = pick(body, #self.prefix)
+    if header then
+      -- (kept in the call, which has room for them: no response table for a get)
+      call.picked_kv, call.picked_header = kv or false, header
+      return PICKED
+    end
+  end
+  return response(status, raw, body)
 end
 
 function backend.classify(self, res, call)
+  if res == PICKED then return call.picked_kv or nil, nil, call.picked_header end
   if res.grpc then return res.grpc end -- decoded by the gRPC transport
-  local pick = call.pick -- a get's: its results straight from the text, or nil to decode it
-  if pick and res.status == 200 then
-    local kv, header = pick(res.body, #self.prefix)
-    if header then return kv or nil, nil, header end
-  end
   local j = json_decode(res.body)
   if res.status ~= 200 then return nil, server_error(res, j, call.path) end
   if type(j) ~= "table" then
@@ -401,20 +413,20 @@ function Client:_failed(u, err)
 end
 
 -- A call of the pipeline, which is also its coord.http request. A constructor sizes the table
--- for the fields it names: eight, those of a get over plain HTTP without auth (what
--- backend.request sets included), so that it fits in eight slots; the others are set only
+-- for the fields it names: nine, those of a get over plain HTTP without auth (what
+-- backend.request sets included), so that it is never resized; the others are set only
 -- when they are not nil (no_token: authenticate's own call; the method is coord.http's
 -- default: POST with a body, else GET). data: the JSON text of body when the caller made it
 -- already; at: one endpoint only (_at).
 -- Only an idempotent call may be sent again by libcurl when its connection dies before the
 -- reply (see coord.http's resend).
--- pick: call.pick, see backend.classify.
+-- pick: call.pick, see backend.send.
 local function post(self, path, body, opts, with_token, data, at, pick)
   data = data or body and json_encode(body)
   local idempotent = opts and opts.idempotent
   local call = {
     path = path, idempotent = idempotent, body = data, resend = idempotent or nil,
-    url = nil, headers = nil, timeout = nil, pick = pick,
+    url = nil, headers = nil, timeout = nil, pick = pick, http_version = nil,
   }
   local cap = opts and opts.timeout
   if cap then call.cap = cap end

@@ -75,10 +75,9 @@ end
 local spare, nspare = {}, 0
 local SPARE_MAX = 64
 
-function M.request(opts)
-  if type(opts) ~= "table" then
-    error("bad argument #1 to 'request' (table expected, got " .. type(opts) .. ")", 2)
-  end
+-- The exchange of M.request without its Response table: status, raw header block, body; or
+-- nil, err. For the clients' hot paths, which may read the reply without one (opts: a table).
+local function exchange(opts)
   local w
   if nspare > 0 then
     w = spare[nspare]
@@ -97,6 +96,21 @@ function M.request(opts)
     spare[nspare] = w
   end
   if not status then return fail(raw, body, opts, maybe_applied, cause) end
+  return status, raw, body
+end
+M._exchange = exchange
+
+--- (internal) The response request returns for what _exchange returned.
+function M._response(status, raw, body)
+  return setmetatable({ status = status, raw_headers = raw, body = body }, Response)
+end
+
+function M.request(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'request' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local status, raw, body = exchange(opts)
+  if not status then return nil, raw end
   local res = setmetatable({ status = status, raw_headers = raw, body = body }, Response)
   if opts.expect and not expected(opts.expect, status) then return http_error(res, opts) end
   return res

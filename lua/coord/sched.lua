@@ -234,7 +234,11 @@ local function close_results(r)
 end
 
 local function after(co, ok, ...)
-  if status(co) == "dead" then
+  -- the common case first: a coroutine that waits again (only a live one yields SUSPEND)
+  if ok and (...) == SUSPEND then
+    local t = tasks[co]
+    if t and t.canceling then close_task(t) end -- canceled while it ran: it stops at this wait
+  elseif status(co) == "dead" then
     local t = tasks[co]
     if t then
       tasks[co] = nil
@@ -248,9 +252,6 @@ local function after(co, ok, ...)
       close(co)
       report((...), co, trace)
     end
-  elseif (...) == SUSPEND then
-    local t = tasks[co]
-    if t and t.canceling then close_task(t) end -- canceled while it ran: it stops at this wait
   else
     report("coroutine yielded a value to the coord scheduler", co,
       "coroutine yielded a value that is not a coord wait; it will not be resumed (a coroutine "
