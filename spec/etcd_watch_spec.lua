@@ -366,14 +366,16 @@ for _, version in ipairs { "3.4", "3.5" } do
         assert.are.equal(base_streams + 1, sup.watch_streams(srv))
         during = sup.connections(port) -- the puts above may have opened a pooled connection
         for i = 1, 200 do ws[i]:close() end
-        -- the stream ends on the server on the next turn of the loop; nothing to await but that
-        servers.until_true("watch stream ended", function() return sup.watch_streams(srv) == base_streams end, 5)
         if etcd_client.grpc() then
           -- over gRPC the stream was one more stream on the calls' connection, which stays
-          -- open for them (doc/grpc.md): calls go on it without opening one
+          -- open for them (doc/grpc.md): calls go on it without opening one. The stream's
+          -- reset reaches etcd when the connection is next used (seen with libcurl 8.14)
           assert(c:get("many/1"))
           assert.is_true(sup.connections(port) <= during, sup.connections(port) .. " connections, " .. during .. " before")
-        else
+        end
+        -- the stream ends on the server on the next turn of the loop; nothing to await but that
+        servers.until_true("watch stream ended", function() return sup.watch_streams(srv) == base_streams end, 5)
+        if not etcd_client.grpc() then
           -- on the gateway the stream had a connection of its own, which goes with it
           servers.until_true("watch connection closed", function() return sup.connections(port) < during end, 5)
         end
