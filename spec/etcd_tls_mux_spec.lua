@@ -5,6 +5,7 @@ local coord = require "coord"
 local servers = require "servers"
 local sup = require "etcd_watch_support"
 local watch = require "coord.etcd.watch"
+local etcd_client = require "etcd_client"
 
 local curl8 = (tonumber(tostring(coord.versions.libcurl):match("^(%d+)")) or 0) >= 8
 
@@ -53,8 +54,13 @@ for _, version in ipairs { "3.4", "3.5" } do
     before_each(function() srv = servers.etcd { version = version, tls = true } end)
     after_each(function() if srv then srv:stop() end srv = nil end)
 
+    -- over gRPC the watch is one more stream on the calls' connection, whatever watch.http2
+    -- says (doc/grpc.md); on the gateway, with http2(false), it has an HTTP/1.1 one of its own
+    local grpc = etcd_client.grpc()
+    local want = grpc and 1 or 2
+    local how = grpc and "1 connection: the calls' and the watch's" or "2 connections: the watch's and one for the calls"
     for _, n in ipairs { 16, 200 } do
-      it(n .. " concurrent puts and gets take 2 connections: the watch's and one for the calls", function()
+      it(n .. " concurrent puts and gets take " .. how, function()
         local old = watch.http2(false)
         finally(function() watch.http2(old) end)
         run(function()
@@ -71,7 +77,7 @@ for _, version in ipairs { "3.4", "3.5" } do
           -- libcurl 7.88 used to open one connection per concurrent call once the watch's
           -- HTTP/1.1 connection existed (17 for 16 puts)
           local conns = sup.connections(srv.members[1].port)
-          assert.are.equal(2, conns, conns .. " connections")
+          assert.are.equal(want, conns, conns .. " connections")
           assert.are.equal(1, watch.stats(c).streams)
         end)
       end)

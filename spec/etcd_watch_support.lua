@@ -46,6 +46,19 @@ function M.put_many(srv, kvs)
   return assert(core.i64(j.header.revision))
 end
 
+--- The number of watch streams member i (default 1) of srv serves to all its clients, read
+--- from its /metrics (etcd_debugging_mvcc_watch_stream_total, in 3.4 and 3.5): how a spec sees
+--- a gRPC watch stream end on a connection that stays open for the calls.
+function M.watch_streams(srv, i)
+  local m = srv.members[i or 1]
+  local url = (m and m.url or srv.endpoint) .. "/metrics"
+  local res = assert(http.get(url, { tls = srv:client_tls(), timeout = 10,
+    http_version = not srv.certs and "1.1" or nil })) -- as M.call
+  assert(res.status == 200, "/metrics: " .. res.status)
+  local n = res.body:match("\netcd_debugging_mvcc_watch_stream_total (%d+)")
+  return assert(tonumber(n), "no etcd_debugging_mvcc_watch_stream_total in /metrics")
+end
+
 --- The number of established TCP connections this process holds to `port`.
 function M.connections(port)
   local p = assert(io.popen("ASAN_OPTIONS=detect_leaks=0 ss -Htnp state established '( dport = :" .. port .. " )' 2>/dev/null"))

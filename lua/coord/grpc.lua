@@ -171,6 +171,12 @@ end
 function M.open(target, method, opts)
   opts = opts or {}
   local url = target.url .. method
+  -- a stream opened on a pooled connection whose server died would only go silent (its
+  -- requests go nowhere, no error comes): probe an idle target first, as M.call does writes
+  if now() - (last_reply[pool_key(target)] or -math.huge) > M.idle then
+    probe(target, { tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
+      http_version = "2-prior-knowledge" }, 1)
+  end
   local s = http.stream {
     url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata),
     timeout = opts.timeout, buffer = opts.buffer,
