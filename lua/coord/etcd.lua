@@ -323,7 +323,7 @@ end
 
 -- What send returns for a reply whose results pick read (they are in the call).
 local PICKED = {}
-local exchange, response = http._exchange, http._response
+local response = http._response
 
 function backend.send(self, ep, req, call)
   if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
@@ -336,7 +336,7 @@ function backend.send(self, ep, req, call)
       return nil, err
     end
   end
-  local status, raw, body = exchange(req)
+  local status, raw, body = http._exchange(req) -- (looked up per call: specs count the requests)
   if not status then
     raw.path = call.path
     return nil, raw
