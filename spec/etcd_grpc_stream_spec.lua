@@ -13,9 +13,14 @@ local grpc = require "coord.grpc"
 local schema = require "coord.etcd.pb_schema"
 local stats = require("coord.etcd.watch").stats
 
+-- Runs fn, then lets what it left (closing streams, cancels) finish: bounded, so a request
+-- left in flight fails the test instead of hanging the run.
 local function run(fn)
   coord.run(fn)
-  coord.run()
+  local deadline = core.now() + 30
+  while coord.step(0.5) do
+    assert(core.now() < deadline, "work left in flight 30 s after the test: " .. tostring(core.inflight()) .. " requests")
+  end
 end
 
 local function ready(w)
