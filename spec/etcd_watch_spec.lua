@@ -584,14 +584,7 @@ for _, version in ipairs { "3.4", "3.5" } do
 
   describe("etcd watch with auth on etcd " .. version, function()
     local srv
-    setup(function()
-      srv = servers.etcd { version = version, auth = true, auth_token_ttl = 2 }
-      for _, cmd in ipairs { "user add alice --new-user-password=alicepw", "role add reader",
-        "role grant-permission reader read open/ --prefix=true", "user grant-role alice reader" } do
-        local ok, out = srv:ctl(cmd)
-        assert(ok, out)
-      end
-    end)
+    setup(function() srv = sup.auth_server(version) end)
     teardown(function() if srv then srv:stop() end end)
 
     it("reports a watch refused for lack of permission as an error", function()

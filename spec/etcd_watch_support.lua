@@ -1,8 +1,10 @@
 -- spec/etcd_watch_support.lua: helpers for the watch specs: a client for a test server, raw
--- writes through the gateway, and counting a process's TCP connections to a port.
+-- writes through the gateway, an etcd with auth and a restricted user, and counting a
+-- process's TCP connections to a port.
 
 local coord = require "coord"
 local core = require "coord.core"
+local servers = require "servers"
 local http = coord.http
 
 local M = {}
@@ -49,6 +51,18 @@ end
 --- The number of watch streams member i (default 1) of srv serves to all its clients, read
 --- from its /metrics (etcd_debugging_mvcc_watch_stream_total, in 3.4 and 3.5): how a spec sees
 --- a gRPC watch stream end on a connection that stays open for the calls.
+--- An etcd (version) with auth on (tokens of 2 s) and a user alice (password alicepw) who may
+--- read only the prefix open/: the watch specs' auth fixture.
+function M.auth_server(version)
+  local srv = servers.etcd { version = version, auth = true, auth_token_ttl = 2 }
+  for _, cmd in ipairs { "user add alice --new-user-password=alicepw", "role add reader",
+    "role grant-permission reader read open/ --prefix=true", "user grant-role alice reader" } do
+    local ok, out = srv:ctl(cmd)
+    assert(ok, out)
+  end
+  return srv
+end
+
 function M.watch_streams(srv, i)
   local m = srv.members[i or 1]
   local url = (m and m.url or srv.endpoint) .. "/metrics"
