@@ -71,6 +71,17 @@ end
 local function synced(m) return m:status().synced end
 local function source(m) return m:status().source end
 
+-- Asserts that a mirror started against a paused server (proc) took its data from the file;
+-- a failure says what the server process was doing and where the mirror's data came from.
+local function assert_from_file(m, proc)
+  local st = m:status()
+  local f = io.open("/proc/" .. proc.pid .. "/stat")
+  local state = f and f:read("a"):match("^%d+ %b() (%a)") or "gone"
+  if f then f:close() end
+  assert.are.equal("snapshot", st.source, ("source %s, server process state %s, position %s, changes %s")
+    :format(tostring(st.source), state, tostring(st.revision or st.index), tostring(st.changes)))
+end
+
 -- Waits until the mirror's status satisfies check; a failure says what the status was.
 local function await(m, what, check, limit)
   local ok, err = m:wait(check, limit or 15)
@@ -159,7 +170,7 @@ for _, name in ipairs { "etcd", "consul" } do
         local m <close> = coord.mirror(b.client(srv), "d/", { snapshot = path, on_change = hook,
           snapshot_after = 0.5, max_backoff = 0.5 })
         await(m, "loaded from the snapshot", source)
-        assert.are.equal("snapshot", m:status().source)
+        assert_from_file(m, proc)
         table.sort(seen)
         assert.are.same({ "d/change:nil>1", "d/keep:nil>1", "d/remove:nil>1" }, seen)
         for i = #seen, 1, -1 do seen[i] = nil end
@@ -191,6 +202,7 @@ for _, name in ipairs { "etcd", "consul" } do
         local m <close> = coord.mirror(b.client(srv), "v/", { snapshot = path, on_change = hook,
           snapshot_after = 0.3, max_backoff = 0.5 })
         await(m, "loaded from the snapshot", source)
+        assert_from_file(m, proc)
         assert.are.equal("from file", m:get("v/a"))
         for i = #seen, 1, -1 do seen[i] = nil end
         proc:send("CONT")
