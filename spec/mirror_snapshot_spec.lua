@@ -75,9 +75,7 @@ local function source(m) return m:status().source end
 -- a failure says what the server process was doing and where the mirror's data came from.
 local function assert_from_file(m, proc)
   local st = m:status()
-  local f = io.open("/proc/" .. proc.pid .. "/stat")
-  local state = f and f:read("a"):match("^%d+ %b() (%a)") or "gone"
-  if f then f:close() end
+  local state = proc:state() or "gone"
   assert.are.equal("snapshot", st.source, ("source %s, server process state %s, position %s, changes %s")
     :format(tostring(st.source), state, tostring(st.revision or st.index), tostring(st.changes)))
 end

@@ -76,12 +76,18 @@ function M.spawn(cmd, log)
   return setmetatable({ pid = pid, p = p, log = log }, Proc)
 end
 
-function Proc:alive()
+--- The process's state letter from /proc (R, S, T when stopped, Z...), or nil when it is gone.
+function Proc:state()
   local f = io.open("/proc/" .. self.pid .. "/stat")
-  if not f then return false end
+  if not f then return nil end
   local st = f:read("a")
   f:close()
-  return st:match("^%d+ %b() (%a)") ~= "Z"
+  return st:match("^%d+ %b() (%a)")
+end
+
+function Proc:alive()
+  local state = self:state()
+  return state ~= nil and state ~= "Z"
 end
 
 -- Sends `sig` and reaps the process (pclose waits for it).
