@@ -41,6 +41,23 @@ describe("coord.consul return convention", function()
     assert.is_nil(err)
   end)
 
+  it("gives the same meta fields whichever way they are first read", function()
+    assert(c.kv:put("conv/meta", "v"))
+    local _, _, by_field = c.kv:get("conv/meta")
+    local fields = { index = by_field.index, known_leader = by_field.known_leader,
+      last_contact = by_field.last_contact, status = by_field.status }
+    assert.are.equal("integer", math.type(fields.index))
+    local _, _, by_pairs = c.kv:get("conv/meta")
+    local listed = {}
+    for k, v in pairs(by_pairs) do listed[k] = v end
+    assert.are.same(fields, listed)
+    local _, _, by_tostring = c.kv:get("conv/meta")
+    assert.are.equal(tostring(by_pairs), tostring(by_tostring))
+    local _, _, written = c.kv:get("conv/meta")
+    written.mine = 1
+    assert.are.equal(fields.index, written.index)
+  end)
+
   it("gives meta and errors a readable tostring", function()
     local _, _, meta = c.kv:get("conv/absent")
     local s = tostring(meta)

@@ -223,31 +223,62 @@ local header, u64 = core.header, core.u64
 -- block (core.header takes several names), not one pass per header.
 -- A read through the agent cache (cached) also says whether the cache had it (X-Cache:
 -- "HIT" or "MISS") and how old the value is (Age, seconds).
+-- A plain reply's meta holds only its status and, under the private key RAW, the header
+-- block: its other fields are read from that block the first time the meta is read beyond
+-- status (a field, pairs, tostring, a write), most callers never reading them.
 local Meta = errors.record("consul.meta")
+local RAW = setmetatable({}, { __name = "consul.meta.raw" })
 
-local function meta_of(res, cached)
-  local index, lc, kl, consistency, content_hash, acl = header(res.raw_headers,
+local function fill(m, raw)
+  local index, lc, kl, consistency, content_hash, acl = header(raw,
     "X-Consul-Index", "X-Consul-LastContact", "X-Consul-KnownLeader",
     "X-Consul-Effective-Consistency", "X-Consul-ContentHash", "X-Consul-Default-ACL-Policy")
   lc = lc and u64(lc)
+  m.index = index and u64(index) or nil
+  m.known_leader = kl and kl == "true" or nil
+  m.last_contact = lc and lc / 1000 or nil
+  m.consistency, m.content_hash, m.default_acl_policy = consistency, content_hash, acl
+  return m
+end
+
+-- the fields of a lazy meta, once; false when they already are
+local function settle(m)
+  local raw = rawget(m, RAW)
+  if not raw then return false end
+  m[RAW] = nil
+  fill(m, raw)
+  return true
+end
+
+function Meta.__index(m, k)
+  if settle(m) then return rawget(m, k) end
+  return nil
+end
+
+function Meta.__newindex(m, k, v)
+  settle(m)
+  rawset(m, k, v)
+end
+
+function Meta.__pairs(m)
+  settle(m)
+  return next, m, nil
+end
+
+local record_tostring = Meta.__tostring
+function Meta.__tostring(m)
+  settle(m)
+  return record_tostring(m)
+end
+
+local function meta_of(res, cached)
   if cached then
+    local m = fill({ status = res.status }, res.raw_headers)
     local cache, age = header(res.raw_headers, "X-Cache", "Age")
-    return setmetatable({
-      status = res.status, index = index and u64(index) or nil,
-      known_leader = kl and kl == "true" or nil, last_contact = lc and lc / 1000 or nil,
-      consistency = consistency, content_hash = content_hash, default_acl_policy = acl,
-      cache = cache, age = age and tonumber(age) or nil,
-    }, Meta)
+    m.cache, m.age = cache, age and tonumber(age) or nil
+    return setmetatable(m, Meta)
   end
-  return setmetatable({
-    status = res.status,
-    index = index and u64(index) or nil,
-    known_leader = kl and kl == "true" or nil,
-    last_contact = lc and lc / 1000 or nil,
-    consistency = consistency,
-    content_hash = content_hash,
-    default_acl_policy = acl,
-  }, Meta)
+  return setmetatable({ status = res.status, [RAW] = res.raw_headers }, Meta)
 end
 
 local function accepted(list, status)
