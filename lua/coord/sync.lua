@@ -100,7 +100,9 @@ end
 
 --- Gives one permit back, handing it straight to the longest waiter if there is one.
 function Semaphore:release()
-  local w = table.remove(self.waiters, 1)
+  local waiters = self.waiters
+  -- (no call to table.remove when nobody waits: the common case on the clients' hot paths)
+  local w = waiters[1] and table.remove(waiters, 1)
   if w then
     sched.wake(w)
   elseif self.available < self.limit then
