@@ -47,11 +47,22 @@ function M.methods(class)
   end
   for _, k in ipairs(names) do
     local f = t[k]
-    t[k] = function(self, ...)
-      if getmetatable(self) ~= class then
-        error(("calling '%s' on bad self (use ':')"):format(k), 2)
+    local function bad()
+      error(("calling '%s' on bad self (use ':')"):format(k), 3)
+    end
+    -- a method without ... and at most three arguments after self gets a wrapper with fixed
+    -- arguments: a vararg function costs a copy of its frame on every call (the hot paths)
+    local info = debug.getinfo(f, "u")
+    if not info.isvararg and info.nparams <= 4 then
+      t[k] = function(self, a, b, c)
+        if getmetatable(self) ~= class then bad() end
+        return f(self, a, b, c)
       end
-      return f(self, ...)
+    else
+      t[k] = function(self, ...)
+        if getmetatable(self) ~= class then bad() end
+        return f(self, ...)
+      end
     end
   end
   return class
