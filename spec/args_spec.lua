@@ -195,10 +195,15 @@ describe("hostile arguments", function()
       { "/v1/session/info/", function(v) return consul.session:info(v) end, uuid = true },
     }
     local sent = {}
-    local request = http.request
+    -- (both entry points of coord.http: the clients send through _exchange)
+    local request, exchange = http.request, http._exchange
     http.request = function(opts)
       sent[#sent + 1] = opts.url
       return request(opts)
+    end
+    http._exchange = function(opts)
+      sent[#sent + 1] = opts.url
+      return exchange(opts)
     end
     local bad = {}
     coord.run(function()
@@ -224,7 +229,7 @@ describe("hostile arguments", function()
       consul.session:info("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
       assert.are.equal(base .. "v1/session/info/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", sent[1])
     end)
-    http.request = request
+    http.request, http._exchange = request, exchange
     assert.are.same({}, bad)
   end)
 end)

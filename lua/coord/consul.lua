@@ -271,14 +271,14 @@ function Meta.__tostring(m)
   return record_tostring(m)
 end
 
-local function meta_of(res, cached)
+local function meta_of(status, raw, cached)
   if cached then
-    local m = fill({ status = res.status }, res.raw_headers)
-    local cache, age = header(res.raw_headers, "X-Cache", "Age")
+    local m = fill({ status = status }, raw)
+    local cache, age = header(raw, "X-Cache", "Age")
     m.cache, m.age = cache, age and tonumber(age) or nil
     return setmetatable(m, Meta)
   end
-  return setmetatable({ status = res.status, [RAW] = res.raw_headers }, Meta)
+  return setmetatable({ status = status, [RAW] = raw }, Meta)
 end
 
 local function accepted(list, status)
@@ -342,26 +342,40 @@ function backend.request(self, agent, call)
   return call
 end
 
+-- What send returns for a reply whose body pick read: the value and the meta wait in
+-- picked_value and picked_meta for classify, which the pipeline calls right after send
+-- (nothing runs in between), so a picked reply costs no response table.
+local PICKED = {}
+local picked_value, picked_meta = nil, nil
+local response = http._response
+
 -- One exchange with an agent, holding a permit of its limit (two for a blocking read).
 function backend.send(_, agent, req, call)
   local opts = call.opts
   local b <close> = (opts.index or opts.hash) and agent.limit.blocking:acquire() or nil
   local permit <close> = agent.limit.all:_hold()
-  return http.request(req)
+  local status, raw, body = http._exchange(req) -- (looked up per call: specs count the requests)
+  if not status then return nil, raw end
+  local pick = opts.pick -- a kv:get's: the entry straight from the text, or nil to decode it
+  if pick and status == 200 then
+    local picked = pick(body)
+    if picked then
+      picked_value, picked_meta = picked, meta_of(status, raw, opts.cached)
+      return PICKED
+    end
+  end
+  return response(status, raw, body)
 end
 
 function backend.classify(_, res, req)
+  if res == PICKED then
+    local v, m = picked_value, picked_meta
+    picked_value, picked_meta = nil, nil
+    return m, nil, v
+  end
   local opts = req.opts
   if not accepted(opts.ok, res.status) then return server_error(res, req.method, req.url) end
   local raw, body_out = res.body, nil
-  local pick = opts.pick -- a kv:get's: the entry straight from the text, or nil to decode it
-  if pick and res.status == 200 then
-    local picked = pick(raw)
-    if picked then
-      res.meta = meta_of(res, opts.cached)
-      return res, nil, picked
-    end
-  end
   if opts.raw or raw == "" then
     body_out = raw ~= "" and raw or nil
   else
@@ -373,7 +387,7 @@ function backend.classify(_, res, req)
     body_out = v == nil and raw or v
   end
   -- the response table itself becomes the result (one table less per call)
-  res.body, res.meta = body_out, meta_of(res, opts.cached)
+  res.body, res.meta = body_out, meta_of(res.status, res.raw_headers, opts.cached)
   return res
 end
 
@@ -419,8 +433,8 @@ end
 --- may take wait + wait/16 + the client's timeout), timeout (a cap on the whole call), raw
 --- (keep the body as a string), retries (default 2 for a GET that does not block, else 0; a
 --- write is only retried when it was certainly not sent), pick (function(text) -> a value
---- read from a 200 reply's body, or nil to decode it as usual: when it gives one, the body
---- stays text and the value comes third). Returns {status, body, meta} (the coord.http
+--- read from a 200 reply's body, or nil to decode it as usual: when it gives one, _call
+--- returns the meta, nil and the value). Returns {status, body, meta} (the coord.http
 --- response, its body decoded) or nil, err.
 function Client:_call(method, path, opts)
   opts = opts or {}

@@ -103,7 +103,7 @@ end
 -- tables: _call never writes to its options.
 local NO_QUERY, NOT_FOUND_OK = {}, { 404 }
 -- plain: no option of its own (_call then skips the query when the client adds none either)
--- pick: the entry straight from the reply's text (_call returns it third)
+-- pick: the entry straight from the reply's text (_call then returns the meta, nil, the entry)
 local PLAIN_GET = { query = NO_QUERY, ok = NOT_FOUND_OK, plain = true, pick = entry_reply }
 -- (called directly: client:_call would go through Client.__index, a function)
 local _call = consul.Client._call
@@ -121,9 +121,9 @@ function KV:get(key, opts)
   end
   local res, err, entry = _call(self.client, "GET", path(key), o)
   if not res then return nil, err end
+  if entry then return entry, nil, res end -- (picked: res is the meta)
   if res.status == 404 then return nil, nil, res.meta end
   if raw then return res.body or "", nil, res.meta end
-  if entry then return entry, nil, res.meta end
   return M._entry(res.body[1]), nil, res.meta
 end
 
