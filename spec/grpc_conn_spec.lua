@@ -99,5 +99,19 @@ for _, mode in ipairs(via.h2c and { "h2c", "tls" } or {}) do
       assert.is_true(ok, tostring(err))
       assert.equal("2", assert(client():get("pool/c")).value)
     end))
+
+    -- a watch stream opened on the connection to the killed member would stay silent until
+    -- the hub's probes gave up (20 s and more): every stream open is preceded by a probe,
+    -- also within grpc.idle of the last reply (a restart quicker than that, as here)
+    it("gets the events of a watch opened just after its member was killed and restarted", co(function()
+      local c = client()
+      local _, _, h = assert(c:put("pool/d", "1")) -- the pooled connection, and a reply just now
+      server:kill(1)
+      server:restart(1)
+      local w <close> = c:watch("pool/d", { start_revision = h.revision + 1 })
+      assert(client():put("pool/d", "2"))
+      local ev = assert(coord.timeout(5, w.next, w))
+      assert.equal("2", ev.kv.value)
+    end))
   end)
 end

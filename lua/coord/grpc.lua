@@ -71,6 +71,13 @@ local function pool_key(target)
   return target.url .. "|" .. tostring(target.unix_socket) .. "|" .. tostring(target.connect_to)
 end
 
+--- Forgets the last reply from target, so that the next call that may not be repeated, or
+--- the next stream, is preceded by a probe: for a caller that found a connection to it
+--- silent (a watch stream with its probes unanswered), as a failed call or stream does.
+function M.suspect(target)
+  last_reply[pool_key(target)] = nil
+end
+
 local function probe(target, req, timeout)
   local p = { url = target.url .. PROBE, method = "POST", body = M.frame(""),
     headers = { "Content-Type: application/grpc", "TE: trailers" }, timeout = timeout, tls = req.tls,
@@ -127,7 +134,11 @@ function M.call(target, method, msg, opts)
       err.cause = "closed"
     end
   end
-  if not res then return nil, err end
+  if not res then
+    -- a reply not long ago does not vouch for the connection any more
+    last_reply[key] = nil
+    return nil, err
+  end
   last_reply[key] = now()
   local fields = { status = res.status, url = url }
   if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
@@ -172,22 +183,23 @@ function M.open(target, method, opts)
   opts = opts or {}
   local url = target.url .. method
   -- a stream opened on a pooled connection whose server died would only go silent (its
-  -- requests go nowhere, no error comes): probe an idle target first, as M.call does writes
-  if now() - (last_reply[pool_key(target)] or -math.huge) > M.idle then
-    probe(target, { tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
-      http_version = "2-prior-knowledge" }, 1)
-  end
+  -- requests go nowhere, no error comes, and no deadline ends a long-lived stream): probe
+  -- first, always, not only an idle target as M.call does writes: a member killed and
+  -- restarted within M.idle of the last reply (as the specs do) left the connection dead
+  probe(target, { tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
+    http_version = "2-prior-knowledge" }, 1)
   local s = http.stream {
     url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata),
     timeout = opts.timeout, buffer = opts.buffer,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
     http_version = "2-prior-knowledge", pipewait = true, -- HTTP/2 only, as call's
   }
-  return setmetatable({ s = s, url = url, buf = "", pos = 1 }, Stream)
+  return setmetatable({ s = s, url = url, buf = "", pos = 1, target = target }, Stream)
 end
 
 function Stream:_fail(err)
   self.err = err
+  if err.kind ~= "grpc" and err.kind ~= "protocol" then M.suspect(self.target) end
   self.s:close()
   return nil, err
 end

@@ -277,6 +277,12 @@ function watch_wire.open(t, buffer)
   return grpc.open(t, "/etcdserverpb.Watch/Watch", { metadata = metadata(t), buffer = buffer })
 end
 
+--- Marks target t suspect after its stream went silent (coord.grpc.suspect): the next
+--- stream to it is preceded by a probe.
+function watch_wire.suspect(t)
+  grpc.suspect(t)
+end
+
 --- Sends one WatchRequest given in the gateway's shape ({create_request = ...}, ...).
 function watch_wire.send(s, msg)
   return s:send(pb_encode(types.WatchRequest, to_pb("WatchRequest", msg))) ~= nil

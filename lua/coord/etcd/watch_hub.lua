@@ -418,6 +418,8 @@ local function keepalive(hub, s)
     if asked and (hub.last_rx >= asked or next(hub.byid) == nil or s:stats().buffered > 0) then asked = nil end
     if asked and now - asked > 2 * iv then
       hub.dead = errors.new("timeout", ("watch stream silent for %g s"):format(now - asked))
+      -- its connection may be dead while libcurl holds it for alive: probe before the next
+      if hub.wire.suspect then hub.wire.suspect(hub.target) end
       s:close()
       return
     end
