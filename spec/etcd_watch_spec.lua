@@ -262,6 +262,91 @@ for _, version in ipairs { "3.4", "3.5" } do
       end)
     end)
 
+    it("shares one server watch among identical watches, each with its own events and cancel", function()
+      run(function()
+        local c = sup.client(srv)
+        local W = "etcd_debugging_mvcc_watcher_total"
+        local before = assert(srv:metric(W))
+        -- etcd's count of watchers moves after the creates and cancels have reached it
+        local function watchers(n, what)
+          servers.until_true(what, function() return srv:metric(W) - before == n end, 10)
+        end
+        local opts = { prefix = true, prev_kv = true }
+        local a <close> = c:watch("sh/", opts)
+        ready(a)
+        local r1 = sup.put(srv, "sh/x", "1")
+        assert.are.equal(r1, sup.take(a, 1)[1].kv.mod_revision)
+        -- joins a's server watch at once; its events are those after a's so far
+        local b <close> = c:watch("sh/", opts)
+        assert.are.equal(r1, ready(b))
+        local own <close> = c:watch("sh/", { prefix = true }) -- not identical (no prev_kv): a watch of its own
+        ready(own)
+        local st = watch.stats(c)
+        assert.are.equal(3, st.watches)
+        assert.are.equal(2, st.server_watches)
+        watchers(2, "etcd has 2 watchers for the 3 watches")
+        local r2 = sup.put(srv, "sh/x", "2")
+        local ea, eb, eo = sup.take(a, 1)[1], sup.take(b, 1)[1], sup.take(own, 1)[1]
+        for _, ev in ipairs { ea, eb, eo } do assert.are.equal(r2, ev.kv.mod_revision) end
+        assert.are.equal("1", ea.prev_kv.value)
+        assert.are.equal("1", eb.prev_kv.value)
+        ea.kv.value = "changed" -- each watch has event tables of its own
+        assert.are.equal("2", eb.kv.value)
+        -- a's cancel leaves b receiving; the server watch stays
+        a:close()
+        local r3 = sup.put(srv, "sh/y", "3")
+        assert.are.equal(r3, sup.take(b, 1)[1].kv.mod_revision)
+        assert.are.equal(r3, sup.take(own, 1)[1].kv.mod_revision)
+        assert.are.equal(2, watch.stats(c).server_watches)
+        watchers(2, "etcd still has 2 watchers")
+        -- the last member's cancel frees the server watch
+        b:close()
+        st = watch.stats(c)
+        assert.are.equal(1, st.watches)
+        assert.are.equal(1, st.server_watches)
+        watchers(1, "the shared watch canceled on the server")
+        -- a watch made now is created anew, from now on
+        local d <close> = c:watch("sh/", opts)
+        local rd = ready(d)
+        assert.is_true(rd >= r3)
+        local r4 = sup.put(srv, "sh/x", "4")
+        assert.are.equal(r4, sup.take(d, 1)[1].kv.mod_revision)
+        -- share = false: a watch of its own even when identical
+        local e <close> = c:watch("sh/", { prefix = true, prev_kv = true, share = false })
+        ready(e)
+        assert.are.equal(3, watch.stats(c).server_watches)
+        own:close()
+      end)
+    end)
+
+    it("lets a slow member of a shared watch go on alone without holding the others up", function()
+      run(function()
+        local c = sup.client(srv)
+        local fast <close> = c:watch("shslow/", { prefix = true })
+        local slow <close> = c:watch("shslow/", { prefix = true, buffer = 2 })
+        ready(fast)
+        ready(slow)
+        assert.are.equal(1, watch.stats(c).server_watches)
+        local revs = {}
+        for i = 1, 6 do revs[i] = sup.put(srv, "shslow/" .. i, "v") end
+        local function revisions(evs)
+          local out = {}
+          for i, ev in ipairs(evs) do out[i] = ev.kv.mod_revision end
+          return out
+        end
+        local evs, err = sup.take(fast, 6)
+        assert.is_nil(err)
+        assert.are.same(revs, revisions(evs))
+        evs, err = sup.take(slow, 6)
+        assert.is_nil(err)
+        assert.are.same(revs, revisions(evs))
+        assert.is_true(watch.stats(c).pauses >= 1)
+        local r7 = sup.put(srv, "shslow/7", "v")
+        assert.are.equal(r7, sup.take(fast, 1)[1].kv.mod_revision)
+        assert.are.equal(r7, sup.take(slow, 1)[1].kv.mod_revision)
+      end)
+    end)
+
     it("is canceled by close, <close> and coord.timeout", function()
       run(function()
         local c = sup.client(srv)

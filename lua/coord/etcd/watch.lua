@@ -61,6 +61,7 @@ function M.new(client, key, opts)
     stream_events = option(opts, "stream_events", "boolean", "watch") or false,
     buffer = buffer,
     keepalive = keepalive,
+    share = option(opts, "share", "boolean", "watch"),
     q = {}, qh = 1, qt = 0,
     readers = {},
     revision = nil,
@@ -123,7 +124,7 @@ function Watch:_push(events)
     q[t] = events[i]
   end
   self.qt = t
-  if t - self.qh + 1 >= self.buffer and self.state == "active" then self.hub:pause(self) end
+  if t - self.qh + 1 >= self.buffer and (self.state == "active" or self.group) then self.hub:pause(self) end
   wake_readers(self)
 end
 

@@ -36,6 +36,7 @@ function M.of(client)
   if not hub then
     local wire = client.grpc and client.grpc.watch_wire or M.json_wire -- the transport's, once
     hub = setmetatable({ client = client, watches = {}, byid = {}, pending = { head = 1, tail = 1 }, count = 0, next_id = ID_BASE,
+      groups = {}, locals = 0,
       wire = wire, deferred = {}, honors = wire.honors_ids,
       counts = { streams = 0, results = 0, fragments = 0, pauses = 0, probes = 0, progress = 0 } }, Hub)
     rawset(client, "_watch_hub", hub)
@@ -43,12 +44,13 @@ function M.of(client)
   return hub
 end
 
---- Counters for monitoring: watches, connected (endpoint URL or nil), streams opened,
+--- Counters for monitoring: watches (the client's), server_watches (the watches created on
+--- the server: identical watches share one), connected (endpoint URL or nil), streams opened,
 --- results read, fragments reassembled, pauses of slow watches, probes sent, progress
 --- replies read.
 function Hub:stats()
   local c = self.counts
-  return { watches = self.count, connected = self.stream and self.target.endpoint or nil,
+  return { watches = self.locals, server_watches = self.count, connected = self.stream and self.target.endpoint or nil,
     streams = c.streams, results = c.results, fragments = c.fragments, pauses = c.pauses,
     probes = c.probes, progress = c.progress, last_error = self.last_error }
 end
@@ -102,10 +104,116 @@ local function cancel(hub, w)
   end
 end
 
---- Registers a new watch and creates it on the stream (starting the stream if needed).
-function Hub:add(w)
-  local ka = w.keepalive or M.KEEPALIVE
-  if not self.keepalive or ka < self.keepalive then self.keepalive = ka end
+---------------------------------------------------------------------------------------------
+-- shared watches: identical watches of one client (same create_request, no start revision)
+-- are the members of one Group, which the hub treats as a watch: it is created, resumed and
+-- canceled on the server once, and hands each result to every member.
+
+local Group = { __name = "coord.etcd.watch_group" }
+Group.__index = Group
+
+-- The identity of a create_request (without watch_id and start_revision).
+local function signature(req)
+  local f = req.filters and table.concat(req.filters, ",") or ""
+  return table.concat({ req.key, req.range_end or "", req.prev_kv and "p" or "", req.progress_notify and "n" or "",
+    req.fragment and "f" or "", f }, "\0")
+end
+
+local function members(g)
+  local list = {}
+  for m in pairs(g.members) do list[#list + 1] = m end
+  return list
+end
+
+-- Each member gets events of its own (a reader may change the tables it is given).
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+local function copy_event(ev)
+  local c = copy(ev)
+  if ev.kv then c.kv = copy(ev.kv) end
+  if ev.prev_kv then c.prev_kv = copy(ev.prev_kv) end
+  return c
+end
+
+function Group:_created(rev)
+  self.created, self.down = true, nil -- joinable without waiting from now on
+  for _, m in ipairs(members(self)) do m:_created(rev) end
+end
+
+function Group:_lost(err)
+  self.down = true
+  for _, m in ipairs(members(self)) do m:_lost(err) end
+end
+
+function Group:_push(events)
+  local first = true
+  for _, m in ipairs(members(self)) do
+    if first then
+      m:_push(events)
+      first = false
+    else
+      local c = {}
+      for i = 1, #events do c[i] = copy_event(events[i]) end
+      m:_push(c)
+    end
+  end
+end
+
+function Group:_progress(rev)
+  for _, m in ipairs(members(self)) do m:_progress(rev) end
+end
+
+-- The server canceled or refused the shared watch: every member fails with err.
+function Group:_fail(err)
+  if self.state == "failed" then return end
+  self.state = "failed"
+  local hub = self.hub
+  if hub.groups[self.sig] == self then hub.groups[self.sig] = nil end
+  local ms = members(self)
+  for _, m in ipairs(ms) do
+    self.members[m], m.group = nil, nil
+    hub.locals = hub.locals - 1
+  end
+  self.n = 0
+  hub:_drop(self)
+  for _, m in ipairs(ms) do m:_fail(err) end
+end
+
+function Group:_caught_up() return true end
+
+-- w joins g: from now on it gets every result g gets. Joining a watch the server has
+-- already created, w is ready at once: every event after what g has delivered comes to it.
+local function join(g, w)
+  g.members[w], g.n, w.group = true, g.n + 1, g
+  w.state = "shared"
+  if g.created and g.next_rev then
+    w.created_revision = g.next_rev - 1
+  end
+end
+
+-- w leaves g; the last member to leave cancels the shared watch on the server.
+local function leave(hub, g, w)
+  if not g.members[w] then return end
+  g.members[w], g.n, w.group = nil, g.n - 1, nil
+  if g.n == 0 then
+    if hub.groups[g.sig] == g then hub.groups[g.sig] = nil end
+    hub:_drop(g)
+  end
+end
+
+local function new_group(hub, w, sig)
+  local req = {}
+  for k, v in pairs(w.req) do req[k] = v end
+  return setmetatable({ hub = hub, sig = sig, key = w.key, req = req, members = {}, n = 0, state = "new" }, Group)
+end
+
+-- Registers a server-side watch (a watch of its own or a group) and creates it on the
+-- stream (starting the stream if needed).
+function Hub:_register(w)
   self.watches[w] = true
   self.count = self.count + 1
   w.state = "pending"
@@ -116,14 +224,42 @@ function Hub:add(w)
   end
 end
 
---- Forgets a watch (closed or failed): cancels it on the server; the last one ends the
---- stream.
-function Hub:remove(w)
+--- Registers a new watch: a watch identical to one already on the stream (and without a
+--- start revision) joins it, otherwise it is created on the server.
+function Hub:add(w)
+  local ka = w.keepalive or M.KEEPALIVE
+  if not self.keepalive or ka < self.keepalive then self.keepalive = ka end
+  self.locals = self.locals + 1
+  if w.next_rev or w.share == false then return self:_register(w) end
+  local sig = signature(w.req)
+  local g = self.groups[sig]
+  if g then return join(g, w) end
+  g = new_group(self, w, sig)
+  self.groups[sig] = g
+  join(g, w)
+  self:_register(g)
+end
+
+-- Forgets a server-side watch: cancels it on the server; the last one ends the stream.
+function Hub:_drop(w)
   if not self.watches[w] then return end
   self.watches[w] = nil
   self.count = self.count - 1
   cancel(self, w)
   if self.count == 0 then self:stop() end
+end
+
+--- Forgets a watch (closed or failed): cancels it on the server (a shared one once its last
+--- member has left); the last one ends the stream.
+function Hub:remove(w)
+  local g = w.group
+  if g then
+    self.locals = self.locals - 1
+    return leave(self, g, w)
+  end
+  if not self.watches[w] then return end
+  self.locals = self.locals - 1
+  self:_drop(w)
 end
 
 --- Ends the stream and its task (used when no watch is left).
@@ -142,9 +278,20 @@ function Hub:unpause(w)
   if self.stream and w.state == "paused" then create(self, w) end
 end
 
---- Stops delivering to w until its reader catches up (see Watch buffer).
+--- Stops delivering to w until its reader catches up (see Watch buffer). A member of a
+--- shared watch leaves it, so as not to hold the others up: it goes on alone, from where the
+--- shared watch was, once caught up.
 function Hub:pause(w)
   self.counts.pauses = self.counts.pauses + 1
+  local g = w.group
+  if g then
+    w.next_rev, w.safe = g.next_rev, g.safe
+    self.watches[w] = true
+    self.count = self.count + 1
+    leave(self, g, w)
+    w.state = "paused"
+    return
+  end
   cancel(self, w)
   w.state = "paused"
 end
