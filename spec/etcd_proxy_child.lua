@@ -1,12 +1,14 @@
 -- A child process of spec/etcd_proxy_spec.lua: lua5.4 spec/etcd_proxy_child.lua ENDPOINT PREFIX
--- WATCHES. Opens WATCHES watches of PREFIX through the grpc-proxy at ENDPOINT (transport
--- grpc), prints "ready" once every one is created, then reads each watch until it has the
+-- WATCHES [noshare]. Opens WATCHES identical watches of PREFIX through the grpc-proxy at ENDPOINT (transport
+-- grpc; with noshare each has a server watch of its own, else they share one), prints
+-- "ready N" once every one is created (N: the client's server-side watches), then reads each watch until it has the
 -- put of PREFIX .. "end" (printing "marked" once every watch has seen PREFIX .. "mark"), and prints "ok N" (N put events in all) or "bad <why>" when a watch
 -- saw a revision twice, out of order, or nothing for 60 s.
 local coord = require "coord"
 
 local endpoint, prefix = arg[1], arg[2]
 local nwatch = assert(math.tointeger(tonumber(arg[3])))
+local share = arg[4] ~= "noshare"
 
 local function say(s)
   io.stdout:write(s, "\n")
@@ -16,12 +18,12 @@ end
 coord.run(function()
   local c = coord.etcd.new { endpoints = { endpoint }, transport = "grpc" }
   local ws = {}
-  for i = 1, nwatch do ws[i] = c:watch(prefix, { prefix = true }) end
+  for i = 1, nwatch do ws[i] = c:watch(prefix, { prefix = true, share = share }) end
   for i, w in ipairs(ws) do
     local rev, err = coord.timeout(30, w.ready, w)
     if not rev then return say("bad watch " .. i .. " not ready: " .. tostring(err)) end
   end
-  say("ready")
+  say("ready " .. require("coord.etcd.watch").stats(c).server_watches)
   local total, bad, marks = 0, nil, 0
   local fns = {}
   for i, w in ipairs(ws) do

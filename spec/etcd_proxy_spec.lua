@@ -315,11 +315,14 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
     -- upstream one that can serve it: at once while that one is being created, else when the
     -- new one's upstream watch gets its first reply, and then only if it has fewer than 5
     -- receivers (grpc-proxy's maxCoalesceReceivers).
-    local function fan(prefix, nwatch, writes)
+    -- With noshare, each watch of a child has a server watch of its own (share = false);
+    -- else a child's identical watches share one. The 3rd value: each child's count of
+    -- server-side watches.
+    local function fan(prefix, nwatch, writes, noshare)
       local before = assert(server:metric(W))
       local procs, logs = {}, {}
       local cmd = "lua5.4 " .. servers.sh_quote(servers.top .. "/spec/etcd_proxy_child.lua") .. " "
-        .. servers.sh_quote(proxy.endpoint) .. " " .. prefix .. " " .. nwatch
+        .. servers.sh_quote(proxy.endpoint) .. " " .. prefix .. " " .. nwatch .. (noshare and " noshare" or "")
       for i = 1, 10 do
         logs[i] = server.dir .. "/" .. prefix:gsub("%W", "") .. i .. ".log"
         procs[i] = servers.spawn(cmd, logs[i])
@@ -347,7 +350,9 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
       end)
       for _, p in ipairs(procs) do p:stop() end
       assert(ok, created)
-      return created, after
+      local own = {}
+      for i = 1, 10 do own[i] = tonumber((servers.read_file(logs[i]) or ""):match("ready (%d+)")) end
+      return created, after, own
     end
 
     it("costs etcd one watcher for 10 processes watching one prefix", co(function()
@@ -356,11 +361,22 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
       assert.equal(1, after)
     end))
 
-    it("shares upstream watchers among 10 processes with 100 watches each on one prefix", co(function()
-      local created, after = fan("fan/", 100, 5)
+    it("shares upstream watchers among 10 processes with 100 unshared watches each on one prefix", co(function()
+      local created, after = fan("fan/", 100, 5, true)
       -- after the writes every upstream watch but one has 5 receivers or more
       assert.is_true(after <= 1000 / 5 + 1, created .. " etcd watchers once created, " .. after .. " after the writes")
       assert.is_true(after >= 1)
+    end))
+
+    -- Issue 13: the identical watches of one client share one server watch, so the proxy
+    -- sees one per process whatever the count of watches in it.
+    it("costs etcd at most one watcher per process for 10 processes with 100 identical watches each", co(function()
+      local created, after, own = fan("same/", 100, 5)
+      for i = 1, 10 do assert.are.equal(1, own[i], "child " .. i .. "'s server watches") end
+      print(("\n[etcd %s] 10 x 100 identical watches: %d etcd watchers once created, %d after the writes")
+        :format(version, created, after))
+      assert.is_true(created >= 1 and created <= 10, created .. " etcd watchers once created")
+      assert.is_true(after >= 1 and after <= 10, after .. " etcd watchers after the writes")
     end))
 
     it("loses and repeats no event across a proxy restart", co(function()
