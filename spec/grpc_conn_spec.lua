@@ -42,6 +42,14 @@ for _, mode in ipairs(via.h2c and { "h2c", "tls" } or {}) do
     setup(function() server = servers.etcd { version = "3.5", tls = mode == "tls" } end)
     teardown(function() if server then server:stop() end end)
 
+    -- coord.grpc.idle (how long after a reply a call skips its probe) set to n for one test
+    local function with_idle(n)
+      local grpc = require "coord.grpc"
+      local idle = grpc.idle
+      grpc.idle = n
+      finally(function() grpc.idle = idle end)
+    end
+
     local function client(url)
       return etcd_mod.new { endpoints = { url or server.endpoint }, tls = server:client_tls(), transport = "grpc",
         timeout = 10 }
@@ -87,10 +95,7 @@ for _, mode in ipairs(via.h2c and { "h2c", "tls" } or {}) do
     -- preceded by a probe, which finds it dead (coord.grpc; idle 0 here, so that a restart
     -- quicker than the default second still probes)
     it("applies the first write after its member was killed and restarted", co(function()
-      local grpc = require "coord.grpc"
-      local idle = grpc.idle
-      grpc.idle = 0
-      finally(function() grpc.idle = idle end)
+      with_idle(0)
       local c = client()
       assert(c:put("pool/c", "1"))
       server:kill(1)
@@ -106,10 +111,7 @@ for _, mode in ipairs(via.h2c and { "h2c", "tls" } or {}) do
     -- skipped whatever the restart takes). Alone, libcurl often finds the idle connection
     -- dead by itself; run after other specs (make test-grpc) it did not.
     it("gets the events of a watch opened just after its member was killed and restarted", co(function()
-      local grpc = require "coord.grpc"
-      local idle = grpc.idle
-      grpc.idle = 60
-      finally(function() grpc.idle = idle end)
+      with_idle(60)
       local c = client()
       local _, _, h = assert(c:put("pool/d", "1")) -- the pooled connection, and a reply just now
       server:kill(1)
