@@ -485,6 +485,12 @@ kv_report() {
     }' "$results"
 }
 
+# keep_medians NAME: appends this run's "MEDIAN op client us ..." lines, each prefixed by NAME, to
+# the file $BENCH_MEDIANS when it is set (bench/run gets collects them across its runs).
+keep_medians() {
+  [ -z "${BENCH_MEDIANS-}" ] || sed "s/^/$1 /" "$tmp/medians" >>"$BENCH_MEDIANS"
+}
+
 # --- sampling while a client holds its watches ---------------------------------
 rss_kib() { # PID: VmRSS in KiB (0 if gone)
   awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
