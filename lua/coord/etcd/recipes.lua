@@ -58,9 +58,15 @@ return function(Client, E)
     local mark = MARK .. prefix
     local lease = args.option(opts, "lease", "integer", "append")
     local retries = retries_option(opts, "append", APPEND_RETRIES)
-    local j, err = self:_post("/v3/kv/range", { key = b64(raw(self, mark)), keys_only = true }, IDEMPOTENT)
-    if not j then return nil, err end
-    local rev = header_of(j.header).revision
+    -- a revision read after the marker's last write
+    local function mark_read()
+      local j, err = self:_post("/v3/kv/range", { key = b64(raw(self, mark)), keys_only = true }, IDEMPOTENT)
+      if not j then return nil, err end
+      return header_of(j.header).revision
+    end
+    local rev, err = mark_read()
+    if not rev then return nil, err end
+    local j
     local backoff = conflict_backoff()
     for attempt = 1, retries + 1 do
       local key = prefix .. ("%020d"):format(rev + 1)
@@ -80,8 +86,16 @@ return function(Client, E)
         return { key = key, value = value, create_revision = h.revision, mod_revision = h.revision, version = 1,
           lease = lease or 0 }, nil, h
       end
+      -- Again at once with the answer's revision, which is fresh; every second conflict
+      -- pauses first (jittered, so contenders that lost together part) and then reads the
+      -- revision again: after a pause the answer's is stale, and any append made meanwhile
+      -- would fail the attempt for certain (a contender that backed off lost every round).
       rev = h.revision
-      if attempt <= retries then sched.sleep(backoff:delay()) end
+      if attempt <= retries and attempt % 2 == 0 then
+        sched.sleep(backoff:delay())
+        rev, err = mark_read()
+        if not rev then return nil, err end
+      end
     end
     return nil, errors.new("conflict", ("append to %q: %d attempts conflicted"):format(prefix, retries + 1),
       { attempts = retries + 1 })
