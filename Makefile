@@ -20,7 +20,12 @@ PKG_CFLAGS = $(shell pkg-config --cflags lua5.4 libuv libcares)
 PKG_LIBS   = $(shell pkg-config --libs libuv libcares)
 CURL_CFLAGS = $(shell pkg-config --cflags libcurl)
 CURL_LIBS   = $(shell pkg-config --libs libcurl)
-BUSTED   := $(LUA) /usr/bin/busted
+BUSTED   := $(LUA) /usr/bin/busted --helper=$(CURDIR)/spec/current_test.lua
+# Every spec run goes through spec/stall_guard.sh: a run whose output stops for STALL seconds
+# is reported (the test, the C stacks, the sockets) and stopped, so a hang fails instead of
+# holding the run.
+STALL    ?= 600
+GUARD     = $(CURDIR)/spec/stall_guard.sh $(STALL) env
 SPEC_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(1)/?.so;;" COORD_PEER="$(CURDIR)/build/peer$(2)"
 SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -80,7 +85,7 @@ build/peer-asan: spec/peer/peer.c
 # hang intermittently after a server restart (doc/grpc.md, "Testing both transports").
 test: deps
 	@$(MAKE) --no-print-directory build build/peer build/host
-	$(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
+	$(GUARD) $(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
 	@$(MAKE) --no-print-directory test-curl8 SPEC="--exclude-pattern=soak_spec --exclude-pattern=rock_spec spec"
 
 # make test-grpc: the etcd specs and the examples again on libcurl 8.14.1, their clients on
@@ -97,11 +102,11 @@ test-grpc:
 SPEC ?= spec
 test-curl8: deps
 	@$(MAKE) --no-print-directory build/curl8/coord/core.so build/peer build/host
-	$(call SPEC_ENV,build/curl8,) COORD_EXPECT_CURL=8.14.1 $(BUSTED) --output=utfTerminal $(SPEC)
+	$(GUARD) $(call SPEC_ENV,build/curl8,) COORD_EXPECT_CURL=8.14.1 $(BUSTED) --output=utfTerminal $(SPEC)
 
 asan: deps
 	@$(MAKE) --no-print-directory build/asan/coord/core.so build/peer-asan build/host
-	$(call SPEC_ENV,build/asan,-asan) LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	$(GUARD) $(call SPEC_ENV,build/asan,-asan) LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(BUSTED) --output=utfTerminal spec
 
@@ -109,7 +114,7 @@ asan: deps
 # slowdown they cannot hold, so make valgrind runs every other spec (make asan runs the soak).
 valgrind: deps
 	@$(MAKE) --no-print-directory build build/peer build/host
-	$(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" \
+	$(GUARD) $(call SPEC_ENV,.,) COORD_TEST_WRAPPER="$(VALGRIND)" \
 	  $(VALGRIND) $(BUSTED) --output=utfTerminal --exclude-pattern=soak_spec spec
 
 demo: deps
