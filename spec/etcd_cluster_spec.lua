@@ -299,8 +299,8 @@ describe("coord.etcd on a three-member cluster", function()
     local lease = assert(m3:grant(60))
     local w <close> = m3:watch("part/k", { start_revision = 1 })
     assert.equal("before", assert(w:next()).kv.value)
-    server.members[1].proc:send("STOP")
-    server.members[2].proc:send("STOP")
+    server.members[1].proc:pause()
+    server.members[2].proc:pause()
     local resumed = false
     local function resume_others()
       if resumed then return end

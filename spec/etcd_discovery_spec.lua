@@ -57,7 +57,7 @@ describe("coord.dns and etcd discovery", function()
     }
     -- a DNS server that never answers: dnsmasq stopped, its socket bound and unread
     stalled = servers.dnsmasq {}
-    stalled.proc:send("STOP")
+    stalled.proc:pause()
   end)
 
   teardown(function()

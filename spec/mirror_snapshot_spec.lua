@@ -162,7 +162,7 @@ for _, name in ipairs { "etcd", "consul" } do
         -- a paused server accepts connections and answers nothing: the mirror waits
         -- snapshot_after for it, then takes the file
         local proc = b.proc(srv)
-        proc:send("STOP")
+        proc:pause()
         local paused <close> = setmetatable({}, { __close = function() proc:send("CONT") end })
         local seen, hook = recorder()
         local m <close> = coord.mirror(b.client(srv), "d/", { snapshot = path, on_change = hook,
@@ -194,7 +194,7 @@ for _, name in ipairs { "etcd", "consul" } do
         local vb, tb = b.version(c, "v/b")
         local path = write(encode(name, "v/", { { "v/a", "from file", va, ta }, { "v/b", "same", vb, tb } }))
         local proc = b.proc(srv)
-        proc:send("STOP")
+        proc:pause()
         local paused <close> = setmetatable({}, { __close = function() proc:send("CONT") end })
         local seen, hook = recorder()
         local m <close> = coord.mirror(b.client(srv), "v/", { snapshot = path, on_change = hook,

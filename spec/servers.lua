@@ -103,6 +103,23 @@ function Proc:send(sig)
   if self.p then os.execute("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null") end
 end
 
+--- Sends SIGSTOP and waits until every thread of the process has stopped: kill() returns
+--- when the signal is queued, and a thread busy on another core (a reply half written)
+--- stops only when it next enters the kernel.
+function Proc:pause()
+  self:send("STOP")
+  M.until_true("process " .. self.pid .. " stopped", function()
+    local ls = io.popen("cat /proc/" .. self.pid .. "/task/*/stat 2>/dev/null")
+    local out = ls:read("a")
+    ls:close()
+    if out == "" then return true end -- gone: until_true's caller finds out
+    for state in out:gmatch("%d+ %b() (%a)") do
+      if state ~= "T" and state ~= "t" then return false end
+    end
+    return true
+  end, 10)
+end
+
 function Proc:stop() self:signal("TERM") end
 function Proc:kill() self:signal("KILL") end
 Proc.__gc = Proc.stop
