@@ -14,7 +14,8 @@ static coord_loop *loop_open(void) {
     return NULL;
   }
   /* uv_timer_init only fills in the handle: it cannot fail, but says so in its result */
-  if (uv_timer_init(&lp->uv, &lp->curl_timer) != 0 || uv_timer_init(&lp->uv, &lp->wake_timer) != 0) {
+  if (uv_timer_init(&lp->uv, &lp->curl_timer) != 0 || uv_timer_init(&lp->uv, &lp->wake_timer) != 0 ||
+      uv_timer_init(&lp->uv, &lp->watchdog) != 0) {
     if (uv_loop_close(&lp->uv) == 0) free(lp);
     return NULL;
   }
@@ -52,6 +53,7 @@ void coord_loop_destroy(coord_loop *lp) {
   coord_multi_close_socks(lp);
   uv_close((uv_handle_t *)&lp->curl_timer, NULL);
   uv_close((uv_handle_t *)&lp->wake_timer, NULL);
+  uv_close((uv_handle_t *)&lp->watchdog, NULL);
   uv_run(&lp->uv, UV_RUN_DEFAULT); /* runs the close callbacks; its result says nothing more */
   if (uv_loop_close(&lp->uv) != 0) return;
   free(lp);

@@ -19,6 +19,7 @@ struct coord_loop {
   uv_loop_t uv;
   uv_timer_t curl_timer; /* curl's own timeout (CURLMOPT_TIMERFUNCTION) */
   uv_timer_t wake_timer; /* bounds a blocking poll */
+  uv_timer_t watchdog;   /* ends requests past their timeout (watchdog.c) */
   CURLM *multi;
   coord_req *active;     /* requests added to the multi handle (doubly linked, track.c) */
   unsigned nactive;

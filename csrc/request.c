@@ -461,6 +461,7 @@ static int req_new(lua_State *L) {
     return failed_start(L, lp, r, "curl_multi_add_handle", curl_multi_strerror(mrc));
   }
   coord_track_activate(lp, r, e);
+  coord_watchdog_arm(lp, r, o.timeout_ms);
   lua_pushvalue(L, 2);
   return 1;
 }

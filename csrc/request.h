@@ -37,6 +37,8 @@ struct coord_req {
   coord_buf hdrs;        /* header lines of the final response */
   coord_buf send;        /* streamed request body not yet taken by curl */
   char *errbuf;          /* CURLOPT_ERRORBUFFER (malloc'd): kept only when the transfer failed */
+  uint64_t deadline;     /* watchdog.c: ms (uv_hrtime) after which coord ends it; 0 = none */
+  unsigned long timeout_ms; /* the request's timeout, for the watchdog's message */
   /* from here on: storage, not state; the request's constructor zeroes only what comes before */
   char body_inline[COORD_INLINE];  /* a typical reply fits here: no allocation */
   char hdrs_inline[COORD_INLINE];
@@ -55,5 +57,8 @@ size_t coord_req_on_write(char *p, size_t size, size_t nmemb, void *ud);
 size_t coord_req_on_header(char *p, size_t size, size_t nmemb, void *ud);
 size_t coord_req_on_read(char *p, size_t size, size_t nmemb, void *ud);
 int coord_req_on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port);
+
+/* watchdog.c */
+void coord_watchdog_arm(coord_loop *lp, coord_req *r, long timeout_ms);
 
 #endif
