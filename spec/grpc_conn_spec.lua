@@ -124,3 +124,38 @@ for _, mode in ipairs(via.h2c and { "h2c", "tls" } or {}) do
     end))
   end)
 end
+
+-- libcurl 8.14 parks a request with pipewait while an idle HTTP/2 connection to its host has
+-- not yet seen a reply, and a parked request is outside libcurl's timeout handling: coord's
+-- watchdog (csrc/watchdog.c) ends it by its timeout. (coord.grpc no longer leaves such a
+-- connection behind, see etcd_grpc_spec; this makes one on purpose.)
+for _, _ in ipairs(via.h2c and { 1 } or {}) do
+  describe("coord.http beside an HTTP/2 connection that never answered, etcd 3.5", function()
+    local srv
+    setup(function() srv = servers.etcd { version = "3.5" } end)
+    teardown(function() if srv then srv:stop() end end)
+
+    it("ends a request libcurl parks waiting for that connection by the request's timeout", co(function()
+      local req = { url = srv.endpoint .. "/grpc.health.v1.Health/Check", method = "POST", body = "\0\0\0\0\0",
+        headers = { "Content-Type: application/grpc", "TE: trailers" }, http_version = "2-prior-knowledge",
+        pipewait = true, resend = true,
+        address_scope = 0x7fff0001 } -- (a connection group of its own: no other test's connection)
+      local proc = srv.members[1].proc
+      proc:pause() -- its kernel accepts the connection; etcd answers only after SIGCONT
+      req.timeout = 0.5
+      local res, err = http.request(req)
+      proc:send("CONT")
+      assert.is_nil(res)
+      assert.equal("timeout", err.kind, tostring(err))
+      req.timeout = 1
+      local t0 = coord.now()
+      res, err = coord.timeout(20, http.request, req)
+      local took = coord.now() - t0
+      assert.is_nil(res)
+      assert.equal("timeout", err.kind, tostring(err))
+      assert.matches("still waiting for a connection, never sent", err.message, 1, true)
+      assert.is_false(err.maybe_applied or false)
+      assert.is_true(took < 3.5, "ended after " .. took .. " s")
+    end))
+  end)
+end
