@@ -204,6 +204,36 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
     end))
   end)
 
+  describe("transport grpc after a call timed out on etcd " .. version, function()
+    local srv
+    setup(function() srv = servers.etcd { version = version } end)
+    teardown(function() if srv then srv:stop() end end)
+
+    it("sends the next calls on a new connection, not after the one that never answered", co(function()
+      local c = etcd_mod.new { endpoints = { srv.endpoint }, transport = "grpc", timeout = 3 }
+      local proc = srv.members[1].proc
+      -- stopped, etcd's kernel still accepts the client's first connections: the put's probe
+      -- and then the put time out on them before any reply
+      proc:pause()
+      local ok, err = c:put("g/a", "1")
+      proc:send("CONT")
+      assert.is_nil(ok)
+      assert.is_true(err.kind == "timeout" or err.cause == "timeout", tostring(err))
+      -- etcd answers those connections now, and no one reads them: libcurl 8.14 made every
+      -- later call wait for one of them to see a reply, with no timeout to end the wait.
+      -- The endpoint backs off after its failure: "unavailable" until it is tried again.
+      local ok2, err2
+      servers.until_true("a put after the endpoint's backoff", function()
+        ok2, err2 = coord.timeout(10, c.put, c, "g/b", "2")
+        return ok2 or err2.kind ~= "unavailable"
+      end, 20)
+      assert.is_true(ok2, tostring(err2))
+      local kv, gerr = coord.timeout(20, c.get, c, "g/b")
+      assert.is_nil(gerr)
+      assert.equal("2", kv.value)
+    end))
+  end)
+
   describe("transport grpc write safety on etcd " .. version, function()
     local victim, other
     local tls = false
