@@ -80,13 +80,13 @@ build/peer-asan: spec/peer/peer.c
 	$(CC) -std=gnu11 -O1 -g $(SAN) $(WARN) -pthread -o $@ $<
 
 # make test: the whole suite on the system's libcurl (7.88.1), then again on libcurl 8.14.1
-# (test-curl8, without the soak and the rockspec install, which builds on the system's). The
-# gRPC pass of every etcd spec (test-grpc) is not part of it yet: run in one process, it can
-# hang intermittently after a server restart (doc/grpc.md, "Testing both transports").
+# (test-curl8, without the soak and the rockspec install, which builds on the system's), then
+# the etcd specs once more on 8.14.1 with their clients on transport "grpc" (test-grpc).
 test: deps
 	@$(MAKE) --no-print-directory build build/peer build/host
 	$(GUARD) $(call SPEC_ENV,.,) $(BUSTED) --output=utfTerminal spec
 	@$(MAKE) --no-print-directory test-curl8 SPEC="--exclude-pattern=soak_spec --exclude-pattern=rock_spec spec"
+	@$(MAKE) --no-print-directory test-grpc
 
 # make test-grpc: the etcd specs and the examples again on libcurl 8.14.1, their clients on
 # transport "grpc" (spec/etcd_client.lua reads COORD_SPEC_ETCD_TRANSPORT; etcd_grpc_spec sets
