@@ -104,7 +104,6 @@ local function regroup(key)
   groups[key] = ((groups[key] or 0) + 1) % 0x10000
   last_reply[key] = nil
 end
-M._groups = groups
 
 local function probe(target, req, timeout)
   local key = pool_key(target)
