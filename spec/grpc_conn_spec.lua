@@ -157,5 +157,26 @@ for _, _ in ipairs(via.h2c and { 1 } or {}) do
       assert.is_false(err.maybe_applied or false)
       assert.is_true(took < 3.5, "ended after " .. took .. " s")
     end))
+
+    it("moves the next requests to a new connection after one timed out beside it", co(function()
+      -- the same, with coord.http's own grouping (no address_scope given): the connection the
+      -- first request left is never seen by the next, which is answered
+      local req = { url = srv.endpoint .. "/grpc.health.v1.Health/Check", method = "POST", body = "\0\0\0\0\0",
+        headers = { "Content-Type: application/grpc", "TE: trailers" }, http_version = "2-prior-knowledge",
+        pipewait = true, resend = true }
+      local proc = srv.members[1].proc
+      proc:pause()
+      req.timeout = 0.5
+      local res, err = http.request(req)
+      proc:send("CONT")
+      assert.is_nil(res)
+      assert.equal("timeout", err.kind, tostring(err))
+      assert.is_nil(req.address_scope) -- (the caller's table is not changed)
+      req.timeout = 5
+      res, err = coord.timeout(20, http.request, req)
+      assert.is_nil(err)
+      assert.equal(200, res.status)
+      assert.is_string(res:header("grpc-status")) -- (a gRPC answer, from etcd)
+    end))
   end)
 end

@@ -78,46 +78,15 @@ function M.suspect(target)
   last_reply[pool_key(target)] = nil
 end
 
--- libcurl 8.14 makes a transfer with CURLOPT_PIPEWAIT wait for an idle connection to its host
--- that has not yet seen a reply, and nothing ends that wait: no transfer reads the idle
--- connection, and a waiting transfer has no timeout. A call or probe that timed out before
--- any reply leaves exactly such a connection (a server just started, or stopped), after which
--- every later call to the target waited for ever. So a timeout moves the target's later
--- requests to a new connection group: a new address_scope, which is part of the key libcurl
--- groups connections by and does nothing else for an IPv4 address or a host name (a URL with
--- an IPv6 zone keeps its own). The connection left behind is closed by libcurl once idle
--- for its maximum age; streams already on it go on.
-local groups = {} -- pool key -> the target's connection group (0 at first)
-local GROUP_BASE = 0x10000 -- above the scopes coord uses elsewhere (the watch hub's 1)
-
-local function scope_of(target, key)
-  local g = groups[key]
-  if not g or target.url:find("%", 1, true) then return nil end
-  return GROUP_BASE + g
-end
-
-local function timed_out(err)
-  return err.kind == "timeout" or err.cause == "timeout"
-end
-
-local function regroup(key)
-  groups[key] = ((groups[key] or 0) + 1) % 0x10000
-  last_reply[key] = nil
-end
-
 local function probe(target, req, timeout)
   local key = pool_key(target)
   local p = { url = target.url .. PROBE, method = "POST", body = M.frame(""),
     headers = { "Content-Type: application/grpc", "TE: trailers" }, timeout = timeout, tls = req.tls,
     unix_socket = req.unix_socket, connect_to = req.connect_to, http_version = req.http_version,
-    address_scope = scope_of(target, key), pipewait = true, resend = true }
+    pipewait = true, resend = true } -- (pipewait: after a timeout, coord.http moves it on)
   local res, err = http.request(p)
   if not res and broken(err) then res, err = http.request(p) end
-  if res then
-    last_reply[key] = now()
-  elseif timed_out(err) then
-    regroup(key)
-  end
+  if res then last_reply[key] = now() end
 end
 
 local function protocol(message, fields)
@@ -158,7 +127,6 @@ function M.call(target, method, msg, opts)
     probe(target, req, math.min(timeout / 2, 1))
     req.timeout = math.max(timeout - (now() - t0), 0.001)
   end
-  req.address_scope = scope_of(target, key) -- (after the probe, which may have moved it)
   local res, err = http.request(req)
   if not res and broken(err) then
     if opts.resend then
@@ -170,7 +138,6 @@ function M.call(target, method, msg, opts)
   if not res then
     -- a reply not long ago does not vouch for the connection any more
     last_reply[key] = nil
-    if timed_out(err) then regroup(key) end
     return nil, err
   end
   last_reply[key] = now()
@@ -226,7 +193,6 @@ function M.open(target, method, opts)
     url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata),
     timeout = opts.timeout, buffer = opts.buffer,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
-    address_scope = scope_of(target, pool_key(target)),
     http_version = "2-prior-knowledge", pipewait = true, -- HTTP/2 only, as call's
   }
   return setmetatable({ s = s, url = url, buf = "", pos = 1, target = target }, Stream)
@@ -235,7 +201,6 @@ end
 function Stream:_fail(err)
   self.err = err
   if err.kind ~= "grpc" and err.kind ~= "protocol" then M.suspect(self.target) end
-  if not self.status and timed_out(err) then regroup(pool_key(self.target)) end
   self.s:close()
   return nil, err
 end

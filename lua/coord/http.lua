@@ -64,7 +64,9 @@ end
 --- opts: url (required), method, headers, body, timeout (30 s; 0 = none), connect_timeout
 --- (10 s), tls = {ca_file, ca_path, cert_file, key_file, key_password, verify = true,
 --- verify_host}, unix_socket, connect_to (list of "HOST:PORT:TO-HOST:TO-PORT"), http_version ("1.1", "2", "2tls", ...), pipewait, max_body,
---- address_scope (an IPv6 scope id; requests with different ones never share a connection),
+--- address_scope (an IPv6 scope id; requests with different ones never share a connection;
+--- a pipewait request without one that times out before any reply moves its origin's later
+--- ones to a new connection),
 --- expect (a status or list of statuses; any other is an "http" error), resend (libcurl may
 --- send the request again when a reused connection died before any reply; default true
 --- for GET and HEAD only).
@@ -74,6 +76,63 @@ end
 -- that ended another way (its coroutine closed, the request canceled) is not kept.
 local spare, nspare = {}, 0
 local SPARE_MAX = 64
+
+-- Connection groups. libcurl 8.14 makes a transfer with CURLOPT_PIPEWAIT wait, with no
+-- timeout, for an idle HTTP/2 connection to its host that has not seen a reply yet, and
+-- nothing ends that wait: no transfer reads the idle connection. A pipewait request that timed
+-- out before any reply leaves exactly such a connection (its server just started, stopped or
+-- overloaded), after which every later pipewait request to that origin waited for ever (the
+-- watchdog of csrc/watchdog.c now ends each by its timeout, but they would all still fail).
+-- So such a timeout moves the origin's later pipewait requests to a new connection group: a
+-- new address_scope, which is part of the key libcurl groups connections by and does nothing
+-- else for an IPv4 address or a host name. Requests that set address_scope themselves, and
+-- URLs with an IPv6 zone (which need theirs), keep libcurl's grouping. The connection left
+-- behind is closed by libcurl once idle for its maximum age; streams already on it go on.
+local groups, moved = {}, false -- origin -> its group (absent: 0); moved: any group is not 0
+local GROUP_BASE = 0x10000 -- above the scopes coord uses elsewhere (the watch hub's 1)
+
+local function groupable(opts)
+  local url = opts.url
+  return opts.pipewait and opts.address_scope == nil and type(url) == "string" and not url:find("%", 1, true)
+end
+
+-- What libcurl's connection key holds besides the scope: scheme, host, port, socket, redirect.
+local function origin(opts)
+  local o = opts.url:match("^[^:/?#]*://[^/?#]*") or opts.url
+  local us, ct = opts.unix_socket, opts.connect_to
+  if us or ct then
+    o = o .. "|" .. tostring(us) .. "|" .. (type(ct) == "table" and table.concat(ct, ",") or "")
+  end
+  return o
+end
+
+-- The origin a request is grouped by, or nil for a request not grouped.
+local function group_key(opts)
+  return groupable(opts) and origin(opts) or nil
+end
+
+-- The address_scope of an origin's group; nil for group 0.
+local function group_scope(key)
+  local g = key and groups[key]
+  return g and GROUP_BASE + g
+end
+
+-- A grouped request sent with scope timed out (a stream: before its reply's headers, a
+-- plain request: perhaps before them, as when parked): unless its origin moved on
+-- since (one of many requests timed out together), move it to the next group.
+local function timed_out(key, scope)
+  if not key then return end
+  local g = groups[key] or 0
+  if (scope and scope - GROUP_BASE or 0) == g then
+    groups[key], moved = (g + 1) % 0x10000, true
+  end
+end
+
+local function copy(t)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  return o
+end
 
 -- The exchange of M.request without its Response table: status, raw header block, body; or
 -- nil, err. For the clients' hot paths, which may read the reply without one (opts: a table).
@@ -87,9 +146,16 @@ local function exchange(opts)
     -- every field a wait sets is created here, so the table is sized once
     w = setmetatable({ cancel = cancel_request, ud = false, co = false, done = false, taken = false }, waiter)
   end
-  w.ud = request(opts, w, w.ud or nil)
+  local scope = moved and group_scope(group_key(opts))
+  local o = opts
+  if scope then
+    o = copy(opts) -- (a caller's table, a constant perhaps, is never changed)
+    o.address_scope = scope
+  end
+  w.ud = request(o, w, w.ud or nil)
   wait(w)
   local status, raw, body, maybe_applied, cause = w.ud:result()
+  if not status and (raw == "timeout" or cause == "timeout") then timed_out(group_key(opts), scope or nil) end
   if nspare < SPARE_MAX then
     w.co, w.a, w.b = false, nil, nil -- a spare keeps no coroutine alive
     nspare = nspare + 1
@@ -120,13 +186,10 @@ local function with(opts, method, url, body)
   if type(url) ~= "string" then
     error("bad argument #1 to '" .. method:lower() .. "' (string expected, got " .. type(url) .. ")", 3)
   end
-  local o = {}
-  if opts then
-    if type(opts) ~= "table" then
-      error("bad argument #" .. (body and 3 or 2) .. " to '" .. method:lower() .. "' (table or nil expected, got " .. type(opts) .. ")", 3)
-    end
-    for k, v in pairs(opts) do o[k] = v end
+  if opts and type(opts) ~= "table" then
+    error("bad argument #" .. (body and 3 or 2) .. " to '" .. method:lower() .. "' (table or nil expected, got " .. type(opts) .. ")", 3)
   end
+  local o = opts and copy(opts) or {}
   o.method, o.url, o.body = method, url, body
   return o
 end
@@ -169,15 +232,18 @@ function M.stream(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'stream' (table expected, got " .. type(opts) .. ")", 2)
   end
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
+  local o = copy(opts)
   o.stream = true
-  local self = setmetatable({ stream = true, method = method_of(o), url = o.url }, Stream)
+  local key = group_key(o)
+  local scope = group_scope(key)
+  if scope then o.address_scope = scope end
+  local self = setmetatable({ stream = true, method = method_of(o), url = o.url, group = key, scope = scope }, Stream)
   self.ud = request(o, self)
   return self
 end
 
 function Stream:_fail(kind, message, maybe_applied, cause)
+  if not self.status and (kind == "timeout" or cause == "timeout") then timed_out(self.group, self.scope) end
   local e = errors.new(kind, message, { method = self.method, url = self.url,
     maybe_applied = maybe_applied or nil, cause = cause })
   self.error = e
