@@ -8,6 +8,7 @@
 #include <math.h>
 #include "buffer.h"
 #include "json.h"
+#include "jsonlex.h"
 
 #define MAX_DEPTH 512
 
@@ -22,18 +23,15 @@ static int fail(decoder *d, const char *what) {
 }
 
 static void skip_ws(decoder *d) {
-  while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t')) d->p++;
+  d->p = coord_json_ws(d->p, d->end);
 }
 
-static int hex4(decoder *d, const char *p) {
-  int v = 0;
+/* The value of four hex digits coord_json_string has checked. */
+static unsigned hex4(const char *p) {
+  unsigned v = 0;
   for (int i = 0; i < 4; i++) {
     char c = p[i];
-    v <<= 4;
-    if (c >= '0' && c <= '9') v |= c - '0';
-    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-    else return fail(d, "bad \\u escape");
+    v = v << 4 | (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
   }
   return v;
 }
@@ -51,103 +49,65 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
   luaL_addlstring(b, u, (size_t)n);
 }
 
-/* 1 for a byte that stands for itself inside a string; 0 for '"', '\\' and control
-   characters. One lookup per byte in the scan for the end of a string. */
-static const unsigned char plain_byte[256] = {
-    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
-    1,1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-};
-
 /* d->p is just past the opening quote. */
 static void decode_string(decoder *d) {
-  const char *s = d->p;
-  while (s < d->end && plain_byte[(unsigned char)*s]) s++;
-  if (s < d->end && *s == '"') { /* the common case: no escapes */
-    lua_pushlstring(d->L, d->p, (size_t)(s - d->p));
-    d->p = s + 1;
+  int escaped;
+  const char *at, *why;
+  const char *q = coord_json_string(d->p, d->end, &escaped, &at, &why);
+  if (q == NULL) {
+    d->p = at;
+    fail(d, why);
+  }
+  if (!escaped) { /* the common case */
+    lua_pushlstring(d->L, d->p, (size_t)(q - d->p));
+    d->p = q + 1;
     return;
   }
+  /* every escape between d->p and q is a valid one */
   luaL_Buffer b;
   luaL_buffinit(d->L, &b);
-  luaL_addlstring(&b, d->p, (size_t)(s - d->p));
-  d->p = s;
-  for (;;) {
-    if (d->p >= d->end) fail(d, "unterminated string");
-    unsigned char c = (unsigned char)*d->p;
-    if (c == '"') break;
-    if (c < 0x20) fail(d, "control character in string");
-    if (c != '\\') {
-      luaL_addchar(&b, (char)c);
-      d->p++;
-      continue;
-    }
-    if (d->end - d->p < 2) fail(d, "unterminated escape");
-    char e = d->p[1];
-    d->p += 2;
+  const char *p = d->p;
+  while (p < q) {
+    const char *bs = memchr(p, '\\', (size_t)(q - p));
+    if (bs == NULL) bs = q;
+    luaL_addlstring(&b, p, (size_t)(bs - p));
+    if (bs == q) break;
+    char e = bs[1];
+    p = bs + 2;
     switch (e) {
-      case '"': luaL_addchar(&b, '"'); break;
-      case '\\': luaL_addchar(&b, '\\'); break;
-      case '/': luaL_addchar(&b, '/'); break;
       case 'b': luaL_addchar(&b, '\b'); break;
       case 'f': luaL_addchar(&b, '\f'); break;
       case 'n': luaL_addchar(&b, '\n'); break;
       case 'r': luaL_addchar(&b, '\r'); break;
       case 't': luaL_addchar(&b, '\t'); break;
       case 'u': {
-        if (d->end - d->p < 4) fail(d, "bad \\u escape");
-        unsigned cp = (unsigned)hex4(d, d->p);
-        d->p += 4;
-        if (cp >= 0xD800 && cp < 0xDC00 && d->end - d->p >= 6 && d->p[0] == '\\' && d->p[1] == 'u') {
-          unsigned lo = (unsigned)hex4(d, d->p + 2);
+        unsigned cp = hex4(p);
+        p += 4;
+        if (cp >= 0xD800 && cp < 0xDC00 && q - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+          unsigned lo = hex4(p + 2);
           if (lo >= 0xDC00 && lo < 0xE000) {
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            d->p += 6;
+            p += 6;
           }
         }
         add_utf8(&b, cp);
         break;
       }
-      default: d->p -= 2; fail(d, "bad escape");
+      default: luaL_addchar(&b, e); break; /* '"', '\\' and '/' stand for themselves */
     }
   }
-  d->p++;
+  d->p = q + 1;
   luaL_pushresult(&b);
 }
 
 static void decode_number(decoder *d) {
-  const char *s = d->p;
-  int neg = 0, integral = 1;
-  if (s < d->end && *s == '-') neg = 1, s++;
-  if (s >= d->end || *s < '0' || *s > '9') fail(d, "bad number");
-  if (*s == '0' && s + 1 < d->end && s[1] >= '0' && s[1] <= '9') fail(d, "leading zero");
-  uint64_t v = 0;
-  int overflow = 0;
-  for (; s < d->end && *s >= '0' && *s <= '9'; s++) {
-    unsigned dig = (unsigned)(*s - '0');
-    if (v > (UINT64_MAX - dig) / 10) overflow = 1;
-    else v = v * 10 + dig;
-  }
-  if (s < d->end && *s == '.') {
-    integral = 0;
-    s++;
-    if (s >= d->end || *s < '0' || *s > '9') fail(d, "bad fraction");
-    while (s < d->end && *s >= '0' && *s <= '9') s++;
-  }
-  if (s < d->end && (*s == 'e' || *s == 'E')) {
-    integral = 0;
-    s++;
-    if (s < d->end && (*s == '+' || *s == '-')) s++;
-    if (s >= d->end || *s < '0' || *s > '9') fail(d, "bad exponent");
-    while (s < d->end && *s >= '0' && *s <= '9') s++;
-  }
-  if (integral && !overflow && (!neg || v <= (uint64_t)INT64_MAX + 1)) {
-    lua_pushinteger(d->L, neg ? (lua_Integer)(0 - v) : (lua_Integer)v);
+  int exact = 0;
+  int64_t v = 0;
+  const char *why = "";
+  const char *s = coord_json_number(d->p, d->end, &exact, &v, &why);
+  if (s == NULL) fail(d, why);
+  if (exact) {
+    lua_pushinteger(d->L, (lua_Integer)v);
   } else {
     char buf[64], *tmp = buf;
     size_t n = (size_t)(s - d->p);
@@ -162,8 +122,9 @@ static void decode_number(decoder *d) {
 }
 
 static int literal(decoder *d, const char *word, size_t n) {
-  if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0) return 0;
-  d->p += n;
+  const char *p = coord_json_literal(d->p, d->end, word, n);
+  if (p == NULL) return 0;
+  d->p = p;
   return 1;
 }
 

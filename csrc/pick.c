@@ -9,6 +9,7 @@
 #include <string.h>
 #include "codec.h"
 #include "pick.h"
+#include "jsonlex.h"
 
 #define MAX_NODES 32
 #define MAX_SLOTS 16
@@ -104,94 +105,36 @@ static int json_picker(lua_State *L) {
 }
 
 static void skip_ws(scan *s) {
-  while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t')) s->p++;
-}
-
-/* A byte that needs no look inside a string: not '"', '\\' or a control character. */
-static const unsigned char plain[256] = {
-    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
-    1,1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
-};
-
-static int is_hex(char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+  s->p = coord_json_ws(s->p, s->end);
 }
 
 /* s->p is just past the opening quote; leaves it past the closing one. The string's text is
    [*str, *str + *len) when it has no escapes (*escaped = 0). 0 when it is not valid. */
 static int string_end(scan *s, const char **str, size_t *len, int *escaped) {
-  const char *p = s->p, *end = s->end;
-  *str = p;
-  *escaped = 0;
-  while (p < end) {
-    while (p < end && plain[(unsigned char)*p]) p++;
-    if (p >= end) break;
-    unsigned char c = (unsigned char)*p;
-    if (c == '"') {
-      *len = (size_t)(p - *str);
-      s->p = p + 1;
-      return 1;
-    }
-    if (c < 0x20) return 0;
-    if (c == '\\') {
-      *escaped = 1;
-      if (s->end - p < 2) return 0;
-      char e = p[1];
-      if (e == 'u') {
-        if (s->end - p < 6 || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]) || !is_hex(p[5])) return 0;
-        p += 6;
-        continue;
-      }
-      if (!strchr("\"\\/bfnrt", e) || e == '\0') return 0;
-      p += 2;
-      continue;
-    }
-    p++;
-  }
-  return 0;
+  const char *at, *why;
+  const char *q = coord_json_string(s->p, s->end, escaped, &at, &why);
+  if (q == NULL) return 0;
+  *str = s->p;
+  *len = (size_t)(q - s->p);
+  s->p = q + 1;
+  return 1;
 }
 
 /* A number as json.c reads it; *integer and *v when it is an integer json_decode makes exact. */
 static int number_end(scan *s, int *integer, lua_Integer *v) {
-  const char *p = s->p;
-  int neg = 0, integral = 1, overflow = 0;
-  uint64_t u = 0;
-  if (p < s->end && *p == '-') neg = 1, p++;
-  if (p >= s->end || *p < '0' || *p > '9') return 0;
-  if (*p == '0' && p + 1 < s->end && p[1] >= '0' && p[1] <= '9') return 0;
-  for (; p < s->end && *p >= '0' && *p <= '9'; p++) {
-    unsigned d = (unsigned)(*p - '0');
-    if (u > (UINT64_MAX - d) / 10) overflow = 1;
-    else u = u * 10 + d;
-  }
-  if (p < s->end && *p == '.') {
-    integral = 0;
-    p++;
-    if (p >= s->end || *p < '0' || *p > '9') return 0;
-    while (p < s->end && *p >= '0' && *p <= '9') p++;
-  }
-  if (p < s->end && (*p == 'e' || *p == 'E')) {
-    integral = 0;
-    p++;
-    if (p < s->end && (*p == '+' || *p == '-')) p++;
-    if (p >= s->end || *p < '0' || *p > '9') return 0;
-    while (p < s->end && *p >= '0' && *p <= '9') p++;
-  }
-  *integer = integral && !overflow && (!neg || u <= (uint64_t)INT64_MAX + 1);
-  *v = neg ? (lua_Integer)(0 - u) : (lua_Integer)u;
+  int64_t x;
+  const char *why;
+  const char *p = coord_json_number(s->p, s->end, integer, &x, &why);
+  if (p == NULL) return 0;
+  *v = (lua_Integer)x;
   s->p = p;
   return 1;
 }
 
 static int literal(scan *s, const char *word, size_t n) {
-  if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0) return 0;
-  s->p += n;
+  const char *p = coord_json_literal(s->p, s->end, word, n);
+  if (p == NULL) return 0;
+  s->p = p;
   return 1;
 }
 
