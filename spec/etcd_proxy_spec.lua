@@ -149,6 +149,21 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
       end
     end))
 
+    it("streams a snapshot through the proxy, which has no JSON gateway to send one", co(function()
+      for i = 1, 20 do assert(direct:put(("ps/%02d"):format(i), ("s"):rep(2000))) end
+      local path = server.dir .. "/through-proxy.db"
+      local res, err, header = c:snapshot(path)
+      assert.is_nil(err)
+      assert.equal("etcd.header", getmetatable(header).__name)
+      local data = assert(servers.read_file(path))
+      assert.equal(#data, res.size)
+      assert.is_true(res.size > 40000)
+      assert.equal(proxy.endpoint, res.endpoint)
+      local sum = require("coord.core").sha256():update(data:sub(1, -33)):digest()
+      assert.equal(data:sub(-32), sum) -- (the file ends with the SHA-256 of what comes before)
+      assert.equal(res.sha256, (sum:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)))
+    end))
+
     it("lists the proxy itself as the cluster's member (its --advertise-client-url)", co(function()
       local members = assert(c:members())
       assert.equal(1, #members)

@@ -15,8 +15,8 @@ local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64,
 local types, messages, enums = schema.types, schema.messages, schema.enums
 
 -- Each gateway path coord sends a unary call to, as its gRPC method and messages. The streams
--- are below: lease keepalive (`exchanges`) and watch (`watch_wire`); a path in neither
--- (snapshot) stays on the JSON gateway. The gateway's
+-- are below: lease keepalive (`exchanges`), snapshot (`snapshot`) and watch (`watch_wire`).
+-- The gateway's
 -- /v3/maintenance/transfer-leadership is the method MoveLeader.
 local calls = {
   ["/v3/kv/range"] = { "/etcdserverpb.KV/Range", "RangeRequest", "RangeResponse" },
@@ -212,6 +212,13 @@ local exchanges = {
 
 M.exchanges = exchanges
 
+local SNAPSHOT = "/v3/maintenance/snapshot"
+
+-- A stream's failure as the gateway's stream would have reported it.
+local function stream_classify(res, j, path)
+  return require("coord.etcd")._stream_error(res.status, j, nil, path)
+end
+
 local function exchange(self, t, c, msg, opts)
   local s <close> = grpc.open(t, c[1], { timeout = opts and opts.timeout or self.timeout, metadata = metadata(t) })
   local ok, err = s:send(msg)
@@ -261,15 +268,40 @@ function M.send(self, t, path, data, opts, classify)
   return j
 end
 
+--- Opens Maintenance/Snapshot on target t, a server stream, for the whole transfer to take at
+--- most timeout seconds: returns the stream (to close) and a reader of its messages, each
+--- {blob (bytes), remaining_bytes, header}; nil at the end; nil and an error classified as the
+--- gateway's would be. Or nil and an error when the stream cannot be opened.
+function M.snapshot(t, timeout)
+  if under_path(t.url) then return nil, errors.new("invalid", no_path(t.url), { path = SNAPSHOT }) end
+  if not M.h2c then return nil, errors.new("invalid", no_h2c(t.url), { path = SNAPSHOT }) end
+  local s = grpc.open(t, "/etcdserverpb.Maintenance/Snapshot", { timeout = timeout, metadata = metadata(t) })
+  local ok, err = s:send(pb_encode(types.SnapshotRequest, {}))
+  if not ok then
+    s:close()
+    return nil, err
+  end
+  s:close_send()
+  local function read()
+    local msg, rerr = s:recv()
+    if not msg then
+      if rerr then return nil, grpc_error(rerr, stream_classify, SNAPSHOT) end
+      return nil
+    end
+    local r, why = pb_decode(types.SnapshotResponse, msg)
+    if not r then return nil, errors.new("protocol", "etcd sent a malformed SnapshotResponse: " .. why) end
+    r.remaining_bytes = r.remaining_bytes or 0
+    return r
+  end
+  return s, read
+end
+
 ---------------------------------------------------------------------------------------------
 -- the watch hub's wire (coord.etcd.watch_hub): etcdserverpb.Watch/Watch, one bidirectional
 -- stream carrying every watch; requests and replies in the gateway's JSON shape
 
 local watch_wire = {}
 
-local function stream_classify(res, j, path)
-  return require("coord.etcd")._stream_error(res.status, j, nil, path)
-end
 M.watch_wire = watch_wire
 
 --- Opens the Watch stream to target t (as coord.etcd's _target gives it).

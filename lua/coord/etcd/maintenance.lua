@@ -49,51 +49,71 @@ local function dir_of(path)
   return dir or "."
 end
 
--- Copies one snapshot stream from target t into the open file f. Returns {size, sha256,
--- endpoint}, header, or nil and an error. The bytes go to the file as they arrive; all but
--- the last 32 are hashed, and the last 32 must be that hash.
-local function copy_snapshot(t, f, timeout)
-  local s <close> = http.stream {
+-- The snapshot stream of target t over the JSON gateway: the stream (to close) and a reader
+-- of its messages, each {blob (bytes), remaining_bytes, header}; nil at the end; nil, err.
+local function json_snapshot(t, timeout)
+  local s = http.stream {
     url = t.url .. SNAPSHOT_PATH, method = "POST", body = "{}", headers = t.headers, tls = t.tls,
     http_version = t.http_version, pipewait = t.pipewait, unix_socket = t.unix_socket,
     connect_to = t.connect_to, timeout = timeout,
   }
-  local status, err = s:response()
-  if not status then return nil, err end
-  if status ~= 200 then return nil, refusal(s, status) end
+  local function read()
+    if not s.status then
+      local status, err = s:response()
+      if not status then return nil, err end
+      if status ~= 200 then return nil, refusal(s, status) end
+    end
+    while true do
+      local line, err = s:read_line()
+      if not line then return nil, err end
+      if line ~= "" then
+        local j = json_decode(line)
+        if type(j) ~= "table" then
+          return nil, errors.new("protocol", "snapshot stream: invalid JSON: " .. line:sub(1, 200))
+        end
+        if j.error then return nil, stream_error(nil, j) end
+        local r = j.result
+        if type(r) == "table" then
+          local blob = r.blob and b64decode(r.blob)
+          if r.blob and not blob then return nil, errors.new("protocol", "snapshot stream: a blob that is not base64") end
+          return { blob = blob, remaining_bytes = int(r.remaining_bytes), header = r.header }
+        end
+      end
+    end
+  end
+  return s, read
+end
+
+-- Copies one snapshot stream (opened by open(t, timeout), json_snapshot's or the gRPC
+-- transport's) from target t into the open file f. Returns {size, sha256, endpoint}, header,
+-- or nil and an error. The bytes go to the file as they arrive; all but the last 32 are
+-- hashed, and the last 32 must be that hash.
+local function copy_snapshot(open, t, f, timeout)
+  local s, read = open(t, timeout)
+  if not s then return nil, read end
+  local _ <close> = s
   local h, tail, size, header, last = core.sha256(), "", 0, nil, nil
   while true do
-    local line, rerr = s:read_line()
-    if not line then
-      if rerr then return nil, rerr end
+    local r, err = read()
+    if not r then
+      if err then return nil, err end
       break
     end
-    if line ~= "" then
-      local j = json_decode(line)
-      if type(j) ~= "table" then
-        return nil, errors.new("protocol", "snapshot stream: invalid JSON: " .. line:sub(1, 200))
-      end
-      if j.error then return nil, stream_error(nil, j) end
-      local r = j.result
-      if type(r) == "table" then
-        header = header or r.header
-        local blob = r.blob and b64decode(r.blob)
-        if r.blob and not blob then return nil, errors.new("protocol", "snapshot stream: a blob that is not base64") end
-        if blob and blob ~= "" then
-          local ok, werr = f:write(blob)
-          if not ok then return nil, errors.new("io", "snapshot: " .. tostring(werr)) end
-          size = size + #blob
-          local both = tail .. blob
-          if #both > SUM_SIZE then
-            h:update(both:sub(1, #both - SUM_SIZE))
-            tail = both:sub(-SUM_SIZE)
-          else
-            tail = both
-          end
-        end
-        last = int(r.remaining_bytes)
+    header = header or r.header
+    local blob = r.blob
+    if blob and blob ~= "" then
+      local ok, werr = f:write(blob)
+      if not ok then return nil, errors.new("io", "snapshot: " .. tostring(werr)) end
+      size = size + #blob
+      local both = tail .. blob
+      if #both > SUM_SIZE then
+        h:update(both:sub(1, #both - SUM_SIZE))
+        tail = both:sub(-SUM_SIZE)
+      else
+        tail = both
       end
     end
+    last = r.remaining_bytes
   end
   if last ~= 0 or size <= SUM_SIZE then
     return nil, errors.new("protocol", ("snapshot stream ended early (%d bytes)"):format(size))
@@ -214,7 +234,7 @@ return function(Client, E)
       if not t then return nil, err end
       local f, oerr = io.open(tmp, "wb")
       if not f then return nil, errors.new("io", "snapshot: " .. tostring(oerr)) end
-      local res, h = copy_snapshot(t, f, timeout)
+      local res, h = copy_snapshot(self.grpc and self.grpc.snapshot or json_snapshot, t, f, timeout)
       local ok, cerr = f:close()
       if res and not ok then res, h = nil, errors.new("io", "snapshot: " .. tostring(cerr)) end
       if res then
