@@ -307,6 +307,43 @@ for _, version in ipairs(via.h2c and { "3.4", "3.5" } or {}) do
         end)
       end)
 
+      it("renews 20 leases on one LeaseKeepAlive stream, closed when the last keeper stops", function()
+        run(function()
+          local c = client()
+          local KA = 'grpc_method="LeaseKeepAlive"'
+          local function metric(name) return srv:metric(name, 1, KA) or 0 end
+          local started, received = metric("grpc_server_started_total"), metric("grpc_server_msg_received_total")
+          local handled = metric("grpc_server_handled_total")
+          local keepers, ids = {}, {}
+          for i = 1, 20 do
+            ids[i] = assert(c:grant(2)).id
+            keepers[i] = c:keepalive(ids[i], { ttl = 2 })
+          end
+          -- each keeper renews every 2/3 s: wait for 60 renewals at etcd (3 per lease)
+          servers.until_true("60 keepalive requests at etcd", function()
+            return metric("grpc_server_msg_received_total") - received >= 60
+          end, 20)
+          assert.equal(1, metric("grpc_server_started_total") - started)
+          assert.equal(1, via._lease_streams(c))
+          for i = 1, 20 do
+            assert.is_nil(keepers[i].err)
+            assert.is_true(assert(c:time_to_live(ids[i])).ttl > 0)
+          end
+          -- the stream outlives a keeper, not the last one
+          keepers[1]:stop()
+          assert.equal(1, via._lease_streams(c))
+          for i = 2, 20 do keepers[i]:stop() end
+          assert.equal(0, via._lease_streams(c))
+          -- a lone keepalive_once uses a stream of its own, closed after its reply
+          assert.is_true(assert(c:keepalive_once(ids[1])) >= 1)
+          assert.equal(0, via._lease_streams(c))
+          assert.equal(2, metric("grpc_server_started_total") - started)
+          servers.until_true("etcd sees both streams end", function()
+            return metric("grpc_server_handled_total") - handled == 2
+          end, 10)
+        end)
+      end)
+
       it("runs locks and elections", function()
         run(function()
           local a, b = client(), client()

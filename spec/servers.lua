@@ -542,15 +542,18 @@ end
 -- etcd grpc-proxy (spec/etcd_proxy_spec.lua)
 
 --- The value of the metric `name` on etcd member i's /metrics (default 1), summed over its
---- label sets; nil when the member does not report it (or does not answer).
-function Etcd:metric(name, i)
+--- label sets (only those holding the text `labels`, when given, such as
+--- 'grpc_method="LeaseKeepAlive"'); nil when the member does not report it (or does not answer).
+function Etcd:metric(name, i, labels)
   local res = http.get(self.members[i or 1].url .. "/metrics", { timeout = 5, tls = self:client_tls(), http_version = "1.1" })
   if not (res and res.status == 200) then return nil end
   local sum
   for line in res.body:gmatch("[^\n]+") do
-    local n, _, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
+    local n, set, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
     if not n then n, v = line:match("^([%w_:]+) (%S+)$") end
-    if n == name then sum = (sum or 0) + assert(tonumber(v), line) end
+    if n == name and (not labels or (set and set:find(labels, 1, true))) then
+      sum = (sum or 0) + assert(tonumber(v), line)
+    end
   end
   return sum and (math.tointeger(sum) or sum)
 end

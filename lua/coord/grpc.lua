@@ -176,10 +176,19 @@ local function call_headers(timeout, md)
   return headers
 end
 
+--- Probes the connection to target as M.open does first: a call of its own (at most 1 s)
+--- whose outcome is ignored, made so that a dead pooled connection is found and replaced
+--- before a stream goes on it. For a caller that must open its stream without waiting.
+function M._probe(target)
+  probe(target, { tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
+    http_version = "2-prior-knowledge" }, 1)
+end
+
 --- Opens a bidirectional stream to method on target (as call's). opts: metadata (as call's),
 --- timeout (seconds for the whole stream, also sent as grpc-timeout; default none: a
---- long-lived stream), buffer (read-ahead bytes, as coord.http.stream's). Returns the stream
---- at once; a failure to connect shows on the first recv.
+--- long-lived stream), buffer (read-ahead bytes, as coord.http.stream's), probe (false: the
+--- caller has just called M._probe, so open does not wait). Returns the stream at once after
+--- the probe; a failure to connect shows on the first recv.
 function M.open(target, method, opts)
   opts = opts or {}
   local url = target.url .. method
@@ -187,8 +196,7 @@ function M.open(target, method, opts)
   -- requests go nowhere, no error comes, and no deadline ends a long-lived stream): probe
   -- first, always, not only an idle target as M.call does writes: a member killed and
   -- restarted within M.idle of the last reply (as the specs do) left the connection dead
-  probe(target, { tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
-    http_version = "2-prior-knowledge" }, 1)
+  if opts.probe ~= false then M._probe(target) end
   local s = http.stream {
     url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata),
     timeout = opts.timeout, buffer = opts.buffer,

@@ -106,7 +106,12 @@ end
 local Renewal = { __name = "coord.hold.renewal" }
 Renewal.__index = Renewal
 
+-- Calls r.running(false) once when the loop ends, however (a return, a cancel, an error).
+local Running = { __close = function(g) protected(g.running, false) end }
+
 local function renewal_loop(r)
+  if r.running then r.running(true) end
+  local _ <close> = r.running and setmetatable({ running = r.running }, Running) or nil
   local last = now()
   local pause, backoff = r.first, sched.backoff(BACKOFF, BACKOFF_MAX)
   while true do
@@ -141,14 +146,16 @@ end
 --- every (renew every ttl/every seconds), first (seconds before the first renewal, default
 --- ttl/every), renew(left) (one renewal whose timeout is `left`, the seconds until a whole
 --- TTL has passed since the last success; returns the new TTL or true, or nil, err), lost(err)
---- (called once from the loop's task, with an error of kind "lost"), what (for messages),
---- fields (copied into the lost error). After a failure it retries with a jittered backoff
+--- (called once from the loop's task, with an error of kind "lost"), running(up) (optional:
+--- called with true when the loop's task starts and with false when it ends, however it
+--- ends; never if it is stopped before it starts), what (for messages), fields (copied into
+--- the lost error). After a failure it retries with a jittered backoff
 --- (0.25 s doubling up to 1 s) until a whole TTL has passed since the last success; then, or
 --- at once on an error of kind "lost", it reports the loss and ends. Returns the renewal
 --- (r.task, r.ttl, r:stop()).
 function M.renewal(opts)
   local r = setmetatable({
-    ttl = opts.ttl, every = opts.every, renew = opts.renew, lost = opts.lost,
+    ttl = opts.ttl, every = opts.every, renew = opts.renew, lost = opts.lost, running = opts.running,
     what = opts.what, fields = opts.fields or {}, stopped = false,
   }, Renewal)
   r.first = opts.first or (r.ttl or 0) / r.every

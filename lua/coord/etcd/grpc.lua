@@ -4,6 +4,7 @@
 
 local core = require "coord.core"
 local grpc = require "coord.grpc"
+local sched = require "coord.sched"
 local errors = require "coord.errors"
 local schema = require "coord.etcd.pb_schema"
 local codes = require "coord.etcd.grpc_codes"
@@ -203,11 +204,12 @@ local function grpc_error(err, classify, path)
     path)
 end
 
--- The gateway's streaming calls that coord sends one request on and reads one reply from,
--- each as a gRPC stream opened for that one exchange; the reply in the gateway's shape of
--- a stream's line, {result = ...}.
+-- The gateway's streaming calls that coord sends one request on and reads one reply for:
+-- lease keepalives, on the client's LeaseKeepAlive streams (below); the reply in the
+-- gateway's shape of a stream's line, {result = ...}.
+local KEEPALIVE = "/etcdserverpb.Lease/LeaseKeepAlive"
 local exchanges = {
-  ["/v3/lease/keepalive"] = { "/etcdserverpb.Lease/LeaseKeepAlive", "LeaseKeepAliveRequest", "LeaseKeepAliveResponse" },
+  ["/v3/lease/keepalive"] = { KEEPALIVE, "LeaseKeepAliveRequest", "LeaseKeepAliveResponse" },
 }
 
 M.exchanges = exchanges
@@ -219,17 +221,180 @@ local function stream_classify(res, j, path)
   return require("coord.etcd")._stream_error(res.status, j, nil, path)
 end
 
-local function exchange(self, t, c, msg, opts)
-  local s <close> = grpc.open(t, c[1], { timeout = opts and opts.timeout or self.timeout, metadata = metadata(t) })
-  local ok, err = s:send(msg)
-  if not ok then return nil, err end
-  s:close_send()
-  local reply
-  reply, err = s:recv()
-  if not reply then
-    return nil, err or errors.new("closed", "gRPC stream " .. c[1] .. " ended without a reply", { url = t.url })
+---------------------------------------------------------------------------------------------
+-- lease keepalives: while any keeper (Client:keepalive) of a client runs, its renewals share
+-- one LeaseKeepAlive stream per target (endpoint, socket, redirect), as etcd's Go client
+-- does, instead of one stream (and a probe before it) per renewal. Requests go out as they
+-- come; etcd answers each in order with the lease's ID, which hands the reply to the oldest
+-- waiter for that ID. A stream that fails or ends fails its waiters (the pipeline then tries
+-- again, a keepalive being idempotent); one that gives a waiter no reply within its timeout
+-- is taken for dead and closed with its waiters, so the next renewal opens a new one. With no
+-- keeper running a stream is closed once its last reply is in: a lone keepalive_once costs
+-- one short stream, as before.
+
+local leases = setmetatable({}, { __mode = "k" }) -- client -> { keepers = n, streams = {key -> ls} }
+
+local function lease_state(self)
+  local st = leases[self]
+  if not st then
+    st = { keepers = 0, streams = {} }
+    leases[self] = st
   end
-  return reply
+  return st
+end
+
+local function target_key(t)
+  return t.url .. "|" .. tostring(t.unix_socket) .. "|" .. (t.connect_to and table.concat(t.connect_to, ",") or "")
+end
+
+-- Ends ls: closes its stream and wakes every waiter still waiting with err.
+local function lease_end(st, ls, err)
+  if ls.ended then return end
+  ls.ended = true
+  if st.streams[ls.key] == ls then st.streams[ls.key] = nil end
+  ls.s:close()
+  if ls.gone then sched.wake(ls.gone) end
+  local waiting = ls.waiting
+  ls.waiting, ls.n = {}, 0
+  for _, q in pairs(waiting) do
+    for _, w in ipairs(q) do sched.wake(w, nil, err) end
+  end
+end
+
+-- Whether ls is left with nothing to do: no reply awaited, and no keeper to use it again
+-- (or a newer stream took its place: a new token).
+local function lease_idle(st, ls)
+  return ls.n == 0 and (st.keepers == 0 or st.streams[ls.key] ~= ls)
+end
+
+-- seconds etcd has to end a stream whose requests have ended before it is closed (canceled)
+local RETIRE_WAIT = 2
+
+-- Retires an idle ls: no more requests go on it, and its sending side ends, so that etcd ends
+-- the stream (a canceled HTTP/2 stream's reset may wait in libcurl until the connection is
+-- used again, leaving etcd's side open); closed after RETIRE_WAIT s if etcd does not.
+local function lease_retire(st, ls)
+  if st.streams[ls.key] == ls then st.streams[ls.key] = nil end
+  if ls.retired or ls.ended then return end
+  ls.retired, ls.gone = true, sched.waiter()
+  ls.s:close_send()
+  sched.spawn(function()
+    sched.timeout(RETIRE_WAIT, sched.wait, ls.gone) -- (woken by lease_end)
+    lease_end(st, ls)
+  end)
+end
+
+local function lease_reader(st, ls)
+  while not ls.ended do
+    local msg, err = ls.s:recv()
+    if not msg then
+      err = err and grpc_error(err, stream_classify, "/v3/lease/keepalive")
+        or errors.new("closed", "etcd ended the LeaseKeepAlive stream", { url = ls.url })
+      return lease_end(st, ls, err)
+    end
+    local r, why = pb_decode(types.LeaseKeepAliveResponse, msg)
+    if not r then
+      return lease_end(st, ls, errors.new("protocol", "etcd sent a malformed LeaseKeepAliveResponse: " .. why))
+    end
+    local id = r.ID or 0
+    local q = ls.waiting[id]
+    if q then
+      local w = table.remove(q, 1)
+      if #q == 0 then ls.waiting[id] = nil end
+      ls.n = ls.n - 1
+      if not w.gone then sched.wake(w, r) end
+    end
+    if lease_idle(st, ls) then lease_retire(st, ls) end
+  end
+end
+
+-- A waiter whose caller went away (canceled, timed out) keeps its place: its reply is still
+-- to come, and must not go to the next waiter for the same lease.
+local function abandon(w)
+  w.gone = true
+end
+
+-- The client's stream to target t (key), if it has one for t's token.
+local function lease_current(st, key, t)
+  local ls = st.streams[key]
+  if ls and ls.token ~= t.token then -- a new token: a new stream, the old one ends when idle
+    st.streams[key] = nil
+    if lease_idle(st, ls) then lease_retire(st, ls) end
+    ls = nil
+  end
+  return ls
+end
+
+-- The stream a renewal to target t goes on: the client's, or a new one. Only the probe before
+-- a new one waits, and a stream another renewal opened meanwhile is taken instead, so the
+-- caller has its stream with nothing between it and its request that could end it.
+local function lease_stream(st, t)
+  local key = target_key(t)
+  local ls = lease_current(st, key, t)
+  if ls then return ls end
+  grpc._probe(t)
+  ls = lease_current(st, key, t)
+  if ls then return ls end
+  ls = { key = key, url = t.url, token = t.token, waiting = {}, n = 0,
+    s = grpc.open(t, KEEPALIVE, { metadata = metadata(t), probe = false }) }
+  st.streams[key] = ls
+  sched.spawn(lease_reader, st, ls)
+  return ls
+end
+
+-- One keepalive of lease id (its request message msg) on the client's stream to t. Returns
+-- the decoded LeaseKeepAliveResponse, or nil and an error.
+local function lease_exchange(self, t, msg, id, timeout)
+  local st = lease_state(self)
+  local ls = lease_stream(st, t)
+  local ok, err = ls.s:send(msg)
+  if not ok then
+    lease_end(st, ls, err)
+    return nil, err
+  end
+  local w = sched.waiter(abandon)
+  local q = ls.waiting[id]
+  if not q then
+    q = {}
+    ls.waiting[id] = q
+  end
+  q[#q + 1] = w
+  ls.n = ls.n + 1
+  local reply, werr
+  if timeout and timeout > 0 then
+    reply, werr = sched.timeout(timeout, sched.wait, w)
+  else
+    reply, werr = sched.wait(w)
+  end
+  if reply then return reply end
+  if werr and werr.kind == "timeout" and not w.done then
+    -- no reply in the whole timeout: the stream (or its connection) is taken for dead
+    werr = errors.new("timeout", ("no LeaseKeepAlive reply within %g s"):format(timeout), { url = t.url })
+    grpc.suspect(t)
+    lease_end(st, ls, werr)
+  end
+  return nil, werr
+end
+
+--- (for coord.etcd.lease) A keeper of the client starts (delta 1) or ends (-1): while any
+--- runs, the client's LeaseKeepAlive streams stay open between renewals.
+function M._keepers(self, delta)
+  local st = lease_state(self)
+  st.keepers = st.keepers + delta
+  if st.keepers == 0 then
+    local idle = {}
+    for _, ls in pairs(st.streams) do
+      if lease_idle(st, ls) then idle[#idle + 1] = ls end
+    end
+    for _, ls in ipairs(idle) do lease_retire(st, ls) end
+  end
+end
+
+--- (for the specs) The number of LeaseKeepAlive streams the client has open.
+function M._lease_streams(self)
+  local n = 0
+  for _ in pairs(lease_state(self).streams) do n = n + 1 end
+  return n
 end
 
 --- Sends the gateway call `path` with JSON body `data` to target t as its gRPC method:
@@ -245,10 +410,12 @@ function M.send(self, t, path, data, opts, classify)
     return nil, errors.new("invalid", no_h2c(t.url), { path = path })
   end
   local body = data and json_decode(data) or {}
-  local msg = pb_encode(types[c[2]], to_pb(c[2], body))
-  local reply, err
+  local req = to_pb(c[2], body)
+  local msg = pb_encode(types[c[2]], req)
+  local reply, err, j
   if ex then
-    reply, err = exchange(self, t, c, msg, opts)
+    j, err = lease_exchange(self, t, msg, req.ID or 0, opts and opts.timeout or self.timeout)
+    reply = j
   else
     reply, err = grpc.call(t, c[1], msg, {
       timeout = opts and opts.timeout or self.timeout,
@@ -261,8 +428,11 @@ function M.send(self, t, path, data, opts, classify)
     err.path = path
     return nil, err
   end
-  local j, why = pb_decode(types[c[3]], reply)
-  if not j then return nil, errors.new("protocol", "etcd sent a malformed " .. c[3] .. ": " .. why, { path = path }) end
+  if not j then
+    local why
+    j, why = pb_decode(types[c[3]], reply)
+    if not j then return nil, errors.new("protocol", "etcd sent a malformed " .. c[3] .. ": " .. why, { path = path }) end
+  end
   j = from_pb(c[3], j)
   if ex then return { result = j } end
   return j

@@ -122,6 +122,8 @@ return function(Client, E)
         k.err = err
         if on_lost then on_lost(err, k) end
       end,
+      -- over gRPC, the client's LeaseKeepAlive streams stay open while a keeper runs
+      running = self.grpc and function(up) self.grpc._keepers(self, up and 1 or -1) end,
     }
     k.task = k.renewal.task
     return k
