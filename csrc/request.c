@@ -609,9 +609,11 @@ static int req_finish_body(lua_State *L) {
 
 static int req_stats(lua_State *L) {
   coord_req *r = check_req(L);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, (lua_Integer)coord_buf_unread(&r->body));
   lua_setfield(L, -2, "buffered");
+  lua_pushboolean(L, r->headers_done);
+  lua_setfield(L, -2, "answered"); /* the reply's header block is in */
   lua_pushinteger(L, (lua_Integer)coord_buf_unread(&r->send));
   lua_setfield(L, -2, "unsent");
   lua_pushinteger(L, (lua_Integer)r->pauses);

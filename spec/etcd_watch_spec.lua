@@ -60,6 +60,28 @@ for _, version in ipairs { "3.4", "3.5" } do
       end)
     end)
 
+    it("gives up a new stream that answers nothing, and opens another once the server is back", function()
+      run(function()
+        local c = sup.client(srv)
+        local proc = srv.members[1].proc
+        proc:pause() -- its kernel accepts connections; etcd answers nothing until SIGCONT
+        local w <close> = c:watch("grace/k")
+        local gave_up, err = pcall(servers.until_true, "the unanswered stream given up", function()
+          local e = watch.stats(c).last_error
+          return e ~= nil and tostring(e):find("unanswered", 1, true) ~= nil
+        end, 20)
+        proc:send("CONT")
+        assert(gave_up, tostring(err))
+        assert.matches("watch stream unanswered 5 s after it opened", tostring(watch.stats(c).last_error), 1, true)
+        ready(w)
+        local rev = sup.put(srv, "grace/k", "back")
+        local evs = assert.is_table((sup.take(w, 1)))
+        assert.are.same({ "put grace/k=back" }, values(evs))
+        assert.are.equal(rev, evs[1].kv.mod_revision)
+        assert.is_true(watch.stats(c).streams >= 2)
+      end)
+    end)
+
     it("watches a prefix and a range, and strips a namespace prefix", function()
       run(function()
         local c = sup.client(srv)

@@ -83,7 +83,8 @@ local SPARE_MAX = 64
 -- out before any reply leaves exactly such a connection (its server just started, stopped or
 -- overloaded), after which every later pipewait request to that origin waited for ever (the
 -- watchdog of csrc/watchdog.c now ends each by its timeout, but they would all still fail).
--- So such a timeout moves the origin's later pipewait requests to a new connection group: a
+-- So such a timeout, or a stream closed after a second or more with no answer (the etcd
+-- watch hub closes one whose creates got none), moves the origin's later pipewait requests to a new connection group: a
 -- new address_scope, which is part of the key libcurl groups connections by and does nothing
 -- else for an IPv4 address or a host name. Requests that set address_scope themselves, and
 -- URLs with an IPv6 zone (which need theirs), keep libcurl's grouping. The connection left
@@ -117,10 +118,10 @@ local function group_scope(key)
   return g and GROUP_BASE + g
 end
 
--- A grouped request sent with scope timed out (a stream: before its reply's headers, a
--- plain request: perhaps before them, as when parked): unless its origin moved on
--- since (one of many requests timed out together), move it to the next group.
-local function timed_out(key, scope)
+-- A grouped request sent with scope ended before its reply's headers (timed out, perhaps
+-- parked, or canceled): unless its origin moved on since (one of many requests that ended
+-- together), move it to the next group.
+local function left_unanswered(key, scope)
   if not key then return end
   local g = groups[key] or 0
   if (scope and scope - GROUP_BASE or 0) == g then
@@ -155,7 +156,7 @@ local function exchange(opts)
   w.ud = request(o, w, w.ud or nil)
   wait(w)
   local status, raw, body, maybe_applied, cause = w.ud:result()
-  if not status and (raw == "timeout" or cause == "timeout") then timed_out(group_key(opts), scope or nil) end
+  if not status and (raw == "timeout" or cause == "timeout") then left_unanswered(group_key(opts), scope or nil) end
   if nspare < SPARE_MAX then
     w.co, w.a, w.b = false, nil, nil -- a spare keeps no coroutine alive
     nspare = nspare + 1
@@ -237,13 +238,14 @@ function M.stream(opts)
   local key = group_key(o)
   local scope = group_scope(key)
   if scope then o.address_scope = scope end
-  local self = setmetatable({ stream = true, method = method_of(o), url = o.url, group = key, scope = scope }, Stream)
+  local self = setmetatable({ stream = true, method = method_of(o), url = o.url, group = key, scope = scope,
+    opened = core.now() }, Stream)
   self.ud = request(o, self)
   return self
 end
 
 function Stream:_fail(kind, message, maybe_applied, cause)
-  if not self.status and (kind == "timeout" or cause == "timeout") then timed_out(self.group, self.scope) end
+  if not self.status and (kind == "timeout" or cause == "timeout") then left_unanswered(self.group, self.scope) end
   local e = errors.new(kind, message, { method = self.method, url = self.url,
     maybe_applied = maybe_applied or nil, cause = cause })
   self.error = e
@@ -320,7 +322,15 @@ end
 
 --- Abandons the stream: the connection is closed; readers get a "canceled" error.
 function Stream:close()
-  self.ud:cancel()
+  local ud = self.ud
+  -- one given up on after a second or more without an answer (as the etcd watch hub does
+  -- with a stream whose creates got none) may sit on a connection that never answers
+  if self.group and not self.status and not self.closed and core.now() - self.opened > 1 then
+    local st = ud:stats()
+    if not st.answered and not st.done then left_unanswered(self.group, self.scope) end
+  end
+  self.closed = true
+  ud:cancel()
   local w = self.w
   if w then
     self.w = nil

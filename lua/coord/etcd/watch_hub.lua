@@ -25,6 +25,8 @@ Hub.__index = Hub
 local STREAM_BUFFER = 4 << 20
 local BACKOFF_MIN, BACKOFF_MAX = 0.05, 5
 M.KEEPALIVE = 10
+-- seconds a new stream has to answer its creates (see keepalive)
+M.OPEN_GRACE = 5
 -- Over TLS the stream shares the requests' HTTP/2 connection when this is set, else it uses
 -- HTTP/1.1 on a connection of its own: sharing stalls with libcurl 7.88, not with 8.14
 -- under the load of spec/etcd_tls_mux_spec.lua (see doc/etcd-watch.md).
@@ -557,6 +559,19 @@ end
 -- buffer (the loop was busy elsewhere).
 local function keepalive(hub, s)
   local asked -- when the oldest probe that nothing has been read after was sent
+  -- A stream with creates out and no answer at all OPEN_GRACE s after it opened is given up:
+  -- etcd answers a create at once, and libcurl was seen to leave a new stream unsent (a
+  -- connection of its own that got only the HTTP/2 preface, after 40 lock contenders were
+  -- canceled in one loop), where waiting for the probes would take three intervals.
+  sched.sleep(math.min(M.OPEN_GRACE, hub.keepalive))
+  if hub.stream ~= s then return end
+  local st = s:stats()
+  if not st.answered and st.buffered == 0 and not st.done and hub.count > 0 then
+    hub.dead = errors.new("timeout", ("watch stream unanswered %g s after it opened"):format(M.OPEN_GRACE))
+    if hub.wire.suspect then hub.wire.suspect(hub.target) end
+    s:close()
+    return
+  end
   while hub.stream == s do
     local iv = hub.keepalive
     sched.sleep(iv)
