@@ -229,7 +229,9 @@ describe("coord.dns and etcd discovery", function()
       moving = servers.dnsmasq({ "_etcd-client._tcp.moving.test,127.0.0.1," .. etcd.members[1].port }, { port = port })
       servers.until_true("discovery moved", function() return (c:get("disc/k")) ~= nil end, 20)
       assert.are.equal("http://127.0.0.1:" .. etcd.members[1].port, c.endpoints[1].url)
-      assert.are.equal(2, c.discovery.gen)
+      -- looked up again at least once (more when a lookup came while the new server was
+      -- still starting)
+      assert.is_true(c.discovery.gen >= 2, "gen " .. c.discovery.gen)
       moving.stop()
     end))
 

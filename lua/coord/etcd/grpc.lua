@@ -253,9 +253,9 @@ local function lease_end(st, ls, err)
   ls.ended = true
   if st.streams[ls.key] == ls then st.streams[ls.key] = nil end
   ls.s:close()
-  if ls.gone then sched.wake(ls.gone) end
+  if ls.closing then sched.wake(ls.closing) end
   local waiting = ls.waiting
-  ls.waiting, ls.n = {}, 0
+  ls.waiting, ls.n, ls.live = {}, 0, 0
   for _, q in pairs(waiting) do
     for _, w in ipairs(q) do sched.wake(w, nil, err) end
   end
@@ -276,10 +276,10 @@ local RETIRE_WAIT = 2
 local function lease_retire(st, ls)
   if st.streams[ls.key] == ls then st.streams[ls.key] = nil end
   if ls.retired or ls.ended then return end
-  ls.retired, ls.gone = true, sched.waiter()
+  ls.retired, ls.closing = true, sched.waiter()
   ls.s:close_send()
   sched.spawn(function()
-    sched.timeout(RETIRE_WAIT, sched.wait, ls.gone) -- (woken by lease_end)
+    sched.timeout(RETIRE_WAIT, sched.wait, ls.closing) -- (woken by lease_end)
     lease_end(st, ls)
   end)
 end
@@ -302,16 +302,24 @@ local function lease_reader(st, ls)
       local w = table.remove(q, 1)
       if #q == 0 then ls.waiting[id] = nil end
       ls.n = ls.n - 1
-      if not w.gone then sched.wake(w, r) end
+      if not w.gone then
+        ls.live = ls.live - 1
+        sched.wake(w, r)
+      end
     end
     if lease_idle(st, ls) then lease_retire(st, ls) end
   end
 end
 
 -- A waiter whose caller went away (canceled, timed out) keeps its place: its reply is still
--- to come, and must not go to the next waiter for the same lease.
+-- to come, and must not go to the next waiter for the same lease. When no keeper runs and no
+-- one waits any more, the stream is retired (its replies may never come: a dead stream).
 local function abandon(w)
+  if w.gone or w.done then return end
   w.gone = true
+  local st, ls = w.st, w.ls
+  ls.live = ls.live - 1
+  if ls.live == 0 and st.keepers == 0 then lease_retire(st, ls) end
 end
 
 -- The client's stream to target t (key), if it has one for t's token.
@@ -335,7 +343,7 @@ local function lease_stream(st, t)
   grpc._probe(t)
   ls = lease_current(st, key, t)
   if ls then return ls end
-  ls = { key = key, url = t.url, token = t.token, waiting = {}, n = 0,
+  ls = { key = key, url = t.url, token = t.token, waiting = {}, n = 0, live = 0,
     s = grpc.open(t, KEEPALIVE, { metadata = metadata(t), probe = false }) }
   st.streams[key] = ls
   sched.spawn(lease_reader, st, ls)
@@ -353,13 +361,14 @@ local function lease_exchange(self, t, msg, id, timeout)
     return nil, err
   end
   local w = sched.waiter(abandon)
+  w.st, w.ls = st, ls
   local q = ls.waiting[id]
   if not q then
     q = {}
     ls.waiting[id] = q
   end
   q[#q + 1] = w
-  ls.n = ls.n + 1
+  ls.n, ls.live = ls.n + 1, ls.live + 1
   local reply, werr
   if timeout and timeout > 0 then
     reply, werr = sched.timeout(timeout, sched.wait, w)
