@@ -248,6 +248,30 @@ function M._refusal(s, status, path)
   return stream_error(status, json_decode(body), body, path)
 end
 
+--- (internal) The next result of a JSON gateway stream s (the watch's and the snapshot's:
+--- a line of JSON each, {"result": {...}} or {"error": {...}}): the result table; nil at the
+--- end; nil and an error (a refused stream, an error line, a line that is not JSON). what
+--- names the stream in messages, path classifies its errors.
+function M._stream_result(s, path, what)
+  if not s.status then
+    local status, err = s:response()
+    if not status then return nil, err end
+    if status ~= 200 then return nil, M._refusal(s, status, path) end
+  end
+  while true do
+    local line, err = s:read_line()
+    if not line then return nil, err end
+    if line ~= "" then
+      local j = json_decode(line)
+      if type(j) ~= "table" then
+        return nil, errors.new("protocol", what .. ": invalid JSON: " .. line:sub(1, 200))
+      end
+      if j.error then return nil, stream_error(nil, j, nil, path) end
+      if type(j.result) == "table" then return j.result end
+    end
+  end
+end
+
 local function stale_token(err)
   return err.kind == "auth" and (err.message:find("invalid auth token", 1, true)
     or err.message:find("auth store is old", 1, true)) and true or false

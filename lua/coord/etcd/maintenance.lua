@@ -8,7 +8,7 @@ local errors = require "coord.errors"
 local proto = require "coord.etcd.proto"
 
 local header_of, int, uint = proto.header, proto.int, proto.uint
-local u64tostring, json_decode, b64decode = core.u64tostring, core.json_decode, core.b64decode
+local u64tostring, b64decode = core.u64tostring, core.b64decode
 
 local IDEMPOTENT = { idempotent = true }
 -- seconds: a defragment rewrites the whole database file and blocks the member meanwhile
@@ -34,14 +34,6 @@ local function hex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
-local function stream_error(status, j, body)
-  return require("coord.etcd")._stream_error(status, j, body, SNAPSHOT_PATH)
-end
-
-local function refusal(s, status)
-  return require("coord.etcd")._refusal(s, status, SNAPSHOT_PATH)
-end
-
 -- The directory holding path, whose entry a rename changes.
 local function dir_of(path)
   local dir = path:match("^(.*)/[^/]*$")
@@ -58,28 +50,11 @@ local function json_snapshot(t, timeout)
     connect_to = t.connect_to, timeout = timeout,
   }
   local function read()
-    if not s.status then
-      local status, err = s:response()
-      if not status then return nil, err end
-      if status ~= 200 then return nil, refusal(s, status) end
-    end
-    while true do
-      local line, err = s:read_line()
-      if not line then return nil, err end
-      if line ~= "" then
-        local j = json_decode(line)
-        if type(j) ~= "table" then
-          return nil, errors.new("protocol", "snapshot stream: invalid JSON: " .. line:sub(1, 200))
-        end
-        if j.error then return nil, stream_error(nil, j) end
-        local r = j.result
-        if type(r) == "table" then
-          local blob = r.blob and b64decode(r.blob)
-          if r.blob and not blob then return nil, errors.new("protocol", "snapshot stream: a blob that is not base64") end
-          return { blob = blob, remaining_bytes = int(r.remaining_bytes), header = r.header }
-        end
-      end
-    end
+    local r, err = require("coord.etcd")._stream_result(s, SNAPSHOT_PATH, "snapshot stream")
+    if not r then return nil, err end
+    local blob = r.blob and b64decode(r.blob)
+    if r.blob and not blob then return nil, errors.new("protocol", "snapshot stream: a blob that is not base64") end
+    return { blob = blob, remaining_bytes = int(r.remaining_bytes), header = r.header }
   end
   return s, read
 end

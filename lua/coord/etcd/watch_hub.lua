@@ -9,7 +9,7 @@ local proto = require "coord.etcd.proto"
 
 local M = {}
 
-local json_encode, json_decode = core.json_encode, core.json_decode
+local json_encode = core.json_encode
 local int = proto.int
 
 -- The first id the hub asks for. etcd's grpc-proxy ignores the id of a create and numbers a
@@ -471,12 +471,6 @@ end
 ---------------------------------------------------------------------------------------------
 -- the stream task
 
--- The error a refused stream or an {"error": ...} line inside it reports, classified as
--- the client's calls are (a member without a leader: "unavailable").
-local function stream_error(status, j, body)
-  return require("coord.etcd")._stream_error(status, j, body, "/v3/watch")
-end
-
 local function headers_for(target)
   local h = { ["Expect"] = "100-continue", ["Content-Type"] = "application/json" }
   for k, v in pairs(target.headers or {}) do h[k] = v end
@@ -514,23 +508,7 @@ function json_wire.send(s, msg)
 end
 
 function json_wire.read(s)
-  if not s.status then
-    local status, err = s:response()
-    if not status then return nil, err end
-    if status ~= 200 then return nil, require("coord.etcd")._refusal(s, status, "/v3/watch") end
-  end
-  while true do
-    local line, err = s:read_line()
-    if not line then return nil, err end
-    if line ~= "" then
-      local j = json_decode(line)
-      if type(j) ~= "table" then
-        return nil, errors.new("protocol", "watch stream: invalid JSON: " .. line:sub(1, 200))
-      end
-      if j.result then return j.result end
-      if j.error then return nil, stream_error(nil, j) end
-    end
-  end
+  return require("coord.etcd")._stream_result(s, "/v3/watch", "watch stream")
 end
 
 -- Reads results until the stream ends; returns the error that ended it and whether any
