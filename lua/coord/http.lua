@@ -84,9 +84,9 @@ local SPARE_MAX = 64
 -- overloaded), after which every later pipewait request to that origin waited for ever (the
 -- watchdog of csrc/watchdog.c now ends each by its timeout, but they would all still fail).
 -- So such a timeout, or a stream closed after a second or more with no answer (the etcd
--- watch hub closes one whose creates got none), moves the origin's later pipewait requests to a new connection group: a
--- new address_scope, which is part of the key libcurl groups connections by and does nothing
--- else for an IPv4 address or a host name. Requests that set address_scope themselves, and
+-- watch hub closes one whose creates got none), moves the origin's later pipewait requests
+-- to a new connection group: a new address_scope, which is part of the key libcurl groups
+-- connections by and does nothing else for an IPv4 address or a host name. Requests that set address_scope themselves, and
 -- URLs with an IPv6 zone (which need theirs), keep libcurl's grouping. The connection left
 -- behind is closed by libcurl once idle for its maximum age; streams already on it go on.
 local groups, moved = {}, false -- origin -> its group (absent: 0); moved: any group is not 0
@@ -119,8 +119,8 @@ local function group_scope(key)
 end
 
 -- A grouped request sent with scope ended before its reply's headers (timed out, perhaps
--- parked, or canceled): unless its origin moved on since (one of many requests that ended
--- together), move it to the next group.
+-- parked, or a stream given up on): unless its origin moved on since (one of many requests
+-- that ended together), move it to the next group.
 local function left_unanswered(key, scope)
   if not key then return end
   local g = groups[key] or 0

@@ -541,18 +541,20 @@ local function keepalive(hub, s)
   -- etcd answers a create at once, and libcurl was seen to leave a new stream unsent (a
   -- connection of its own that got only the HTTP/2 preface, after 40 lock contenders were
   -- canceled in one loop), where waiting for the probes would take three intervals.
-  sched.sleep(math.min(M.OPEN_GRACE, hub.keepalive))
+  local grace = math.min(M.OPEN_GRACE, hub.keepalive)
+  sched.sleep(grace)
   if hub.stream ~= s then return end
   local st = s:stats()
   if not st.answered and st.buffered == 0 and not st.done and hub.count > 0 then
-    hub.dead = errors.new("timeout", ("watch stream unanswered %g s after it opened"):format(M.OPEN_GRACE))
+    hub.dead = errors.new("timeout", ("watch stream unanswered %g s after it opened"):format(grace))
     if hub.wire.suspect then hub.wire.suspect(hub.target) end
     s:close()
     return
   end
   while hub.stream == s do
     local iv = hub.keepalive
-    sched.sleep(iv)
+    sched.sleep(math.max(iv - grace, 0)) -- (the first probe after one interval, as the rest)
+    grace = 0
     if hub.stream ~= s then return end
     local now = core.now()
     if asked and (hub.last_rx >= asked or next(hub.byid) == nil or s:stats().buffered > 0) then asked = nil end
