@@ -19,6 +19,13 @@ M.Client = Client
 local json_encode, json_decode, now = core.json_encode, core.json_decode, core.now
 local b64, kv_of, header_of, int = proto.b64, proto.kv, proto.header, proto.int
 local kv_in_place, header_in_place, get_reply = proto.kv_in_place, proto.header_in_place, proto.get_reply
+local pb_get, pb_header, pb_kv = proto.pb_get, proto.pb_header, proto.pb_kv
+
+-- A put reply decoded from protobuf (see post_pb): the previous kv (false: none) and the header.
+local function pb_put(j, strip)
+  local prev = j.prev_kv
+  return prev and pb_kv(prev, strip) or false, pb_header(j.header)
+end
 
 local DEFAULT_TIMEOUT = 5
 local IDEMPOTENT = { idempotent = true }
@@ -351,14 +358,26 @@ local response = http._response
 
 function backend.send(self, ep, req, call)
   if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
-    local t = { url = ep.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
-      connect_to = req.connect_to }
-    local j, err, json = self.grpc.send(self, t, call.path, req.body,
-      { timeout = req.timeout, idempotent = call.idempotent }, server_error)
-    if not json then
-      if j then return { grpc = j } end
-      return nil, err
+    -- (the endpoint keeps its target while these stay: coord.grpc keeps its URLs and headers)
+    local t = ep.grpc_target
+    if not t or t.tls ~= req.tls or t.token ~= req.token or t.unix_socket ~= req.unix_socket
+      or t.connect_to ~= req.connect_to then
+      t = { url = ep.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
+        connect_to = req.connect_to }
+      ep.grpc_target = t
     end
+    local j, err, json = self.grpc.send(self, t, call, { timeout = req.timeout, idempotent = call.idempotent },
+      server_error)
+    if not json then
+      if not j then return nil, err end
+      if call.pb then -- (post_pb: its pick reads the decoded reply)
+        local kv, header = call.pick(j, #self.prefix)
+        call.picked_kv, call.picked_header = kv, header
+        return PICKED
+      end
+      return { grpc = j }
+    end
+    if call.tbl and not req.body then req.body = json_encode(call.tbl) end -- a path gRPC does not carry
   end
   local status, raw, body = http._exchange(req) -- (looked up per call: specs count the requests)
   if not status then
@@ -445,18 +464,33 @@ end
 -- Only an idempotent call may be sent again by libcurl when its connection dies before the
 -- reply (see coord.http's resend).
 -- pick: call.pick, see backend.send.
+-- A gRPC client's call keeps body as it is (call.tbl): coord.etcd.grpc converts the table, and
+-- its JSON text is made only for a path it does not carry (see backend.send).
 local function post(self, path, body, opts, with_token, data, at, pick)
-  data = data or body and json_encode(body)
+  local grpc = self.grpc
+  if not grpc then data = data or body and json_encode(body) end
   local idempotent = opts and opts.idempotent
   local call = {
     path = path, idempotent = idempotent, body = data, resend = idempotent or nil,
     url = nil, headers = nil, timeout = nil, pick = pick, http_version = nil,
   }
+  if grpc and body then call.tbl = body end
   local cap = opts and opts.timeout
   if cap then call.cap = cap end
   if at then call.at = at end
   if not with_token then call.no_token = true end
   return pipeline.run(backend, self, call)
+end
+
+-- The call of a gRPC client for the request pb, in the protobuf codec's shape already (bytes
+-- and integers, not base64 and strings), whose results pick(reply, strip) reads straight from
+-- the decoded reply: get's and put's, which run most, skip the gateway's shape both ways.
+local function post_pb(self, path, pb, pick, opts)
+  local idempotent = opts and opts.idempotent
+  return pipeline.run(backend, self, {
+    path = path, idempotent = idempotent, body = nil, resend = idempotent or nil,
+    url = nil, headers = nil, timeout = nil, pick = pick, http_version = nil, pb = pb,
+  })
 end
 
 --- POSTs body (a table, sent as JSON) to the gateway path (e.g. "/v3/kv/range") through
@@ -683,7 +717,10 @@ function Client:get(key, opts)
   local k = self.prefix .. key
   if k == "" then k = "\0" end
   local j, err, header
-  if revision or serializable then
+  if self.grpc then
+    j, err, header = post_pb(self, "/v3/kv/range", { key = k, revision = revision, serializable = serializable },
+      pb_get, IDEMPOTENT)
+  elseif revision or serializable then
     j, err, header = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision),
       serializable = serializable or nil }, IDEMPOTENT, true, nil, nil, get_reply)
   else
@@ -768,6 +805,14 @@ function Client:put(key, value, opts)
   check(key, "string", 1, "put")
   opts = args.opts(opts, 3, "put")
   check(value, "string", 2, "put", opts.ignore_value)
+  if self.grpc then
+    local lease = option(opts, "lease", "integer", "put")
+    local prev, err, header = post_pb(self, "/v3/kv/put", { key = self.prefix .. key, value = value,
+      lease = lease, prev_kv = opts.prev_kv or nil, ignore_value = opts.ignore_value or nil,
+      ignore_lease = opts.ignore_lease or nil }, pb_put)
+    if not header then return nil, err end
+    return true, nil, header, prev or nil
+  end
   local j, err = self:_post("/v3/kv/put", put_request(self, key, value, opts))
   if not j then return nil, err end
   return true, nil, header_of(j.header), prev_of(self, j)

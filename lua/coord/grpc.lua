@@ -93,27 +93,62 @@ local function protocol(message, fields)
   return nil, errors.new("protocol", message, fields)
 end
 
+-- What calls to one target table reuse instead of making again per call: its pool key, the
+-- URL of each method, and the header list of each timeout (for one metadata table: another
+-- starts anew). Weakly keyed by the target, and made anew when its url, unix_socket or
+-- connect_to changed. A header list used again is also the same table for coord.http, whose
+-- C side then reuses the curl list it made from it (csrc/hdrlist.c).
+local memos = setmetatable({}, { __mode = "k" })
+local MEMO_HEADERS = 16 -- timeouts kept per target (a deadline's remaining time varies)
+
+local function memo_of(target, md)
+  local m = memos[target]
+  if not m or m.md ~= md or m.url ~= target.url or m.unix_socket ~= target.unix_socket
+    or m.connect_to ~= target.connect_to then
+    m = { md = md, url = target.url, unix_socket = target.unix_socket, connect_to = target.connect_to,
+      key = pool_key(target), urls = {}, headers = {}, nheaders = 0 }
+    memos[target] = m
+  end
+  return m
+end
+
+-- The header list of a call with timeout and metadata md, from memo m.
+local function memo_headers(m, timeout, md)
+  local h = m.headers[timeout]
+  if h then return h end
+  h = { "Content-Type: application/grpc", "TE: trailers" }
+  if timeout > 0 then h[3] = "grpc-timeout: " .. timeout_header(timeout) end
+  if md then
+    for k, v in pairs(md) do
+      h[#h + 1] = type(k) == "string" and (k .. ": " .. v) or v
+    end
+  end
+  if m.nheaders >= MEMO_HEADERS then m.headers, m.nheaders = {}, 0 end
+  m.headers[timeout], m.nheaders = h, m.nheaders + 1
+  return h
+end
+
 --- Calls method ("/pkg.Service/Method") on target with the request message bytes. target:
 --- url (http:// or https:// base), tls, unix_socket, connect_to (as coord.http). opts: timeout
 --- (seconds, default 30; sent as grpc-timeout too), metadata (a table name -> string value, or
 --- a list of "name: value"), resend (as coord.http's: only for calls safe to repeat). Returns the
 --- reply message bytes, or nil and an error: a transport failure as coord.http gives it, kind
 --- "grpc" for a non-OK status (fields code, the gRPC status code, and grpc_message),
---- "protocol" for a reply that is not well-formed gRPC.
+--- "protocol" for a reply that is not well-formed gRPC. A caller that calls the same target
+--- often passes the same target and metadata tables each time, and changes neither: what
+--- coord makes of them is kept with the target.
 function M.call(target, method, msg, opts)
   opts = opts or {}
   local timeout = opts.timeout or 30
-  local headers = { "Content-Type: application/grpc", "TE: trailers" }
-  if timeout > 0 then headers[3] = "grpc-timeout: " .. timeout_header(timeout) end
   local md = opts.metadata
-  if md then
-    for k, v in pairs(md) do
-      headers[#headers + 1] = type(k) == "string" and (k .. ": " .. v) or v
-    end
+  local m = memo_of(target, md)
+  local url = m.urls[method]
+  if not url then
+    url = target.url .. method
+    m.urls[method] = url
   end
-  local url = target.url .. method
   local req = {
-    url = url, method = "POST", body = M.frame(msg), headers = headers, timeout = timeout,
+    url = url, method = "POST", body = M.frame(msg), headers = memo_headers(m, timeout, md), timeout = timeout,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
     -- prior knowledge on https:// too: libcurl still negotiates h2 by ALPN, but never puts the
     -- call on a pooled HTTP/1.1 connection to the host, as "2tls" would (etcd's gateway, not
@@ -121,39 +156,43 @@ function M.call(target, method, msg, opts)
     http_version = "2-prior-knowledge", pipewait = true,
     resend = opts.resend,
   }
-  local key = pool_key(target)
+  local key = m.key
   if not opts.resend and now() - (last_reply[key] or -math.huge) > M.idle then
     local t0 = now()
     probe(target, req, math.min(timeout / 2, 1))
     req.timeout = math.max(timeout - (now() - t0), 0.001)
   end
-  local res, err = http.request(req)
-  if not res and broken(err) then
+  -- (coord.http's exchange without its response table, looked up per call: specs count calls)
+  local hstatus, raw, body = http._exchange(req)
+  if not hstatus and broken(raw) then
     if opts.resend then
-      res, err = http.request(req)
-    elseif err.kind == "unknown" then
-      err.cause = "closed"
+      hstatus, raw, body = http._exchange(req)
+    elseif raw.kind == "unknown" then
+      raw.cause = "closed"
     end
   end
-  if not res then
+  if not hstatus then
     -- a reply not long ago does not vouch for the connection any more
     last_reply[key] = nil
-    return nil, err
+    return nil, raw
   end
   last_reply[key] = now()
-  local fields = { status = res.status, url = url }
-  if res.status ~= 200 then return protocol("gRPC call answered with HTTP status " .. res.status, fields) end
+  if hstatus ~= 200 then
+    return protocol("gRPC call answered with HTTP status " .. hstatus, { status = hstatus, url = url })
+  end
   -- a reply's trailers reach the header block after the body; a trailers-only reply has
   -- them in its headers: either way they are in the one raw block
-  local status, message = core.header(res.raw_headers, "grpc-status", "grpc-message")
+  local status, message = core.header(raw, "grpc-status", "grpc-message")
   local code = status and math.tointeger(tonumber(status))
-  if not code then return protocol("gRPC reply without a valid grpc-status (" .. tostring(status) .. ")", fields) end
+  if not code then
+    return protocol("gRPC reply without a valid grpc-status (" .. tostring(status) .. ")", { status = hstatus, url = url })
+  end
   if code ~= 0 then
     message = message and unescape(message) or ("gRPC status " .. code)
     return nil, errors.new("grpc", message, { code = code, grpc_message = message, url = url })
   end
-  local reply, why = M.unframe(res.body)
-  if not reply then return protocol("malformed gRPC reply: " .. why, fields) end
+  local reply, why = M.unframe(body)
+  if not reply then return protocol("malformed gRPC reply: " .. why, { status = hstatus, url = url }) end
   return reply
 end
 

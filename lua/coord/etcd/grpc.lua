@@ -192,8 +192,16 @@ end
 -- The gRPC metadata of a call or stream to target t.
 -- "token" is the key etcd's Go client sends the token under, and the only one etcd's
 -- grpc-proxy hands on (etcd itself also reads "authorization", the gateway's).
+-- (one table per target: coord.grpc keeps what it derives from a target's metadata with it)
+local metadatas = setmetatable({}, { __mode = "k" })
+
 local function metadata(t)
-  return { token = t.token, hasleader = "true" }
+  local md = metadatas[t]
+  if not md or md.token ~= t.token then
+    md = { token = t.token, hasleader = "true" }
+    metadatas[t] = md
+  end
+  return md
 end
 
 -- A gRPC failure (kind "grpc") as the gateway's reply would have been classified.
@@ -406,10 +414,13 @@ function M._lease_streams(self)
   return n
 end
 
---- Sends the gateway call `path` with JSON body `data` to target t as its gRPC method:
---- returns the reply in the gateway's shape, or nil and an error classified as the gateway's
---- would be (classify: coord.etcd's server_error). nil, nil, "json" for a path with no mapping.
-function M.send(self, t, path, data, opts, classify)
+--- Sends a call of coord.etcd's pipeline to target t as the gRPC method of its gateway path:
+--- returns the reply, or nil and an error classified as the gateway's would be (classify:
+--- coord.etcd's server_error); nil, nil, "json" for a path with no mapping. The request is
+--- call.pb (in the codec's shape, and then so is the reply: as decoded), else call.tbl or the
+--- JSON text call.body in the gateway's shape, and then the reply is in the gateway's shape.
+function M.send(self, t, call, opts, classify)
+  local path = call.path
   local c = calls[path]
   local ex = not c and exchanges[path]
   c = c or ex
@@ -418,8 +429,11 @@ function M.send(self, t, path, data, opts, classify)
   if not M.h2c then
     return nil, errors.new("invalid", no_h2c(t.url), { path = path })
   end
-  local body = data and json_decode(data) or {}
-  local req = to_pb(c[2], body)
+  local req = call.pb
+  if not req then
+    local data = call.body
+    req = to_pb(c[2], call.tbl or data and json_decode(data) or {})
+  end
   local msg = pb_encode(types[c[2]], req)
   local reply, err, j
   if ex then
@@ -442,6 +456,7 @@ function M.send(self, t, path, data, opts, classify)
     j, why = pb_decode(types[c[3]], reply)
     if not j then return nil, errors.new("protocol", "etcd sent a malformed " .. c[3] .. ": " .. why, { path = path }) end
   end
+  if call.pb then return j end
   j = from_pb(c[3], j)
   if ex then return { result = j } end
   return j

@@ -131,4 +131,32 @@ function M.header_in_place(j)
   return setmetatable(j, Header)
 end
 
+--- The results of a range reply decoded from protobuf (transport "grpc": bytes and integers
+--- already, fields at their default absent) as M.get_reply gives them: the first kv (false
+--- when there is none) and the header, made of the decoded tables themselves.
+function M.pb_get(j, strip)
+  local header = M.pb_header(j.header)
+  local kv = j.kvs and j.kvs[1]
+  if not kv then return false, header end
+  return M.pb_kv(kv, strip), header
+end
+
+--- M.kv's table made of a KeyValue decoded from protobuf, in place; `strip` as for M.kv.
+function M.pb_kv(kv, strip)
+  local key = kv.key or ""
+  if strip and strip > 0 then key = key:sub(strip + 1) end
+  kv.key, kv.value = key, kv.value or ""
+  kv.create_revision, kv.mod_revision = kv.create_revision or 0, kv.mod_revision or 0
+  kv.version, kv.lease = kv.version or 0, kv.lease or 0
+  return kv
+end
+
+--- M.header's record made of a ResponseHeader decoded from protobuf, in place (nil: zeros).
+function M.pb_header(h)
+  if h == nil then return M.header(nil) end
+  h.cluster_id, h.member_id = h.cluster_id or 0, h.member_id or 0
+  h.revision, h.raft_term = h.revision or 0, h.raft_term or 0
+  return setmetatable(h, Header)
+end
+
 return M
