@@ -14,6 +14,7 @@ local M = {}
 local pb_encode, pb_decode, json_decode = core.pb_encode, core.pb_decode, core.json_decode
 local b64encode, b64decode, i64, u64 = core.b64encode, core.b64decode, core.i64, core.u64
 local types, messages, enums = schema.types, schema.messages, schema.enums
+local pb_kv = require("coord.etcd.proto").pb_kv
 
 -- Each gateway path coord sends a unary call to, as its gRPC method and messages. The streams
 -- are below: lease keepalive (`exchanges`), snapshot (`snapshot`) and watch (`watch_wire`).
@@ -514,8 +515,9 @@ function watch_wire.send(s, msg)
   return s:send(pb_encode(types.WatchRequest, to_pb("WatchRequest", msg))) ~= nil
 end
 
---- The next WatchResponse in the gateway's shape; nil at the end of the stream; nil and an
---- error classified as the gateway's would be.
+--- The next WatchResponse in the gateway's shape but for its events, which are as decoded
+--- (read by watch_wire.event); nil at the end of the stream; nil and an error classified as
+--- the gateway's would be.
 function watch_wire.read(s)
   local msg, err = s:recv()
   if not msg then
@@ -524,7 +526,19 @@ function watch_wire.read(s)
   end
   local j, why = pb_decode(types.WatchResponse, msg)
   if not j then return nil, errors.new("protocol", "etcd sent a malformed WatchResponse: " .. why) end
-  return from_pb("WatchResponse", j)
+  return j -- (the rest of a WatchResponse has no bytes and no enum)
+end
+
+local DELETE = enums["Event.EventType"].DELETE
+
+--- One decoded Event as the watch delivers it: {type = "put" | "delete", kv, prev_kv}.
+function watch_wire.event(e, strip)
+  local kv, prev = e.kv, e.prev_kv
+  return {
+    type = e.type == DELETE and "delete" or "put",
+    kv = pb_kv(kv or {}, strip),
+    prev_kv = prev and pb_kv(prev, strip) or nil,
+  }
 end
 
 return M

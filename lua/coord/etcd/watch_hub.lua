@@ -310,6 +310,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- results
 
+-- One event of a result in the gateway's shape as the watch delivers it (json_wire.event).
 local function decode_event(e, strip)
   return {
     type = e.type == "DELETE" and "delete" or "put",
@@ -448,8 +449,9 @@ local function dispatch(hub, r)
     end
     local out, last = {}, nil
     local from = w.next_rev or 0
+    local event = hub.wire.event
     for i = 1, #evs do
-      local ev = decode_event(evs[i], strip)
+      local ev = event(evs[i], strip)
       local rev = ev.kv.mod_revision
       if rev >= from then -- older ones were delivered before a reconnect
         out[#out + 1] = ev
@@ -487,9 +489,10 @@ end
 
 -- The wire a hub speaks, chosen once per hub: open(target, buffer) -> stream (with close
 -- and stats), send(stream, request) -> ok, read(stream) -> the next result (the gateway's
--- JSON shape), or nil at the end, or nil, err. This one: the JSON gateway's /v3/watch, a
--- line of JSON each way; coord.etcd.grpc has the gRPC one.
-local json_wire = { honors_ids = true } -- etcd itself: the ids asked for (see create)
+-- JSON shape, except for its events' fields), or nil at the end, or nil, err; event(e, strip)
+-- -> one of a result's events as the watch delivers it. This one: the JSON gateway's
+-- /v3/watch, a line of JSON each way; coord.etcd.grpc has the gRPC one.
+local json_wire = { honors_ids = true, event = decode_event } -- etcd itself: the ids asked for (see create)
 M.json_wire = json_wire
 
 function json_wire.open(target, buffer)
