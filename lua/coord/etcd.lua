@@ -718,7 +718,7 @@ function Client:get(key, opts)
   if k == "" then k = "\0" end
   local j, err, header
   if self.grpc then
-    j, err, header = post_pb(self, "/v3/kv/range", { key = k, revision = revision, serializable = serializable },
+    j, err, header = post_pb(self, "/v3/kv/range", { key = k, revision = revision, serializable = serializable and true or nil },
       pb_get, IDEMPOTENT)
   elseif revision or serializable then
     j, err, header = post(self, "/v3/kv/range", { key = b64(k), revision = i64(revision),
@@ -808,8 +808,8 @@ function Client:put(key, value, opts)
   if self.grpc then
     local lease = option(opts, "lease", "integer", "put")
     local prev, err, header = post_pb(self, "/v3/kv/put", { key = self.prefix .. key, value = value,
-      lease = lease, prev_kv = opts.prev_kv or nil, ignore_value = opts.ignore_value or nil,
-      ignore_lease = opts.ignore_lease or nil }, pb_put)
+      lease = lease, prev_kv = opts.prev_kv and true or nil, ignore_value = opts.ignore_value and true or nil,
+      ignore_lease = opts.ignore_lease and true or nil }, pb_put) -- (flags: truthy, as the JSON text takes them)
     if not header then return nil, err end
     return true, nil, header, prev or nil
   end
