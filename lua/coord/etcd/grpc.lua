@@ -516,7 +516,7 @@ function watch_wire.send(s, msg)
 end
 
 --- The next WatchResponse in the gateway's shape but for its events, which are as decoded
---- (read by watch_wire.event); nil at the end of the stream; nil and an error classified as
+--- (read with watch_wire.kv); nil at the end of the stream; nil and an error classified as
 --- the gateway's would be.
 function watch_wire.read(s)
   local msg, err = s:recv()
@@ -529,16 +529,7 @@ function watch_wire.read(s)
   return j -- (the rest of a WatchResponse has no bytes and no enum)
 end
 
-local DELETE = enums["Event.EventType"].DELETE
-
---- One decoded Event as the watch delivers it: {type = "put" | "delete", kv, prev_kv}.
-function watch_wire.event(e, strip)
-  local kv, prev = e.kv, e.prev_kv
-  return {
-    type = e.type == DELETE and "delete" or "put",
-    kv = pb_kv(kv or {}, strip),
-    prev_kv = prev and pb_kv(prev, strip) or nil,
-  }
-end
+-- How the hub reads an event of a decoded WatchResponse: its kvs as decoded, its type a number.
+watch_wire.kv, watch_wire.DELETE = pb_kv, enums["Event.EventType"].DELETE
 
 return M

@@ -310,12 +310,14 @@ end
 ---------------------------------------------------------------------------------------------
 -- results
 
--- One event of a result in the gateway's shape as the watch delivers it (json_wire.event).
-local function decode_event(e, strip)
+-- One event of a result as the watch delivers it, read with its wire's kv reader and its
+-- spelling of the type DELETE.
+local function decode_event(wire, e, strip)
+  local kv, prev = wire.kv, e.prev_kv
   return {
-    type = e.type == "DELETE" and "delete" or "put",
-    kv = proto.kv(e.kv or {}, strip),
-    prev_kv = e.prev_kv and proto.kv(e.prev_kv, strip) or nil,
+    type = e.type == wire.DELETE and "delete" or "put",
+    kv = kv(e.kv or {}, strip),
+    prev_kv = prev and kv(prev, strip) or nil,
   }
 end
 
@@ -449,9 +451,9 @@ local function dispatch(hub, r)
     end
     local out, last = {}, nil
     local from = w.next_rev or 0
-    local event = hub.wire.event
+    local wire = hub.wire
     for i = 1, #evs do
-      local ev = event(evs[i], strip)
+      local ev = decode_event(wire, evs[i], strip)
       local rev = ev.kv.mod_revision
       if rev >= from then -- older ones were delivered before a reconnect
         out[#out + 1] = ev
@@ -489,10 +491,10 @@ end
 
 -- The wire a hub speaks, chosen once per hub: open(target, buffer) -> stream (with close
 -- and stats), send(stream, request) -> ok, read(stream) -> the next result (the gateway's
--- JSON shape, except for its events' fields), or nil at the end, or nil, err; event(e, strip)
--- -> one of a result's events as the watch delivers it. This one: the JSON gateway's
--- /v3/watch, a line of JSON each way; coord.etcd.grpc has the gRPC one.
-local json_wire = { honors_ids = true, event = decode_event } -- etcd itself: the ids asked for (see create)
+-- JSON shape, except for its events' kvs), or nil at the end, or nil, err; kv(kv, strip) ->
+-- an event's kv as the watch delivers it; DELETE: how an event's type says delete. This one:
+-- the JSON gateway's /v3/watch, a line of JSON each way; coord.etcd.grpc has the gRPC one.
+local json_wire = { honors_ids = true, kv = proto.kv, DELETE = "DELETE" } -- honors_ids: etcd itself: the ids asked for (see create)
 M.json_wire = json_wire
 
 function json_wire.open(target, buffer)
