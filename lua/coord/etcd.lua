@@ -360,7 +360,7 @@ function backend.send(self, ep, req, call)
   if self.grpc then -- transport = "grpc": its unary calls (coord.etcd.grpc), the rest as below
     -- (the endpoint keeps its target while these stay: coord.grpc keeps its URLs and headers)
     local t = ep.grpc_target
-    if not t or t.tls ~= req.tls or t.token ~= req.token or t.unix_socket ~= req.unix_socket
+    if not t or t.token ~= req.token or t.url ~= ep.base or t.tls ~= req.tls or t.unix_socket ~= req.unix_socket
       or t.connect_to ~= req.connect_to then
       t = { url = ep.base, tls = req.tls, token = req.token, unix_socket = req.unix_socket,
         connect_to = req.connect_to }
