@@ -363,6 +363,8 @@ for _, version in ipairs { "3.4", "3.5" } do
       assert(etcd:put("ns10", "outside"))
       assert.equal("1", etcd:get("ns1/a").value)
       assert.equal("a", ns:get("a").key)
+      local _, _, _, prev_a = ns:put("a", "1", { prev_kv = true }) -- (the same value: the rest reads "1")
+      assert.same({ "a", "1" }, { prev_a.key, prev_a.value })
       assert.same({ "a", "b/c" }, keys_of(assert(ns:range("", { prefix = true }))))
       assert.same({ "a", "b/c" }, keys_of(assert(ns:range("a", { range_end = "\0" }))))
       assert.same({ "b/c" }, keys_of(assert(ns:range("b/", { prefix = true }))))
