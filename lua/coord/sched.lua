@@ -190,9 +190,19 @@ local Task = { __name = "coord.task" }
 Task.__index = Task
 
 local function new_task(fn, propagate, ...)
-  local t = setmetatable({ co = coroutine.create(fn), propagate = propagate, joiners = {} }, Task)
+  -- (joiners: made by the first join; most tasks have none, and thousands may be waiting)
+  local t = setmetatable({ co = coroutine.create(fn), propagate = propagate, joiners = nil }, Task)
   tasks[t.co] = t
   return t
+end
+
+-- Wakes whoever joins t, once it is done.
+local function wake_joiners(t)
+  local js = t.joiners
+  if js then
+    t.joiners = nil
+    for i = 1, #js do wake(js[i]) end
+  end
 end
 
 local function finish(t, ok, ...)
@@ -206,8 +216,7 @@ local function finish(t, ok, ...)
     if not t.propagate then report(t.err, t.co, t.traceback) end
   end
   if t.notify then t:notify() end
-  for i = 1, #t.joiners do wake(t.joiners[i]) end
-  t.joiners = nil
+  wake_joiners(t)
 end
 
 -- Closes a suspended (or not yet started) task's coroutine: its pending <close> guards run,
@@ -217,8 +226,7 @@ local function close_task(t)
   t.err = errors.new("canceled", "task canceled")
   close(t.co) -- its guards still see the task as canceling (M.canceling)
   tasks[t.co] = nil
-  for i = 1, #t.joiners do wake(t.joiners[i]) end
-  t.joiners = nil
+  wake_joiners(t)
 end
 
 -- Closes the to-be-closed values (a table or userdata with a __close metamethod, such as a
@@ -283,7 +291,12 @@ function Task:join()
         if j == w then table.remove(self.joiners, i) break end
       end
     end)
-    self.joiners[#self.joiners + 1] = w
+    local js = self.joiners
+    if not js then
+      js = {}
+      self.joiners = js
+    end
+    js[#js + 1] = w
     wait(w)
   end
   if self.failed then return false, self.err end
