@@ -112,17 +112,25 @@ local function memo_of(target, md)
   return m
 end
 
+-- The request headers of a call: gRPC's, grpc-timeout when timeout > 0, then the metadata.
+-- A stream (upload) also sends "Expect:", which keeps libcurl from waiting for a 100 Continue
+-- before its first message.
+local function call_headers(timeout, md, upload)
+  local headers = { "Content-Type: application/grpc", "TE: trailers", upload and "Expect:" or nil }
+  if timeout and timeout > 0 then headers[#headers + 1] = "grpc-timeout: " .. timeout_header(timeout) end
+  if md then
+    for k, v in pairs(md) do
+      headers[#headers + 1] = type(k) == "string" and (k .. ": " .. v) or v
+    end
+  end
+  return headers
+end
+
 -- The header list of a call with timeout and metadata md, from memo m.
 local function memo_headers(m, timeout, md)
   local h = m.headers[timeout]
   if h then return h end
-  h = { "Content-Type: application/grpc", "TE: trailers" }
-  if timeout > 0 then h[3] = "grpc-timeout: " .. timeout_header(timeout) end
-  if md then
-    for k, v in pairs(md) do
-      h[#h + 1] = type(k) == "string" and (k .. ": " .. v) or v
-    end
-  end
+  h = call_headers(timeout, md)
   if m.nheaders >= MEMO_HEADERS then m.headers, m.nheaders = {}, 0 end
   m.headers[timeout], m.nheaders = h, m.nheaders + 1
   return h
@@ -202,19 +210,6 @@ end
 local Stream = { __name = "coord.grpc.stream" }
 Stream.__index = Stream
 
--- The request headers of a call: gRPC's, grpc-timeout when timeout > 0, then the metadata.
-local function call_headers(timeout, md)
-  -- "Expect:" keeps libcurl from waiting for a 100 Continue before the first message
-  local headers = { "Content-Type: application/grpc", "TE: trailers", "Expect:" }
-  if timeout and timeout > 0 then headers[#headers + 1] = "grpc-timeout: " .. timeout_header(timeout) end
-  if md then
-    for k, v in pairs(md) do
-      headers[#headers + 1] = type(k) == "string" and (k .. ": " .. v) or v
-    end
-  end
-  return headers
-end
-
 --- Probes the connection to target as M.open does first: a call of its own (at most 1 s)
 --- whose outcome is ignored, made so that a dead pooled connection is found and replaced
 --- before a stream goes on it. For a caller that must open its stream without waiting.
@@ -237,7 +232,7 @@ function M.open(target, method, opts)
   -- restarted within M.idle of the last reply (as the specs do) left the connection dead
   if opts.probe ~= false then M._probe(target) end
   local s = http.stream {
-    url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata),
+    url = url, method = "POST", upload = true, headers = call_headers(opts.timeout, opts.metadata, true),
     timeout = opts.timeout, buffer = opts.buffer,
     tls = target.tls, unix_socket = target.unix_socket, connect_to = target.connect_to,
     http_version = "2-prior-knowledge", pipewait = true, -- HTTP/2 only, as call's
